@@ -1,0 +1,132 @@
+"""rest-json helpers: JSON bodies in, JSON responses out, AWS errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from kiln.aws.errors import AwsError
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        json.dumps(body),
+        status_code=status,
+        headers={"x-amzn-RequestId": str(uuid.uuid4()), **(headers or {})},
+        media_type="application/json",
+    )
+
+
+def empty_response(status: int = 204) -> Response:
+    return Response(b"", status_code=status, headers={"x-amzn-RequestId": str(uuid.uuid4())})
+
+
+async def json_body(request: Request, limit: int) -> dict[str, Any]:
+    """The request's JSON object, or InvalidRequestContentException / RequestEntityTooLarge."""
+    raw = await read_body(request, limit, "Request must be smaller than {limit} bytes for the "
+                          "{op} operation")
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise AwsError.invalid_content(
+            f"Could not parse request body into json: Could not parse payload into json: {exc}"
+        ) from None
+    if not isinstance(body, dict):
+        raise AwsError.invalid_content(
+            "Could not parse request body into json: Could not parse payload into json: "
+            "expected a JSON object"
+        )
+    return body
+
+
+async def read_body(request: Request, limit: int, message: str) -> bytes:
+    """Read at most ``limit`` bytes; past it raise 413 without buffering the rest."""
+    declared = request.headers.get("content-length")
+    op = str(request.scope.get("kiln.operation", "request"))
+
+    def too_large(size: int) -> AwsError:
+        return AwsError.too_large(message.format(limit=limit, op=op, size=size))
+
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large(int(declared))
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large(size)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def aws_endpoint(operation: str) -> Callable[[Endpoint], Endpoint]:
+    """Decorate an endpoint: name the operation and turn AwsError into its wire shape."""
+
+    def wrap(func: Endpoint) -> Endpoint:
+        async def endpoint(request: Request) -> Response:
+            request.scope["kiln.operation"] = operation
+            try:
+                return await func(request)
+            except AwsError as exc:
+                return exc.to_response()
+
+        endpoint.__name__ = func.__name__
+        endpoint.__doc__ = func.__doc__
+        return endpoint
+
+    return wrap
+
+
+class Fields:
+    """Typed access to a JSON request body; a wrong type is InvalidRequestContentException."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = body
+
+    def _get(self, key: str, kinds: tuple[type, ...], label: str) -> Any:
+        value = self.body.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) and bool not in kinds:
+            value = object()  # a JSON boolean is not a number here
+        if not isinstance(value, kinds):
+            raise AwsError.invalid_content(
+                "Could not parse request body into json: Could not parse payload into json: "
+                f"Cannot deserialize value of type `{label}` for field '{key}'"
+            )
+        return value
+
+    def string(self, key: str) -> str | None:
+        value: str | None = self._get(key, (str,), "java.lang.String")
+        return value
+
+    def integer(self, key: str) -> int | None:
+        value = self._get(key, (int, float), "java.lang.Integer")
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise AwsError.invalid_content(
+                    f"Could not parse request body into json: field '{key}' must be an integer"
+                )
+            value = int(value)
+        return value
+
+    def boolean(self, key: str) -> bool | None:
+        value: bool | None = self._get(key, (bool,), "java.lang.Boolean")
+        return value
+
+    def mapping(self, key: str) -> dict[str, Any] | None:
+        value: dict[str, Any] | None = self._get(key, (dict,), "java.util.Map")
+        return value
+
+    def array(self, key: str) -> list[Any] | None:
+        value: list[Any] | None = self._get(key, (list,), "java.util.List")
+        return value

@@ -1,0 +1,98 @@
+"""Every Kiln setting in one place, each with its default.
+
+Settings come from (lowest to highest precedence) the defaults below, ``KILN_*``
+environment variables (``KILN_PORT=9000``, ``KILN_PYTHON_RUNTIMES=python3.12=/usr/bin/python3.12``)
+and command-line flags.  ``kiln settings`` prints the effective values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def _default_data_dir() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "kiln"
+
+
+@dataclass
+class Settings:
+    """The documented settings schema (see ``docs`` in each field's metadata)."""
+
+    host: str = field(default="127.0.0.1", metadata={"doc": "Address the endpoint listens on."})
+    port: int = field(default=8900, metadata={"doc": "Port of the one endpoint serving every API."})
+    data_dir: Path = field(
+        default_factory=_default_data_dir,
+        metadata={"doc": "Where state (SQLite), code, logs and environments live."},
+    )
+    region: str = field(default="us-east-1", metadata={"doc": "Region used in ARNs."})
+    account_id: str = field(default="000000000000", metadata={"doc": "Account id used in ARNs."})
+    sandbox_backend: str = field(
+        default="process", metadata={"doc": "Execution environment backend: process | fake."}
+    )
+    keep_alive_seconds: float = field(
+        default=300.0,
+        metadata={"doc": "An idle execution environment is destroyed after this many seconds."},
+    )
+    init_timeout_seconds: float = field(
+        default=10.0, metadata={"doc": "Longest INIT phase before the environment is killed."}
+    )
+    account_concurrency: int = field(
+        default=1000, metadata={"doc": "Concurrent executions allowed across all functions."}
+    )
+    async_workers: int = field(
+        default=16, metadata={"doc": "Workers draining the Event (async) invocation queue."}
+    )
+    dedupe_seconds: float = field(
+        default=600.0,
+        metadata={"doc": "How long a sync result is kept to answer a retried amz-sdk-invocation-id."},
+    )
+    python_runtimes: dict[str, str] = field(
+        default_factory=dict,
+        metadata={
+            "doc": "Interpreter per python3.x runtime, e.g. {'python3.12': '/usr/bin/python3.12'}; "
+            "unset ones are discovered (this interpreter, then PATH, then pyenv versions)."
+        },
+    )
+    node_binary: str = field(
+        default="node", metadata={"doc": "Node.js executable serving nodejs20.x/nodejs22.x."}
+    )
+    log_level: str = field(default="warning", metadata={"doc": "Server log level."})
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then ``KILN_<FIELD>`` variables, then non-None ``overrides``."""
+        environ = dict(os.environ if environ is None else environ)
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(f"KILN_{f.name.upper()}")
+            if raw is not None:
+                values[f.name] = _parse(f.name, f.type, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.data_dir = Path(settings.data_dir).expanduser().resolve()
+        return settings
+
+    def describe(self) -> list[tuple[str, Any, str]]:
+        """(name, value, doc) for each setting."""
+        return [
+            (f.name, getattr(self, f.name), str(f.metadata.get("doc", "")))
+            for f in dataclasses.fields(self)
+        ]
+
+
+def _parse(name: str, annotation: Any, raw: str) -> Any:
+    kind = str(annotation)
+    if kind == "int":
+        return int(raw)
+    if kind == "float":
+        return float(raw)
+    if kind == "Path":
+        return Path(raw)
+    if kind.startswith("dict"):
+        pairs = (item.split("=", 1) for item in raw.split(",") if "=" in item)
+        return {k.strip(): v.strip() for k, v in pairs}
+    return raw

@@ -1,0 +1,133 @@
+"""The Lambda control plane's REST API (2015-03-31) for functions, as botocore calls it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Route
+
+from kiln.aws.arn import FunctionId, parse_function_id
+from kiln.aws.errors import AwsError
+from kiln.aws.restjson import aws_endpoint, empty_response, json_body, json_response
+from kiln.functions.types import FunctionRecord
+
+if TYPE_CHECKING:
+    from kiln.server import Kiln
+
+# A 50 MB zip, base64-encoded inside JSON, is what AWS accepts for direct uploads.
+MAX_CREATE_BYTES = 69_905_067
+MAX_CONFIG_BYTES = 1 << 20
+LIST_PAGE_MAX = 50
+
+
+def function_id(kiln: Kiln, request: Request) -> FunctionId:
+    """The function named in the path, with the ``Qualifier`` query parameter folded in."""
+    parsed = parse_function_id(request.path_params["name"], kiln.settings.account_id)
+    qualifier = request.query_params.get("Qualifier")
+    if qualifier is not None and parsed.qualifier is not None and qualifier != parsed.qualifier:
+        raise AwsError.invalid_parameter(
+            "The derived qualifier from the function name does not match the specified "
+            "qualifier.")
+    return FunctionId(parsed.name, qualifier or parsed.qualifier)
+
+
+def routes(kiln: Kiln) -> list[Route]:
+    functions = kiln.functions
+
+    def get_function_body(request: Request, record: FunctionRecord) -> dict[str, Any]:
+        location = str(request.base_url) + f"kiln/v1/code/{record.code_sha_hex}.zip"
+        return {
+            "Configuration": record.config,
+            "Code": {"RepositoryType": "S3", "Location": location},
+            "Tags": {},
+        }
+
+    @aws_endpoint("CreateFunction")
+    async def create_function(request: Request) -> Response:
+        body = await json_body(request, MAX_CREATE_BYTES)
+        record = functions.create(body)
+        return json_response(record.config, 201)
+
+    @aws_endpoint("ListFunctions")
+    async def list_functions(request: Request) -> Response:
+        raw = request.query_params.get("MaxItems", str(LIST_PAGE_MAX))
+        if not raw.isdigit() or not 1 <= int(raw) <= 10000:
+            raise AwsError.invalid_parameter(
+                f"1 validation error detected: Value '{raw}' at 'maxItems' failed to satisfy "
+                "constraint: Member must have value between 1 and 10000")
+        records, marker = functions.list(request.query_params.get("Marker"),
+                                         min(int(raw), LIST_PAGE_MAX))
+        body: dict[str, Any] = {"Functions": [r.config for r in records]}
+        if marker:
+            body["NextMarker"] = marker
+        return json_response(body)
+
+    @aws_endpoint("GetFunction")
+    async def get_function(request: Request) -> Response:
+        fid = function_id(kiln, request)
+        record = functions.get(fid.name, fid.qualifier)
+        return json_response(get_function_body(request, record))
+
+    @aws_endpoint("GetFunctionConfiguration")
+    async def get_configuration(request: Request) -> Response:
+        fid = function_id(kiln, request)
+        return json_response(functions.get(fid.name, fid.qualifier).config)
+
+    @aws_endpoint("UpdateFunctionCode")
+    async def update_code(request: Request) -> Response:
+        fid = function_id(kiln, request)
+        body = await json_body(request, MAX_CREATE_BYTES)
+        record = await functions.update_code(fid.name, body)
+        return json_response(record.config)
+
+    @aws_endpoint("UpdateFunctionConfiguration")
+    async def update_configuration(request: Request) -> Response:
+        fid = function_id(kiln, request)
+        body = await json_body(request, MAX_CONFIG_BYTES)
+        record = await functions.update_configuration(fid.name, body)
+        return json_response(record.config)
+
+    @aws_endpoint("DeleteFunction")
+    async def delete_function(request: Request) -> Response:
+        fid = function_id(kiln, request)
+        await functions.delete(fid.name, fid.qualifier)
+        return empty_response(204)
+
+    @aws_endpoint("GetAccountSettings")
+    async def account_settings(request: Request) -> Response:
+        count, total = functions.usage()
+        limit = kiln.settings.account_concurrency
+        return json_response({
+            "AccountLimit": {
+                "TotalCodeSize": 80_530_636_800,
+                "CodeSizeUnzipped": 262_144_000,
+                "CodeSizeZipped": 52_428_800,
+                "ConcurrentExecutions": limit,
+                "UnreservedConcurrentExecutions": limit,
+            },
+            "AccountUsage": {"TotalCodeSize": total, "FunctionCount": count},
+        })
+
+    async def download_code(request: Request) -> Response:
+        sha_hex = request.path_params["sha"]
+        path = kiln.code.zip_path(sha_hex)
+        if len(sha_hex) != 64 or not path.is_file():
+            return AwsError.not_found("No such code").to_response()
+        return FileResponse(path, media_type="application/zip")
+
+    prefix = "/2015-03-31/functions"
+    return [
+        Route(f"{prefix}", create_function, methods=["POST"]),
+        Route(f"{prefix}/", list_functions, methods=["GET"]),
+        Route(f"{prefix}", list_functions, methods=["GET"]),
+        Route(f"{prefix}/{{name}}", get_function, methods=["GET"]),
+        Route(f"{prefix}/{{name}}", delete_function, methods=["DELETE"]),
+        Route(f"{prefix}/{{name}}/configuration", get_configuration, methods=["GET"]),
+        Route(f"{prefix}/{{name}}/configuration", update_configuration, methods=["PUT"]),
+        Route(f"{prefix}/{{name}}/code", update_code, methods=["PUT"]),
+        Route("/2016-08-19/account-settings", account_settings, methods=["GET"]),
+        Route("/2016-08-19/account-settings/", account_settings, methods=["GET"]),
+        Route("/kiln/v1/code/{sha}.zip", download_code, methods=["GET"]),
+    ]

@@ -1,0 +1,59 @@
+"""A function as the control plane stores it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class FunctionRecord:
+    """One function version's configuration, in the API's FunctionConfiguration shape.
+
+    ``config`` is exactly what GetFunctionConfiguration answers; ``code_sha_hex`` names the
+    unpacked code in the CodeStore.
+    """
+
+    config: dict[str, Any]
+    code_sha_hex: str
+
+    @property
+    def name(self) -> str:
+        return str(self.config["FunctionName"])
+
+    @property
+    def version(self) -> str:
+        return str(self.config["Version"])
+
+    @property
+    def arn(self) -> str:
+        return str(self.config["FunctionArn"])
+
+    @property
+    def runtime(self) -> str:
+        return str(self.config.get("Runtime", ""))
+
+    @property
+    def handler(self) -> str:
+        return str(self.config.get("Handler", ""))
+
+    @property
+    def timeout(self) -> int:
+        return int(self.config["Timeout"])
+
+    @property
+    def memory_size(self) -> int:
+        return int(self.config["MemorySize"])
+
+    @property
+    def ephemeral_storage(self) -> int:
+        return int(self.config["EphemeralStorage"]["Size"])
+
+    @property
+    def revision_id(self) -> str:
+        return str(self.config["RevisionId"])
+
+    @property
+    def environment(self) -> dict[str, str]:
+        variables = self.config.get("Environment", {}).get("Variables", {})
+        return dict(variables)

@@ -1,0 +1,134 @@
+"""Server-side checks of function settings (boto3 only checks types and minimums)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from kiln.aws.arn import NAME_RE
+from kiln.aws.errors import AwsError
+from kiln.aws.restjson import Fields
+
+HANDLER_RE = re.compile(r"^[^\s]{1,128}$")
+ROLE_RE = re.compile(r"^arn:(aws[a-zA-Z-]*)?:iam::\d{12}:role/?[a-zA-Z_0-9+=,.@\-_/]+$")
+ENV_KEY_RE = re.compile(r"^[a-zA-Z]([a-zA-Z0-9_])+$")
+RESERVED_ENV = frozenset({
+    "_HANDLER", "_X_AMZN_TRACE_ID", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_EXECUTION_ENV",
+    "AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "AWS_LAMBDA_FUNCTION_VERSION",
+    "AWS_LAMBDA_INITIALIZATION_TYPE", "AWS_LAMBDA_LOG_GROUP_NAME", "AWS_LAMBDA_LOG_STREAM_NAME",
+    "AWS_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+    "AWS_LAMBDA_RUNTIME_API", "LAMBDA_TASK_ROOT", "LAMBDA_RUNTIME_DIR",
+})
+MAX_ENV_BYTES = 4096
+ARCHITECTURES = ("x86_64", "arm64")
+
+
+def _constraint(value: Any, field: str, constraint: str) -> AwsError:
+    return AwsError.invalid_parameter(
+        f"1 validation error detected: Value '{value}' at '{field}' failed to satisfy "
+        f"constraint: {constraint}"
+    )
+
+
+def check_name(name: str | None) -> str:
+    if not name or not NAME_RE.match(name):
+        raise _constraint(name, "functionName", "Member must satisfy regular expression pattern: "
+                          "(arn:(aws[a-zA-Z-]*)?:lambda:)?([a-z]{2}(-gov)?-[a-z]+-\\d{1}:)?"
+                          "(\\d{12}:)?(function:)?([a-zA-Z0-9-_]+)(:(\\$LATEST|[a-zA-Z0-9-_]+))?")
+    return name
+
+
+def _range(fields: Fields, key: str, label: str, low: int, high: int) -> int | None:
+    value = fields.integer(key)
+    if value is None:
+        return None
+    if value < low:
+        raise _constraint(value, label, f"Member must have value greater than or equal to {low}")
+    if value > high:
+        raise _constraint(value, label, f"Member must have value less than or equal to {high}")
+    return value
+
+
+def configuration_changes(fields: Fields) -> dict[str, Any]:
+    """The FunctionConfiguration fields a create/update request sets, validated."""
+    changes: dict[str, Any] = {}
+    role = fields.string("Role")
+    if role is not None:
+        if not ROLE_RE.match(role):
+            raise _constraint(role, "role", "Member must satisfy regular expression pattern: "
+                              "arn:(aws[a-zA-Z-]*)?:iam::\\d{12}:role/?[a-zA-Z_0-9+=,.@\\-_/]+")
+        changes["Role"] = role
+    handler = fields.string("Handler")
+    if handler is not None:
+        if not HANDLER_RE.match(handler):
+            raise _constraint(handler, "handler", "Member must satisfy regular expression "
+                              "pattern: [^\\s]+ and have length less than or equal to 128")
+        changes["Handler"] = handler
+    description = fields.string("Description")
+    if description is not None:
+        if len(description) > 256:
+            raise _constraint("...", "description",
+                              "Member must have length less than or equal to 256")
+        changes["Description"] = description
+    timeout = _range(fields, "Timeout", "timeout", 1, 900)
+    if timeout is not None:
+        changes["Timeout"] = timeout
+    memory = _range(fields, "MemorySize", "memorySize", 128, 10240)
+    if memory is not None:
+        changes["MemorySize"] = memory
+    storage = fields.mapping("EphemeralStorage")
+    if storage is not None:
+        size = _range(Fields(storage), "Size", "ephemeralStorage.size", 512, 10240)
+        if size is None:
+            raise AwsError.invalid_parameter("EphemeralStorage.Size is required")
+        changes["EphemeralStorage"] = {"Size": size}
+    environment = fields.mapping("Environment")
+    if environment is not None:
+        changes["Environment"] = {"Variables": _variables(Fields(environment))}
+    runtime = fields.string("Runtime")
+    if runtime is not None:
+        changes["Runtime"] = runtime
+    for key in ("TracingConfig", "LoggingConfig", "DeadLetterConfig"):
+        value = fields.mapping(key)
+        if value is not None:
+            changes[key] = value
+    return changes
+
+
+def _variables(environment: Fields) -> dict[str, str]:
+    variables = environment.mapping("Variables") or {}
+    reserved = sorted(key for key in variables if key in RESERVED_ENV)
+    if reserved:
+        raise AwsError.invalid_parameter(
+            "Lambda was unable to configure your environment variables because the environment "
+            "variables you have provided contains reserved keys that are currently not supported "
+            f"for modification. Reserved keys used in this request: {', '.join(reserved)}"
+        )
+    size = 0
+    for key, value in variables.items():
+        if not ENV_KEY_RE.match(key):
+            raise _constraint(key, "environment.variables",
+                              "Map keys must satisfy constraint: [Member must satisfy regular "
+                              "expression pattern: [a-zA-Z]([a-zA-Z0-9_])+]")
+        if not isinstance(value, str):
+            raise AwsError.invalid_content(
+                "Could not parse request body into json: environment variable values must be "
+                "strings"
+            )
+        size += len(key.encode()) + len(value.encode())
+    if size > MAX_ENV_BYTES:
+        raise AwsError.invalid_parameter(
+            "Lambda was unable to configure your environment variables because the environment "
+            f"variables you have provided exceeded the 4KB limit. String measured: {size} bytes"
+        )
+    return dict(variables)
+
+
+def architectures(fields: Fields) -> list[str] | None:
+    value = fields.array("Architectures")
+    if value is None:
+        return None
+    if len(value) != 1 or value[0] not in ARCHITECTURES:
+        raise _constraint(value, "architectures", "Member must have length less than or equal "
+                          "to 1, and each member must satisfy enum value set: [x86_64, arm64]")
+    return list(value)

@@ -1,0 +1,162 @@
+"""Warm-environment assignment: reuse an idle environment of the same function version and
+configuration, or create one; reap idle ones after the keep-alive; retire outdated ones.
+
+    env, cold, failure = await assignment.acquire(record)
+    ...
+    await assignment.release(env)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+import uuid
+from collections import defaultdict
+
+from kiln.config import Settings
+from kiln.functions.code import CodeStore
+from kiln.functions.types import FunctionRecord
+from kiln.invoke.environment import Environment, Output, State
+from kiln.runtime.runtimes import RuntimeCatalog
+from kiln.runtime.types import InvocationResult
+from kiln.sandbox.types import SandboxBackend, SandboxSpec
+
+
+def _key(record: FunctionRecord) -> tuple[str, str, str]:
+    return (record.name, record.version, record.revision_id)
+
+
+class Assignment:
+    def __init__(self, backend: SandboxBackend, runtimes: RuntimeCatalog, code: CodeStore,
+                 settings: Settings) -> None:
+        self.backend = backend
+        self.runtimes = runtimes
+        self.code = code
+        self.settings = settings
+        self._idle: dict[tuple[str, str, str], list[Environment]] = defaultdict(list)
+        self._live: set[Environment] = set()
+        self._reaper: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
+
+    @property
+    def environments(self) -> list[Environment]:
+        return list(self._live)
+
+    async def acquire(self, record: FunctionRecord) -> tuple[Environment, InvocationResult | None]:
+        """A ready environment (warm if possible), or a failed one with its INIT failure."""
+        idle = self._idle.get(_key(record))
+        while idle:
+            env = idle.pop()
+            if env.alive:
+                return env, None
+        env = await self._create(record)
+        failure = await env.initialize(self.settings.init_timeout_seconds)
+        if failure is not None:
+            self._live.discard(env)
+        return env, failure
+
+    async def release(self, env: Environment) -> None:
+        """Return an environment after an invocation: keep it warm, or destroy it."""
+        if not env.alive:
+            self._live.discard(env)
+            return
+        if env.retired:
+            await self._destroy(env)
+            return
+        self._idle[_key(env.record)].append(env)
+        await env.freeze()
+
+    async def retire(self, function_name: str) -> None:
+        """Code or configuration changed: no environment of the old one serves again."""
+        for env in list(self._live):
+            if env.record.name != function_name:
+                continue
+            env.retired = True
+            if env.state is State.IDLE:
+                await self._destroy(env)
+        for key in [k for k in self._idle if k[0] == function_name]:
+            del self._idle[key]
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        for env in list(self._live):
+            await self._destroy(env)
+        self._idle.clear()
+        await self.backend.close()
+
+    async def _destroy(self, env: Environment) -> None:
+        self._live.discard(env)
+        idle = self._idle.get(_key(env.record))
+        if idle and env in idle:
+            idle.remove(env)
+        await env.destroy()
+
+    async def _reap_forever(self) -> None:
+        keep_alive = self.settings.keep_alive_seconds
+        while True:
+            await asyncio.sleep(min(keep_alive, 30.0) / 2 or 1.0)
+            horizon = time.monotonic() - keep_alive
+            for env in list(self._live):
+                if env.state is State.IDLE and env.last_used < horizon:
+                    await self._destroy(env)
+
+    async def _create(self, record: FunctionRecord) -> Environment:
+        env_id = uuid.uuid4().hex
+        task_root = self.code.task_root(record.code_sha_hex)
+        output = Output()
+        spec = SandboxSpec(
+            env_id=env_id,
+            argv=self.runtimes.command(record.runtime, task_root, []),
+            env=self._environment(record, task_root, env_id),
+            task_root=task_root,
+            memory_mb=record.memory_size,
+            ephemeral_mb=record.ephemeral_storage,
+            on_output=output.feed,
+        )
+        sandbox = await self.backend.create(spec)
+        env = Environment(env_id, record, sandbox, output)
+        self._live.add(env)
+        return env
+
+    def _environment(self, record: FunctionRecord, task_root: os.PathLike[str] | str,
+                     env_id: str) -> dict[str, str]:
+        """The runtime's environment: the user's variables, then Lambda's reserved ones."""
+        settings = self.settings
+        stream = time.strftime("%Y/%m/%d", time.gmtime()) + f"/[{record.version}]{env_id}"
+        env = dict(record.environment)
+        env.update({
+            "_HANDLER": record.handler,
+            "AWS_REGION": settings.region,
+            "AWS_DEFAULT_REGION": settings.region,
+            "AWS_LAMBDA_FUNCTION_NAME": record.name,
+            "AWS_LAMBDA_FUNCTION_VERSION": record.version,
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(record.memory_size),
+            "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+            "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{record.name}",
+            "AWS_LAMBDA_LOG_STREAM_NAME": stream,
+            "AWS_LAMBDA_LOG_FORMAT": record.config.get("LoggingConfig", {}).get("LogFormat",
+                                                                                 "Text"),
+            "AWS_ACCESS_KEY_ID": "kiln",
+            "AWS_SECRET_ACCESS_KEY": "kiln",
+            "AWS_SESSION_TOKEN": "kiln",
+            "LAMBDA_TASK_ROOT": str(task_root),
+            "LAMBDA_RUNTIME_DIR": str(self.runtimes.runtime_dir),
+            "TZ": ":UTC",
+            "LANG": env.get("LANG", "en_US.UTF-8"),
+            "PATH": env.get("PATH", "/usr/local/bin:/usr/bin/:/bin:/opt/bin"),
+            "LD_LIBRARY_PATH": env.get(
+                "LD_LIBRARY_PATH",
+                f"/lib64:/usr/lib64:{task_root}:{task_root}/lib:/opt/lib"),
+            "PYTHONUNBUFFERED": "1",
+        })
+        execution_env = self.runtimes.execution_env(record.runtime)
+        if execution_env:
+            env["AWS_EXECUTION_ENV"] = execution_env
+        return env

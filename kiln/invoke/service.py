@@ -1,0 +1,153 @@
+"""Synchronous invocation: lease, assign, run, log.
+
+Once a function has started running, the caller always gets a 200 with the outcome (botocore
+retries 429/5xx, which would run the function again), and a retried request with the same
+``amz-sdk-invocation-id`` gets the first attempt's outcome instead of a second run.
+
+    outcome = await invoker.invoke(record, request)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from kiln.functions.types import FunctionRecord
+from kiln.invoke.assignment import Assignment
+from kiln.invoke.counting import Counting
+from kiln.invoke.logs import TAIL_BYTES, LogStore, report_line
+from kiln.runtime.types import Invocation, InvocationResult
+
+_DEDUPE_MAX = 10_000
+
+
+@dataclass(frozen=True)
+class InvokeRequest:
+    payload: bytes
+    invoked_arn: str
+    client_context: str | None = None
+    cognito_identity: str | None = None
+    tail: bool = False
+    dedupe_key: str | None = None
+    request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+
+@dataclass(frozen=True)
+class InvokeOutcome:
+    request_id: str
+    result: InvocationResult
+    executed_version: str
+    status: str  # ok | error | timeout | crash | init
+    log_tail: str | None = None  # base64 of the last 4 KB of the log, when asked for
+
+
+class Invoker:
+    def __init__(self, assignment: Assignment, counting: Counting, logs: LogStore,
+                 dedupe_seconds: float) -> None:
+        self.assignment = assignment
+        self.counting = counting
+        self.logs = logs
+        self.dedupe_seconds = dedupe_seconds
+        self._recent: OrderedDict[str, tuple[float, asyncio.Future[InvokeOutcome]]] = \
+            OrderedDict()
+
+    async def invoke(self, record: FunctionRecord, request: InvokeRequest,
+                     reserved: int | None = None) -> InvokeOutcome:
+        """Run once; raises AwsError (429) only before the function runs."""
+        if request.dedupe_key is None:
+            with self.counting.lease(record.name, reserved):
+                return await self._run(record, request)
+        self._expire()
+        known = self._recent.get(request.dedupe_key)
+        if known is not None:
+            return await asyncio.shield(known[1])
+        with self.counting.lease(record.name, reserved):
+            future: asyncio.Future[InvokeOutcome] = asyncio.get_running_loop().create_future()
+            self._recent[request.dedupe_key] = (time.monotonic(), future)
+            try:
+                outcome = await self._run(record, request)
+            except BaseException as exc:
+                del self._recent[request.dedupe_key]
+                future.set_exception(exc)
+                future.exception()  # retrieved: callers that shared it re-raise on their own
+                raise
+            future.set_result(outcome)
+            return outcome
+
+    def _expire(self) -> None:
+        horizon = time.monotonic() - self.dedupe_seconds
+        while self._recent:
+            key, (started, future) = next(iter(self._recent.items()))
+            if (started >= horizon or not future.done()) and len(self._recent) <= _DEDUPE_MAX:
+                break
+            del self._recent[key]
+
+    async def _run(self, record: FunctionRecord, request: InvokeRequest) -> InvokeOutcome:
+        request_id = request.request_id
+        env, failure = await self.assignment.acquire(record)
+        init_lines = env.output.take()
+        init_duration = env.init_duration_ms if env.invocations == 0 else None
+        started = time.perf_counter()
+        if failure is not None:
+            result, status = _with_request_id(failure, request_id), "init"
+        else:
+            invocation = Invocation(
+                request_id=request_id,
+                payload=request.payload,
+                deadline_ms=int(time.time() * 1000) + record.timeout * 1000,
+                invoked_function_arn=request.invoked_arn,
+                trace_id=_trace_id(),
+                client_context=request.client_context,
+                cognito_identity=request.cognito_identity,
+            )
+            try:
+                result, status = await env.invoke(invocation, record.timeout)
+            finally:
+                await self.assignment.release(env)
+        duration = (time.perf_counter() - started) * 1000
+        lines = [*init_lines, f"START RequestId: {request_id} Version: {record.version}"]
+        lines.extend(env.output.take())
+        if status in ("timeout", "crash", "init"):
+            error = result.error_json()
+            lines.append(f"{_now_iso()} {request_id} {error.get('errorMessage', '')}")
+            if status != "timeout":
+                lines.append(str(error.get("errorType", "")))
+        lines.append(f"END RequestId: {request_id}")
+        lines.append(report_line(
+            request_id, duration, record.memory_size, env.sandbox.max_memory_used_mb(),
+            init_duration,
+            status={"timeout": "timeout", "crash": "error", "init": "error"}.get(status),
+            error_type=result.error_type if status in ("crash", "init") else None))
+        text = "\n".join(lines) + "\n"
+        self.logs.append(record.name, text)
+        tail = None
+        if request.tail:
+            block = text.encode()[len("\n".join(init_lines).encode()) if init_lines else 0:]
+            tail = base64.b64encode(block[-TAIL_BYTES:]).decode()
+        return InvokeOutcome(request_id, result, record.version, status, tail)
+
+
+def _with_request_id(failure: InvocationResult, request_id: str) -> InvocationResult:
+    """Platform INIT failures name the request that met them, as Lambda's do."""
+    error = failure.error_json()
+    message = str(error.get("errorMessage", ""))
+    if failure.error_type in ("Runtime.ExitError", "Sandbox.Timedout") and message.startswith(
+            "Error:"):
+        return InvocationResult.platform_error(str(failure.error_type),
+                                               f"RequestId: {request_id} {message}")
+    return failure
+
+
+def _trace_id() -> str:
+    return (f"Root=1-{int(time.time()):08x}-{os.urandom(12).hex()};"
+            f"Parent={os.urandom(8).hex()};Sampled=0")
+
+
+def _now_iso() -> str:
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"

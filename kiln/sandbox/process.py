@@ -1,0 +1,160 @@
+"""The ``process`` backend: each environment is a child process in its own session.
+
+The runtime's Runtime API listener is a loopback socket created by the host; the code directory
+is read-only.  Processes, pipes and sockets are released on ``destroy``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from kiln.sandbox.types import SandboxSpec
+
+
+class ProcessSandbox:
+    def __init__(self, spec: SandboxSpec, forget: Callable[[str], object]) -> None:
+        self.env_id = spec.env_id
+        self._forget = forget
+        self.spec = spec
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.listener.setblocking(False)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._out_fd: int | None = None
+        self._pidfd: int | None = None
+        self._exited: asyncio.Future[int] | None = None
+        self._peak_kb = 0
+
+    @property
+    def runtime_api_address(self) -> str:
+        host, port = self.listener.getsockname()[:2]
+        return f"{host}:{port}"
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        read_fd, write_fd = os.pipe()
+        env = {**self.spec.env, "AWS_LAMBDA_RUNTIME_API": self.runtime_api_address}
+        try:
+            self._proc = subprocess.Popen(
+                self.spec.argv,
+                cwd=self.spec.task_root,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=write_fd,
+                stderr=write_fd,
+                start_new_session=True,
+                close_fds=True,
+            )
+        finally:
+            os.close(write_fd)
+        os.set_blocking(read_fd, False)
+        self._out_fd = read_fd
+        loop.add_reader(read_fd, self.drain_output)
+        self._exited = loop.create_future()
+        self._pidfd = os.pidfd_open(self._proc.pid)
+        loop.add_reader(self._pidfd, self._reap)
+
+    def _reap(self) -> None:
+        assert self._proc is not None and self._exited is not None
+        self._sample_memory()
+        returncode = self._proc.poll()
+        if returncode is None:
+            return
+        self._close_pidfd()
+        self.drain_output()
+        if not self._exited.done():
+            self._exited.set_result(returncode)
+
+    def _close_pidfd(self) -> None:
+        if self._pidfd is not None:
+            asyncio.get_running_loop().remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    async def wait(self) -> int:
+        if self._exited is None:
+            raise RuntimeError("sandbox not started")
+        return await asyncio.shield(self._exited)
+
+    def drain_output(self) -> None:
+        fd = self._out_fd
+        if fd is None:
+            return
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                chunk = b""
+            if not chunk:
+                asyncio.get_running_loop().remove_reader(fd)
+                os.close(fd)
+                self._out_fd = None
+                return
+            self.spec.on_output(chunk)
+
+    def _sample_memory(self) -> None:
+        if self._proc is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path(f"/proc/{self._proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    self._peak_kb = max(self._peak_kb, int(line.split()[1]))
+                    break
+
+    def max_memory_used_mb(self) -> int:
+        self._sample_memory()
+        return max(1, -(-self._peak_kb // 1024))
+
+    def _signal(self, signum: int) -> None:
+        if self._proc is not None and self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._proc.pid, signum)
+
+    async def freeze(self) -> None:
+        self._signal(signal.SIGSTOP)
+
+    async def thaw(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    async def destroy(self) -> None:
+        self._signal(signal.SIGKILL)
+        if self._exited is not None and self._proc is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._exited), timeout=5)
+            except TimeoutError:
+                self._proc.wait()
+                self._close_pidfd()
+        self.drain_output()
+        if self._out_fd is not None:
+            asyncio.get_running_loop().remove_reader(self._out_fd)
+            os.close(self._out_fd)
+            self._out_fd = None
+        self.listener.close()
+        self._forget(self.env_id)
+
+
+class ProcessBackend:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self._live: dict[str, ProcessSandbox] = {}
+
+    async def create(self, spec: SandboxSpec) -> ProcessSandbox:
+        sandbox = ProcessSandbox(spec, forget=lambda env_id: self._live.pop(env_id, None))
+        self._live[spec.env_id] = sandbox
+        return sandbox
+
+    async def close(self) -> None:
+        for sandbox in list(self._live.values()):
+            await sandbox.destroy()
+        self._live.clear()

@@ -1,0 +1,65 @@
+"""The vocabulary every sandbox backend speaks."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """What an execution environment is made of.
+
+    ``argv`` runs with ``env`` (the runtime's environment, minus ``AWS_LAMBDA_RUNTIME_API`` which
+    the backend sets to where its listener is reachable from inside) and ``cwd=task_root``.
+    Output (stdout and stderr, interleaved) goes to ``on_output`` in arbitrary chunks.
+    """
+
+    env_id: str
+    argv: list[str]
+    env: dict[str, str]
+    task_root: Path
+    layers: list[Path] = field(default_factory=list)
+    memory_mb: int = 128
+    ephemeral_mb: int = 512
+    on_output: Callable[[bytes], None] = lambda _chunk: None
+
+
+class Sandbox(Protocol):
+    """One execution environment."""
+
+    env_id: str
+    #: Listening socket for the Runtime API; the host serves it from its own event loop.
+    listener: socket.socket
+
+    async def start(self) -> None:
+        """Start the runtime process (INIT begins)."""
+
+    async def wait(self) -> int:
+        """Wait for the runtime to exit; returns its wait status as ``returncode`` (-N: signal)."""
+
+    def drain_output(self) -> None:
+        """Deliver any output already written by the runtime to ``on_output`` now."""
+
+    def max_memory_used_mb(self) -> int:
+        """Peak memory of the environment so far, in MB."""
+
+    async def freeze(self) -> None:
+        """Stop the environment's processes while idle."""
+
+    async def thaw(self) -> None:
+        """Resume a frozen environment."""
+
+    async def destroy(self) -> None:
+        """Kill every process and release every resource; safe to call twice."""
+
+
+class SandboxBackend(Protocol):
+    async def create(self, spec: SandboxSpec) -> Sandbox:
+        """Prepare an environment and its Runtime API listener; the runtime is not started."""
+
+    async def close(self) -> None:
+        """Destroy whatever this backend still holds."""

@@ -1,0 +1,104 @@
+"""The ASGI app: one application object (``Kiln``) owns every service; one endpoint serves
+every API.
+
+    kiln = Kiln(Settings.from_env())
+    app = create_app(kiln)          # Starlette; the lifespan starts and stops the services
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from kiln.aws.arn import ArnBuilder
+from kiln.aws.errors import AwsError
+from kiln.config import Settings
+from kiln.functions import api as functions_api
+from kiln.functions.code import CodeStore
+from kiln.functions.service import FunctionService
+from kiln.invoke import api as invoke_api
+from kiln.invoke.assignment import Assignment
+from kiln.invoke.counting import Counting
+from kiln.invoke.logs import LogStore
+from kiln.invoke.queue import AsyncQueue
+from kiln.invoke.service import Invoker
+from kiln.runtime.runtimes import RuntimeCatalog
+from kiln.sandbox import SandboxBackend, make_backend
+from kiln.store import Database
+
+log = logging.getLogger("kiln")
+
+
+class Kiln:
+    """Every service of one Kiln node, wired together; the only holder of mutable state."""
+
+    def __init__(self, settings: Settings, backend: SandboxBackend | None = None) -> None:
+        self.settings = settings
+        data = settings.data_dir
+        data.mkdir(parents=True, exist_ok=True)
+        self.db = Database(data / "kiln.sqlite3")
+        self.arns = ArnBuilder(settings.region, settings.account_id)
+        self.code = CodeStore(data / "code")
+        self.runtimes = RuntimeCatalog(settings)
+        self.functions = FunctionService(self.db, self.code, self.runtimes, self.arns)
+        self.logs = LogStore(data / "logs")
+        self.backend = backend or make_backend(settings.sandbox_backend,
+                                               str(data / "sandboxes"))
+        self.assignment = Assignment(self.backend, self.runtimes, self.code, settings)
+        self.counting = Counting(settings.account_concurrency)
+        self.invoker = Invoker(self.assignment, self.counting, self.logs, settings.dedupe_seconds)
+        self.queue = AsyncQueue(self.db, self.functions, self.invoker, settings.async_workers)
+        self.functions.listeners.append(self.assignment.retire)
+
+    async def start(self) -> None:
+        self.assignment.start()
+        await self.queue.start()
+
+    async def stop(self) -> None:
+        await self.queue.stop()
+        await self.assignment.close()
+        self.db.close()
+
+
+async def _unknown_route(request: Request, exc: Exception) -> Response:
+    status = exc.status_code if isinstance(exc, HTTPException) else 404
+    return AwsError("UnknownOperationException", f"No operation at {request.method} "
+                    f"{request.url.path}", status if status in (404, 405) else 404).to_response()
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
+    return AwsError.service(f"Internal error: {type(exc).__name__}").to_response()
+
+
+def create_app(kiln: Kiln) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        await kiln.start()
+        try:
+            yield
+        finally:
+            await kiln.stop()
+
+    async def health(_request: Request) -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    routes = [
+        *functions_api.routes(kiln),
+        *invoke_api.routes(kiln),
+        Route("/kiln/v1/health", health, methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _unknown_route, Exception: _internal_error},
+    )
+    app.state.kiln = kiln
+    return app

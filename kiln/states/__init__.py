@@ -1,0 +1,1 @@
+"""Step Functions: the Amazon States Language engine and its json-1.0 API."""

@@ -1,0 +1,125 @@
+"""Shared fixtures: a real ``kiln serve`` on a free loopback port, and boto3 clients for it."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+
+REPO = Path(__file__).resolve().parent.parent
+ROLE = "arn:aws:iam::000000000000:role/kiln-test"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class KilnServer:
+    """A started ``kiln serve`` process."""
+
+    port: int
+    data_dir: Path
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, service: str = "lambda", **config: Any) -> Any:
+        options = {"retries": {"max_attempts": 0}, "read_timeout": 120, **config}
+        return boto3.client(
+            service, endpoint_url=self.url, region_name="us-east-1",
+            aws_access_key_id="kiln", aws_secret_access_key="kiln",
+            config=Config(**options))
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return int(self.process.returncode)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_server(data_dir: Path, port: int | None = None, **env: str) -> KilnServer:
+    port = port or free_port()
+    log_path = data_dir.parent / f"kiln-{port}.log"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "kiln.cli", "serve", "--port", str(port),
+             "--data-dir", str(data_dir)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+            env={**os.environ, "KILN_KEEP_ALIVE_SECONDS": "60", **env})
+    server = KilnServer(port, data_dir, process, log_path)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"kiln serve exited: {server.output()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return server
+        except OSError:
+            time.sleep(0.05)
+    server.stop()
+    raise RuntimeError(f"kiln serve did not start: {server.output()}")
+
+
+@pytest.fixture(scope="session")
+def kiln_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KilnServer]:
+    server = start_server(tmp_path_factory.mktemp("kiln") / "data")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def lambda_client(kiln_server: KilnServer) -> Any:
+    return kiln_server.client()
+
+
+def make_zip(files: dict[str, str | bytes], executable: tuple[str, ...] = ()) -> bytes:
+    """A zip holding ``files``; names in ``executable`` get mode 0755."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, content in files.items():
+            info = zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0))
+            info.external_attr = (0o100755 if name in executable else 0o100644) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, content)
+    return buffer.getvalue()
+
+
+def unique_name(prefix: str = "fn") -> str:
+    return f"{prefix}-{os.urandom(4).hex()}"
+
+
+def create_python_function(client: Any, source: str, name: str | None = None,
+                           handler: str = "app.handler", **kwargs: Any) -> str:
+    """Create a python3.11 function from one module's ``source``; returns its name."""
+    name = name or unique_name()
+    client.create_function(
+        FunctionName=name, Runtime=kwargs.pop("Runtime", "python3.11"), Role=ROLE,
+        Handler=handler, Code={"ZipFile": make_zip({"app.py": source})}, **kwargs)
+    return name
