@@ -48,7 +48,8 @@ class Settings:
     )
     dedupe_seconds: float = field(
         default=600.0,
-        metadata={"doc": "How long a sync result is kept to answer a retried amz-sdk-invocation-id."},
+        metadata={"doc": "How long a sync result is kept to answer a retried "
+                         "amz-sdk-invocation-id."},
     )
     python_runtimes: dict[str, str] = field(
         default_factory=dict,

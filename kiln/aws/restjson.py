@@ -117,7 +117,7 @@ class Fields:
                     f"Could not parse request body into json: field '{key}' must be an integer"
                 )
             value = int(value)
-        return value
+        return int(value) if value is not None else None
 
     def boolean(self, key: str) -> bool | None:
         value: bool | None = self._get(key, (bool,), "java.lang.Boolean")

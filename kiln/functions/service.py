@@ -40,7 +40,8 @@ Listener = Callable[[str], Awaitable[None]]
 def timestamp() -> str:
     """AWS's LastModified format: 2024-05-01T12:00:00.000+0000."""
     now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}+0000"
+    millis = int(now * 1000) % 1000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{millis:03d}+0000"
 
 
 class FunctionService:
@@ -174,7 +175,8 @@ class FunctionService:
             self.runtimes.check(changes["Runtime"])
         config = {**current.config, **changes}
         if "LoggingConfig" in changes:
-            config["LoggingConfig"] = {**current.config["LoggingConfig"], **changes["LoggingConfig"]}
+            config["LoggingConfig"] = {**current.config["LoggingConfig"],
+                                       **changes["LoggingConfig"]}
         return await self._update(current, config, current.code_sha_hex)
 
     async def delete(self, name: str, qualifier: str | None) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import signal
 import time
 from enum import Enum
+from typing import Any
 
 from kiln.functions.types import FunctionRecord
 from kiln.runtime.api import RuntimeApi
@@ -118,7 +119,8 @@ class Environment:
             await self.sandbox.thaw()
             self._frozen = False
         self.api.submit(invocation)
-        done, _ = await asyncio.wait({invocation.result, self._exit}, timeout=timeout,
+        waiting: set[asyncio.Future[Any]] = {invocation.result, self._exit}
+        done, _ = await asyncio.wait(waiting, timeout=timeout,
                                      return_when=asyncio.FIRST_COMPLETED)
         self.sandbox.drain_output()
         self.last_used = time.monotonic()

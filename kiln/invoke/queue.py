@@ -16,7 +16,7 @@ import time
 
 from kiln.aws.errors import AwsError
 from kiln.functions.service import FunctionService
-from kiln.invoke.service import InvokeRequest, Invoker
+from kiln.invoke.service import Invoker, InvokeRequest
 from kiln.store import Database
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class AsyncQueue:
                 await self._run(request_id)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - a worker must survive one bad event
+            except Exception:
                 log.exception("async invocation %s failed in the platform", request_id)
 
     async def _run(self, request_id: str) -> None:

@@ -9,6 +9,7 @@ response without a content type).
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -111,9 +112,9 @@ class _Protocol(asyncio.Protocol):
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the runtime
-                    response = HttpResponse(
-                        500, f'{{"errorType":"InternalServerError","errorMessage":"{type(exc).__name__}"}}'
-                        .encode(), "application/json")
+                    body = {"errorType": "InternalServerError",
+                            "errorMessage": type(exc).__name__}
+                    response = HttpResponse(500, json.dumps(body).encode(), "application/json")
                 self._write(response, keep_alive=True)
         finally:
             self._busy = False

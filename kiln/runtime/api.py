@@ -140,8 +140,9 @@ class RuntimeApi:
                 f"Response payload size ({len(request.body)} bytes) exceeded maximum allowed "
                 f"payload size ({self.max_response_bytes} bytes).",
             ))
+            limit = self.max_response_bytes
             return _error(413, "RequestEntityTooLarge",
-                          f"Exceeded maximum allowed payload size ({self.max_response_bytes} bytes)")
+                          f"Exceeded maximum allowed payload size ({limit} bytes)")
         content_type = request.headers.get("content-type") or "application/json"
         current.finish(InvocationResult(request.body, content_type))
         return _ACCEPTED

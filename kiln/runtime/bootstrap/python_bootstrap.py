@@ -4,8 +4,9 @@ Started as ``python -s -u python_bootstrap.py`` inside an execution environment.
 library only, and only cheap imports, because its start-up is part of every cold start.
 """
 
+from __future__ import annotations
+
 import json
-import logging
 import os
 import socket
 import sys
@@ -15,18 +16,25 @@ import traceback
 _API = os.environ["AWS_LAMBDA_RUNTIME_API"]
 _PREFIX = "/2018-06-01/runtime"
 _request_id = ""
+# `typing` and `logging` cost milliseconds of every cold start: typing is only for the checker,
+# and the logging handler is installed once the function's code has imported logging itself.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import logging
+    from typing import Any, NoReturn
 
 
 class _Connection:
     """A keep-alive HTTP/1.1 client for the Runtime API (our server always sends Content-Length)."""
 
-    def __init__(self, address):
+    def __init__(self, address: str) -> None:
         host, _, port = address.rpartition(":")
         self._address = (host, int(port))
-        self._sock = None
+        self._sock: socket.socket | None = None
         self._buffer = b""
 
-    def request(self, method, path, body=b"", headers=None):
+    def request(self, method: str, path: str, body: bytes = b"",
+                headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
         for attempt in (0, 1):
             try:
                 return self._request(method, path, body, headers or {})
@@ -36,13 +44,14 @@ class _Connection:
                     raise
         raise AssertionError("unreachable")
 
-    def _close(self):
+    def _close(self) -> None:
         if self._sock is not None:
             self._sock.close()
         self._sock = None
         self._buffer = b""
 
-    def _request(self, method, path, body, headers):
+    def _request(self, method: str, path: str, body: bytes,
+                 headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
         if self._sock is None:
             self._sock = socket.create_connection(self._address)
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -66,7 +75,8 @@ class _Connection:
             self._close()
         return status, response_headers, payload
 
-    def _recv(self):
+    def _recv(self) -> None:
+        assert self._sock is not None
         chunk = self._sock.recv(65536)
         if not chunk:
             raise ConnectionError("runtime API closed the connection")
@@ -76,7 +86,7 @@ class _Connection:
 class _CognitoIdentity:
     __slots__ = ("cognito_identity_id", "cognito_identity_pool_id")
 
-    def __init__(self, data):
+    def __init__(self, data: dict[str, Any]) -> None:
         self.cognito_identity_id = data.get("cognitoIdentityId")
         self.cognito_identity_pool_id = data.get("cognitoIdentityPoolId")
 
@@ -85,7 +95,7 @@ class _Client:
     __slots__ = ("app_package_name", "app_title", "app_version_code", "app_version_name",
                  "installation_id")
 
-    def __init__(self, data):
+    def __init__(self, data: dict[str, Any]) -> None:
         self.installation_id = data.get("installation_id")
         self.app_title = data.get("app_title")
         self.app_version_name = data.get("app_version_name")
@@ -96,7 +106,7 @@ class _Client:
 class _ClientContext:
     __slots__ = ("client", "custom", "env")
 
-    def __init__(self, data):
+    def __init__(self, data: dict[str, Any]) -> None:
         client = data.get("client")
         self.client = _Client(client) if isinstance(client, dict) else None
         self.custom = data.get("custom")
@@ -106,7 +116,8 @@ class _ClientContext:
 class LambdaContext:
     """The ``context`` argument, as documented for the Python runtime."""
 
-    def __init__(self, request_id, deadline_ms, invoked_function_arn, client_context, identity):
+    def __init__(self, request_id: str, deadline_ms: int, invoked_function_arn: str | None,
+                 client_context: dict[str, Any] | None, identity: dict[str, Any] | None) -> None:
         self.aws_request_id = request_id
         self.invoked_function_arn = invoked_function_arn
         self.function_name = os.environ.get("AWS_LAMBDA_FUNCTION_NAME")
@@ -119,35 +130,45 @@ class LambdaContext:
         self.tenant_id = None
         self._deadline_ms = deadline_ms
 
-    def get_remaining_time_in_millis(self):
+    def get_remaining_time_in_millis(self) -> int:
         return max(0, self._deadline_ms - int(time.time() * 1000))
 
-    def log(self, message):
+    def log(self, message: object) -> None:
         sys.stdout.write(str(message))
         sys.stdout.flush()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"LambdaContext([aws_request_id={self.aws_request_id},"
                 f"function_name={self.function_name},"
                 f"function_version={self.function_version},"
                 f"invoked_function_arn={self.invoked_function_arn}])")
 
 
-class _LambdaLogHandler(logging.Handler):
-    """``[LEVEL]\\t<timestamp>\\t<request id>\\t<message>``, one log event per record."""
+def _install_log_handler() -> bool:
+    """Give the root logger Lambda's ``[LEVEL]\\t<time>\\t<request id>\\t<message>`` handler
+    once the function has imported logging; True when installed."""
+    if "logging" not in sys.modules:
+        return False
+    import logging
 
-    def emit(self, record):
-        try:
-            ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            ts += f".{int(record.msecs):03d}Z"
-            message = self.format(record).replace("\n", "\r")
-            sys.stdout.write(f"[{record.levelname}]\t{ts}\t{_request_id}\t{message}\n")
-            sys.stdout.flush()
-        except Exception:  # a logging failure must never fail the invocation
-            self.handleError(record)
+    class LambdaLogHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+                ts += f".{int(record.msecs):03d}Z"
+                message = self.format(record).replace("\n", "\r")
+                sys.stdout.write(f"[{record.levelname}]\t{ts}\t{_request_id}\t{message}\n")
+                sys.stdout.flush()
+            except Exception:  # a logging failure must never fail the invocation
+                self.handleError(record)
+
+    root = logging.getLogger()
+    root.addHandler(LambdaLogHandler())
+    root.setLevel(logging.WARNING)
+    return True
 
 
-def _error_body(exc, request_id):
+def _error_body(exc: BaseException, request_id: str) -> dict[str, Any]:
     tb = traceback.extract_tb(exc.__traceback__)
     frames = [frame for frame in tb if not frame.filename.endswith("python_bootstrap.py")]
     return {
@@ -158,7 +179,7 @@ def _error_body(exc, request_id):
     }
 
 
-def _log_error(body):
+def _log_error(body: dict[str, Any]) -> None:
     lines = [f"[ERROR] {body['errorType']}: {body['errorMessage']}",
              "Traceback (most recent call last):"]
     lines.extend(line.rstrip("\n") for line in body["stackTrace"])
@@ -166,7 +187,8 @@ def _log_error(body):
     sys.stdout.flush()
 
 
-def _init_error(conn, error_type, message, stack=None):
+def _init_error(conn: _Connection, error_type: str, message: str,
+                stack: list[str] | None = None) -> NoReturn:
     body = {"errorMessage": message, "errorType": error_type, "requestId": "",
             "stackTrace": stack or []}
     _log_error(body)
@@ -176,7 +198,7 @@ def _init_error(conn, error_type, message, stack=None):
     sys.exit(1)
 
 
-def _load_handler(conn, handler):
+def _load_handler(conn: _Connection, handler: str) -> Any:
     try:
         module_path, function_name = handler.rsplit(".", 1)
     except ValueError as exc:
@@ -208,17 +230,17 @@ def _load_handler(conn, handler):
     return function
 
 
-def main():
+def main() -> None:
     global _request_id
     task_root = os.environ.get("LAMBDA_TASK_ROOT", os.getcwd())
     sys.path[0:0] = [task_root, *[p for p in os.environ.get("KILN_EXTRA_PYTHONPATH", "")
                                   .split(os.pathsep) if p]]
-    root = logging.getLogger()
-    root.addHandler(_LambdaLogHandler())
-    root.setLevel(logging.WARNING)
     conn = _Connection(_API)
     handler = _load_handler(conn, os.environ.get("_HANDLER", ""))
+    logging_ready = _install_log_handler()
     while True:
+        if not logging_ready:
+            logging_ready = _install_log_handler()
         status, headers, payload = conn.request("GET", f"{_PREFIX}/invocation/next")
         if status != 200:
             sys.exit(1)
