@@ -159,7 +159,7 @@ def _install_log_handler() -> bool:
                 message = self.format(record).replace("\n", "\r")
                 sys.stdout.write(f"[{record.levelname}]\t{ts}\t{_request_id}\t{message}\n")
                 sys.stdout.flush()
-            except Exception:  # a logging failure must never fail the invocation
+            except Exception:  # noqa: BLE001 - a logging failure must never fail the invoke
                 self.handleError(record)
 
     root = logging.getLogger()
@@ -218,7 +218,7 @@ def _load_handler(conn: _Connection, handler: str) -> Any:
         _init_error(conn, "Runtime.UserCodeSyntaxError",
                     f"Syntax error in module '{module_name}': {exc}",
                     [f'  File "{exc.filename}" Line {exc.lineno}\n', f"    {exc.text or ''}\n"])
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any error at import time is an init error
         body = _error_body(exc, "")
         # Like AWS: the body names the exception; the header type is normalised to
         # Runtime.Unknown by the Runtime API.
@@ -270,7 +270,7 @@ def main() -> None:
                              {"Content-Type": "application/json",
                               "Lambda-Runtime-Function-Error-Type": "Runtime.MarshalError"})
                 continue
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the function's errors go to the caller
             error = _error_body(exc, request_id)
             _log_error(error)
             conn.request("POST", f"{_PREFIX}/invocation/{request_id}/error",
