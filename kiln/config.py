@@ -37,6 +37,11 @@ class Settings:
         default=300.0,
         metadata={"doc": "An idle execution environment is destroyed after this many seconds."},
     )
+    freeze_after_seconds: float = field(
+        default=0.05,
+        metadata={"doc": "An idle environment is frozen after this long without work, so "
+                         "back-to-back invokes skip the freeze/thaw round trip."},
+    )
     init_timeout_seconds: float = field(
         default=10.0, metadata={"doc": "Longest INIT phase before the environment is killed."}
     )

@@ -64,6 +64,7 @@ class Kiln:
     async def stop(self) -> None:
         await self.queue.stop()
         await self.assignment.close()
+        self.logs.close()
         self.db.close()
 
 
@@ -91,8 +92,8 @@ def create_app(kiln: Kiln) -> Starlette:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
     routes = [
+        *invoke_api.routes(kiln),  # first: Invoke is the hot path
         *functions_api.routes(kiln),
-        *invoke_api.routes(kiln),
         Route("/kiln/v1/health", health, methods=["GET"]),
     ]
     app = Starlette(

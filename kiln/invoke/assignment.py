@@ -68,7 +68,7 @@ class Assignment:
             await self._destroy(env)
             return
         self._idle[_key(env.record)].append(env)
-        await env.freeze()
+        env.schedule_freeze(self.settings.freeze_after_seconds)
 
     async def retire(self, function_name: str) -> None:
         """Code or configuration changed: no environment of the old one serves again."""

@@ -11,7 +11,6 @@ import asyncio
 import signal
 import time
 from enum import Enum
-from typing import Any
 
 from kiln.functions.types import FunctionRecord
 from kiln.runtime.api import RuntimeApi
@@ -58,6 +57,14 @@ def exit_description(returncode: int) -> str:
         return f"signal: {-returncode}"
 
 
+def _entrypoint_message(exc: OSError) -> str:
+    """Lambda's words for a runtime that could not be started."""
+    if isinstance(exc, FileNotFoundError):
+        return f"Error: Couldn't find valid bootstrap(s): [{exc.filename}]"
+    reason = (exc.strerror or type(exc).__name__).lower()
+    return f"Error: fork/exec {exc.filename}: {reason}"
+
+
 class Environment:
     def __init__(self, env_id: str, record: FunctionRecord, sandbox: Sandbox,
                  output: Output) -> None:
@@ -74,6 +81,8 @@ class Environment:
         self._init_failure: InvocationResult | None = None
         self._exit: asyncio.Task[int] | None = None
         self._frozen = False
+        self._freeze_timer: asyncio.TimerHandle | None = None
+        self._freezing: asyncio.Task[None] | None = None
 
     @property
     def alive(self) -> bool:
@@ -83,7 +92,14 @@ class Environment:
         """Start the runtime and wait for its first /next; the failure result otherwise."""
         await self.api.serve(self.sandbox.listener)
         started = time.perf_counter()
-        await self.sandbox.start()
+        try:
+            await self.sandbox.start()
+        except OSError as exc:  # no bootstrap, or one that cannot be executed
+            self.init_duration_ms = (time.perf_counter() - started) * 1000
+            self._init_failure = InvocationResult.platform_error(
+                "Runtime.InvalidEntrypoint", _entrypoint_message(exc))
+            await self.destroy()
+            return self._init_failure
         self._exit = asyncio.get_running_loop().create_task(self.sandbox.wait())
         ready = asyncio.ensure_future(self.api.ready.wait())
         init_error = asyncio.ensure_future(self.api.init_error_posted.wait())
@@ -115,44 +131,69 @@ class Environment:
         assert self._exit is not None and self.state is State.IDLE
         self.state = State.BUSY
         self.invocations += 1
+        if self._freeze_timer is not None:
+            self._freeze_timer.cancel()
+            self._freeze_timer = None
         if self._frozen:
             await self.sandbox.thaw()
             self._frozen = False
+        request_id = invocation.request_id
+        status = "ok"
+
+        # Whichever comes first settles the invocation: the runtime's answer, the runtime's
+        # exit, or the timeout (callbacks rather than asyncio.wait: this is the hot path).
+        def on_exit(exit_task: asyncio.Task[int]) -> None:
+            nonlocal status
+            if not exit_task.cancelled() and invocation.finish(InvocationResult.platform_error(
+                    "Runtime.ExitError",
+                    f"RequestId: {request_id} Error: Runtime exited with error: "
+                    f"{exit_description(exit_task.result())}")):
+                status = "crash"
+
+        def on_timeout() -> None:
+            nonlocal status
+            if invocation.finish(InvocationResult.platform_error(
+                    "Sandbox.Timedout",
+                    f"RequestId: {request_id} Error: Task timed out after {timeout:.2f} seconds")):
+                status = "timeout"
+
+        self._exit.add_done_callback(on_exit)
+        timer = asyncio.get_running_loop().call_later(timeout, on_timeout)
         self.api.submit(invocation)
-        waiting: set[asyncio.Future[Any]] = {invocation.result, self._exit}
-        done, _ = await asyncio.wait(waiting, timeout=timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        try:
+            result = await invocation.result
+        finally:
+            timer.cancel()
+            self._exit.remove_done_callback(on_exit)
         self.sandbox.drain_output()
         self.last_used = time.monotonic()
-        if invocation.result.done():
-            self.state = State.IDLE
-            result = invocation.result.result()
-            return result, "ok" if result.error_type is None else "error"
-        request_id = invocation.request_id
-        if self._exit in done:
-            failure = InvocationResult.platform_error(
-                "Runtime.ExitError",
-                f"RequestId: {request_id} Error: Runtime exited with error: "
-                f"{exit_description(self._exit.result())}")
-            invocation.finish(failure)
+        if status != "ok":
             await self.destroy()
-            return failure, "crash"
-        failure = InvocationResult.platform_error(
-            "Sandbox.Timedout",
-            f"RequestId: {request_id} Error: Task timed out after {timeout:.2f} seconds")
-        invocation.finish(failure)
-        await self.destroy()
-        return failure, "timeout"
+            return result, status
+        self.state = State.IDLE
+        return result, "ok" if result.error_type is None else "error"
+
+    def schedule_freeze(self, delay: float) -> None:
+        """Freeze the idle environment after ``delay`` seconds unless work arrives first."""
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            self._freeze_timer = None
+            self._freezing = loop.create_task(self.freeze())
+
+        self._freeze_timer = loop.call_later(delay, fire)
 
     async def freeze(self) -> None:
         if self.state is State.IDLE and not self._frozen:
-            await self.sandbox.freeze()
             self._frozen = True
+            await self.sandbox.freeze()
 
     async def destroy(self) -> None:
         if self.state is State.DEAD:
             return
         self.state = State.DEAD
+        if self._freeze_timer is not None:
+            self._freeze_timer.cancel()
         self.api.close()
         await self.sandbox.destroy()
         if self._exit is not None and not self._exit.done():

@@ -6,32 +6,73 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import re
+from collections import OrderedDict
 from pathlib import Path
+from typing import TextIO
 
 from kiln.aws.arn import NAME_RE
 
 TAIL_BYTES = 4096
+FLUSH_SECONDS = 0.05
 _SAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
 class LogStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, open_files: int = 128) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
+        # Appending through an open file is much cheaper than opening one per invocation.
+        self._open: OrderedDict[str, TextIO] = OrderedDict()
+        self._max_open = open_files
+        self._flush_timer: asyncio.TimerHandle | None = None
 
     def path(self, function_name: str) -> Path:
         name = function_name if NAME_RE.match(function_name) else _SAFE.sub("_", function_name)
         return self.root / f"{name}.log"
 
     def append(self, function_name: str, text: str) -> None:
-        with open(self.path(function_name), "a", encoding="utf-8", errors="replace") as sink:
-            sink.write(text)
+        sink = self._open.get(function_name)
+        if sink is None:
+            sink = open(self.path(function_name), "a", encoding="utf-8", errors="replace")  # noqa: SIM115 - kept open on purpose
+            self._open[function_name] = sink
+            if len(self._open) > self._max_open:
+                self._open.popitem(last=False)[1].close()
+        else:
+            self._open.move_to_end(function_name)
+        sink.write(text)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        """Flush soon, once for many invocations, instead of one write per invocation."""
+        if self._flush_timer is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._flush_timer = loop.call_later(FLUSH_SECONDS, self.flush)
+
+    def flush(self) -> None:
+        self._flush_timer = None
+        for sink in self._open.values():
+            sink.flush()
+
+    def close(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        for sink in self._open.values():
+            sink.close()
+        self._open.clear()
 
     def read(self, function_name: str, offset: int = 0, limit: int = 1 << 20) -> tuple[str, int]:
         """Text from byte ``offset`` (at most ``limit`` bytes) and the offset after it."""
+        self.flush()
         path = self.path(function_name)
         try:
             with open(path, "rb") as source:
@@ -44,6 +85,9 @@ class LogStore:
         return data.decode("utf-8", errors="replace"), offset + len(data)
 
     def remove(self, function_name: str) -> None:
+        sink = self._open.pop(function_name, None)
+        if sink is not None:
+            sink.close()
         self.path(function_name).unlink(missing_ok=True)
 
 

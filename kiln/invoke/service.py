@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
+import random
 import time
 import uuid
 from collections import OrderedDict
@@ -34,7 +34,7 @@ class InvokeRequest:
     cognito_identity: str | None = None
     tail: bool = False
     dedupe_key: str | None = None
-    request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    request_id: str = field(default_factory=lambda: new_request_id())
 
 
 @dataclass(frozen=True)
@@ -136,16 +136,23 @@ def _with_request_id(failure: InvocationResult, request_id: str) -> InvocationRe
     """Platform INIT failures name the request that met them, as Lambda's do."""
     error = failure.error_json()
     message = str(error.get("errorMessage", ""))
-    if failure.error_type in ("Runtime.ExitError", "Sandbox.Timedout") and message.startswith(
+    if failure.error_type in ("Runtime.ExitError", "Runtime.InvalidEntrypoint",
+                              "Sandbox.Timedout") and message.startswith(
             "Error:"):
         return InvocationResult.platform_error(str(failure.error_type),
                                                f"RequestId: {request_id} {message}")
     return failure
 
 
+def new_request_id() -> str:
+    """A UUID4 from the process's PRNG: ids need uniqueness, not secrecy, and reading the
+    kernel's entropy costs a system call per invoke."""
+    return str(uuid.UUID(int=random.getrandbits(128), version=4))
+
+
 def _trace_id() -> str:
-    return (f"Root=1-{int(time.time()):08x}-{os.urandom(12).hex()};"
-            f"Parent={os.urandom(8).hex()};Sampled=0")
+    return (f"Root=1-{int(time.time()):08x}-{random.getrandbits(96):024x};"
+            f"Parent={random.getrandbits(64):016x};Sampled=0")
 
 
 def _now_iso() -> str:

@@ -1,7 +1,8 @@
 """A minimal HTTP/1.1 server on asyncio + httptools for the Runtime API.
 
 Every invoke crosses the Runtime API twice (``/next`` and ``/response``), so this avoids the
-weight of a general ASGI stack.  Requests on one connection are handled strictly in order;
+weight of a general ASGI stack, and answers to pipelined requests go out in one write.
+Requests on one connection are handled strictly in order;
 every response carries ``Content-Type`` and ``Content-Length`` (awslambdaric crashes on a
 response without a content type).
 """
@@ -60,6 +61,7 @@ class _Protocol(asyncio.Protocol):
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
         self._pending: list[HttpRequest] = []
+        self._held: list[bytes] = []
         self._busy = False
         self._task: asyncio.Task[None] | None = None
 
@@ -115,7 +117,12 @@ class _Protocol(asyncio.Protocol):
                     body = {"errorType": "InternalServerError",
                             "errorMessage": type(exc).__name__}
                     response = HttpResponse(500, json.dumps(body).encode(), "application/json")
-                self._write(response, keep_alive=True)
+                if self._pending:
+                    # The client pipelined its next request (Kiln's runtimes send /response
+                    # and /next together): hold this answer and send both in one write.
+                    self._held.append(response.encode(keep_alive=True))
+                else:
+                    self._write(response, keep_alive=True)
         finally:
             self._busy = False
             self._task = None
@@ -123,7 +130,11 @@ class _Protocol(asyncio.Protocol):
     def _write(self, response: HttpResponse, keep_alive: bool) -> None:
         if self._transport is None or self._transport.is_closing():
             return
-        self._transport.write(response.encode(keep_alive))
+        data = response.encode(keep_alive)
+        if self._held:
+            data = b"".join([*self._held, data])
+            self._held.clear()
+        self._transport.write(data)
         if not keep_alive:
             self._transport.close()
 

@@ -70,7 +70,9 @@ class RuntimeCatalog:
         if configured:
             return configured if os.access(configured, os.X_OK) else None
         if f"{sys.version_info.major}.{sys.version_info.minor}" == version:
-            return sys.executable
+            # The base interpreter, not a virtualenv's: functions bring their own packages, and
+            # the server's site-packages would only slow every cold start.
+            return os.path.realpath(getattr(sys, "_base_executable", sys.executable))
         candidates: list[str] = []
         found = shutil.which(f"python{version}")
         # pyenv shims re-resolve the version on every start (~170 ms); skip them.

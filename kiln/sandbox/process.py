@@ -33,6 +33,7 @@ class ProcessSandbox:
         self._pidfd: int | None = None
         self._exited: asyncio.Future[int] | None = None
         self._peak_kb = 0
+        self._status_fd: int | None = None
 
     @property
     def runtime_api_address(self) -> str:
@@ -62,6 +63,9 @@ class ProcessSandbox:
         self._exited = loop.create_future()
         self._pidfd = os.pidfd_open(self._proc.pid)
         loop.add_reader(self._pidfd, self._reap)
+        # Kept open: re-reading one descriptor is far cheaper than opening /proc each invoke.
+        with contextlib.suppress(OSError):
+            self._status_fd = os.open(f"/proc/{self._proc.pid}/status", os.O_RDONLY)
 
     def _reap(self) -> None:
         assert self._proc is not None and self._exited is not None
@@ -75,6 +79,9 @@ class ProcessSandbox:
             self._exited.set_result(returncode)
 
     def _close_pidfd(self) -> None:
+        if self._status_fd is not None:
+            os.close(self._status_fd)
+            self._status_fd = None
         if self._pidfd is not None:
             asyncio.get_running_loop().remove_reader(self._pidfd)
             os.close(self._pidfd)
@@ -104,13 +111,12 @@ class ProcessSandbox:
             self.spec.on_output(chunk)
 
     def _sample_memory(self) -> None:
-        if self._proc is None:
+        if self._status_fd is None:
             return
-        with contextlib.suppress(OSError, ValueError):
-            for line in Path(f"/proc/{self._proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    self._peak_kb = max(self._peak_kb, int(line.split()[1]))
-                    break
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            status = os.pread(self._status_fd, 4096, 0)
+            start = status.index(b"VmHWM:") + 6
+            self._peak_kb = max(self._peak_kb, int(status[start:status.index(b"kB", start)]))
 
     def max_memory_used_mb(self) -> int:
         self._sample_memory()
