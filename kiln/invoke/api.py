@@ -11,7 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from kiln.aws.errors import AwsError
-from kiln.aws.restjson import aws_endpoint, read_body
+from kiln.aws.restjson import aws_endpoint, json_response, read_body
 from kiln.functions.api import function_id
 from kiln.invoke.service import InvokeRequest
 from kiln.runtime.api import decode_client_context
@@ -90,9 +90,25 @@ def routes(kiln: Kiln) -> list[Route]:
         return Response(outcome.result.body, 200, headers=response_headers,
                         media_type=outcome.result.content_type)
 
+    @aws_endpoint("KilnReadLogs")
+    async def read_logs(request: Request) -> Response:
+        """Kiln's own: ``GET /kiln/v1/functions/{name}/logs?offset=N`` (what `kiln logs` polls)."""
+        fid = function_id(kiln, request)
+        raw = request.query_params.get("offset", "0")
+        if not raw.isdigit():
+            raise AwsError.invalid_parameter(
+                f"Value '{raw}' at 'offset' failed to satisfy constraint: Member must be a "
+                "non-negative integer")
+        if not kiln.logs.path(fid.name).is_file():
+            kiln.functions.get(fid.name)  # ResourceNotFoundException for unknown functions
+        # On the event loop, not a thread: read() flushes the store's open (unlocked) files.
+        text, next_offset = kiln.logs.read(fid.name, int(raw))
+        return json_response({"text": text, "nextOffset": next_offset})
+
     return [
         Route("/2015-03-31/functions/{name}/invocations", invoke, methods=["POST"]),
         Route("/2015-03-31/functions/{name}/invocations/", invoke, methods=["POST"]),
+        Route("/kiln/v1/functions/{name}/logs", read_logs, methods=["GET"]),
     ]
 
 

@@ -119,9 +119,9 @@ class RuntimeError extends Error {
   constructor(type, message, cause) {
     super(message);
     this.name = type;
-    if (cause?.stack) {
-      this.stack = `${type}: ${message}\n${String(cause.stack).split("\n").slice(1).join("\n")}`;
-    }
+    const frames = String((cause ?? this).stack ?? "").split("\n").filter((line) =>
+      /^\s+at /.test(line));
+    this.stack = [`${type}: ${message}`, ...frames].join("\n");
   }
 }
 
@@ -215,7 +215,12 @@ async function loadHandler(handlerString) {
   }
   let namespace;
   try {
-    namespace = await import(pathToFileURL(file).href);
+    if (path.extname(file) === "") {
+      // An extension-less file: only CommonJS can load it (AWS requires it too).
+      namespace = { default: createRequire(file)(file) };
+    } else {
+      namespace = await import(pathToFileURL(file).href);
+    }
   } catch (err) {
     if (err instanceof SyntaxError) {
       throw new RuntimeError("Runtime.UserCodeSyntaxError", `${err.name}: ${err.message}`, err);
@@ -393,6 +398,8 @@ async function main() {
     await postInitError(err);
     return;
   }
+  process.removeAllListeners("uncaughtException");
+  process.removeAllListeners("unhandledRejection");
   process.on("uncaughtException", onUncaught);
   process.on("unhandledRejection", onUncaught);
   for (;;) {
