@@ -53,6 +53,7 @@ class Assignment:
             env = idle.pop()
             if env.alive:
                 return env, None
+            await self._destroy(env)  # died while idle: release what it still holds
         env = await self._create(record)
         failure = await env.initialize(self.settings.init_timeout_seconds)
         if failure is not None:
@@ -62,7 +63,7 @@ class Assignment:
     async def release(self, env: Environment) -> None:
         """Return an environment after an invocation: keep it warm, or destroy it."""
         if not env.alive:
-            self._live.discard(env)
+            await self._destroy(env)  # idempotent; also covers a runtime that exited after replying
             return
         if env.retired:
             await self._destroy(env)
@@ -156,6 +157,10 @@ class Assignment:
                 f"/lib64:/usr/lib64:{task_root}:{task_root}/lib:/opt/lib"),
             "PYTHONUNBUFFERED": "1",
         })
+        logging_config = record.config.get("LoggingConfig", {})
+        if logging_config.get("LogFormat") == "JSON":
+            # AWS filters application logs only in JSON format, at INFO unless configured.
+            env["AWS_LAMBDA_LOG_LEVEL"] = logging_config.get("ApplicationLogLevel", "INFO")
         execution_env = self.runtimes.execution_env(record.runtime)
         if execution_env:
             env["AWS_EXECUTION_ENV"] = execution_env

@@ -86,7 +86,10 @@ class Environment:
 
     @property
     def alive(self) -> bool:
-        return self.state is not State.DEAD
+        """Not destroyed, and the runtime has not exited (it may die while idle, e.g. killed
+        from outside)."""
+        exited = self._exit is not None and self._exit.done()
+        return self.state is not State.DEAD and not exited
 
     async def initialize(self, init_timeout: float) -> InvocationResult | None:
         """Start the runtime and wait for its first /next; the failure result otherwise."""

@@ -127,7 +127,10 @@ class Invoker:
         self.logs.append(record.name, text)
         tail = None
         if request.tail:
-            block = text.encode()[len("\n".join(init_lines).encode()) if init_lines else 0:]
+            # This invocation's part only: init output belongs to the environment's log,
+            # unless INIT failed and that output is the only account of why.
+            shown = lines if status == "init" else lines[len(init_lines):]
+            block = ("\n".join(shown) + "\n").encode()
             tail = base64.b64encode(block[-TAIL_BYTES:]).decode()
         return InvokeOutcome(request_id, result, record.version, status, tail)
 

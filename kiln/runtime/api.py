@@ -137,8 +137,9 @@ class RuntimeApi:
         if len(request.body) > self.max_response_bytes:
             current.finish(InvocationResult.platform_error(
                 "Function.ResponseSizeTooLarge",
-                f"Response payload size ({len(request.body)} bytes) exceeded maximum allowed "
-                f"payload size ({self.max_response_bytes} bytes).",
+                # AWS's words, e.g. DataBiosphere/azul#7466.
+                "Response payload size exceeded maximum allowed payload size "
+                f"({self.max_response_bytes} bytes).",
             ))
             limit = self.max_response_bytes
             return _error(413, "RequestEntityTooLarge",

@@ -55,6 +55,9 @@ class ProcessSandbox:
                 start_new_session=True,
                 close_fds=True,
             )
+        except BaseException:
+            os.close(read_fd)
+            raise
         finally:
             os.close(write_fd)
         os.set_blocking(read_fd, False)

@@ -1,0 +1,193 @@
+"""Execution-environment lifecycle, observed through the runtime's pid: warm reuse, one new
+environment per concurrent invoke, retirement on code/configuration updates, idle reaping."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import create_python_function, make_zip, start_server
+
+PID = """
+import os
+import signal
+
+INIT_PID = os.getpid()
+
+def handler(event, context):
+    return {"pid": os.getpid(), "init_pid": INIT_PID, "version": "v1",
+            "setting": os.environ.get("SETTING")}
+"""
+
+
+def invoke(client: Any, name: str, payload: Any = None) -> dict[str, Any]:
+    response = client.invoke(FunctionName=name, Payload=json.dumps(payload or {}).encode())
+    assert response["StatusCode"] == 200
+    body = json.loads(response["Payload"].read())
+    assert "FunctionError" not in response, body
+    return dict(body)
+
+
+def process_gone(pid: int) -> bool:
+    """True once ``pid`` has exited (a zombie waiting for a reaper counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def wait_for(predicate: Any, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return bool(predicate())
+
+
+def test_warm_reuse_keeps_the_environment(lambda_client: Any) -> None:
+    name = create_python_function(lambda_client, PID)
+    first = invoke(lambda_client, name)
+    second = invoke(lambda_client, name)
+    third = invoke(lambda_client, name)
+    assert first["pid"] == second["pid"] == third["pid"]
+    # INIT ran once: module state from the first start is still there.
+    assert third["init_pid"] == first["pid"]
+
+
+def test_warm_reuse_shows_init_duration_only_once(lambda_client: Any) -> None:
+    import base64
+
+    name = create_python_function(lambda_client, PID)
+    reports = []
+    for _ in range(3):
+        response = lambda_client.invoke(FunctionName=name, LogType="Tail")
+        reports.append(base64.b64decode(response["LogResult"]).decode().splitlines()[-1])
+    assert ["Init Duration" in report for report in reports] == [True, False, False]
+
+
+CONCURRENT = """
+import os, time
+
+def handler(event, context):
+    # Rendezvous: every invocation waits until all of them are running at the same time,
+    # which can only happen if each one got its own environment.
+    directory = os.environ["OUT_DIR"]
+    open(os.path.join(directory, str(os.getpid())), "w").close()
+    deadline = time.time() + 8
+    while len(os.listdir(directory)) < event["n"] and time.time() < deadline:
+        time.sleep(0.02)
+    return {"pid": os.getpid(), "saw": len(os.listdir(directory))}
+"""
+
+
+def test_concurrent_invokes_get_distinct_environments(lambda_client: Any,
+                                                      tmp_path: Path) -> None:
+    n = 4
+    name = create_python_function(lambda_client, CONCURRENT, Timeout=15,
+                                  Environment={"Variables": {"OUT_DIR": str(tmp_path)}})
+    with ThreadPoolExecutor(n) as pool:
+        futures = [pool.submit(invoke, lambda_client, name, {"n": n}) for _ in range(n)]
+        results = [future.result(timeout=60) for future in futures]
+    assert len({result["pid"] for result in results}) == n
+    assert all(result["saw"] == n for result in results)
+    # They all stay warm: a later invoke reuses one of them instead of starting another.
+    later = invoke(lambda_client, name, {"n": 0})
+    assert later["pid"] in {result["pid"] for result in results}
+    assert len(os.listdir(tmp_path)) == n
+
+
+def test_update_function_code_retires_environments(lambda_client: Any) -> None:
+    name = create_python_function(lambda_client, PID)
+    before = invoke(lambda_client, name)
+    assert before["version"] == "v1"
+    lambda_client.update_function_code(
+        FunctionName=name, ZipFile=make_zip({"app.py": PID.replace('"v1"', '"v2"')}))
+    lambda_client.get_waiter("function_updated").wait(
+        FunctionName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 30})
+    after = invoke(lambda_client, name)
+    assert after["version"] == "v2"
+    assert after["pid"] != before["pid"]
+    assert wait_for(lambda: process_gone(before["pid"]), 10), "old environment still running"
+
+
+def test_update_function_configuration_retires_environments(lambda_client: Any) -> None:
+    name = create_python_function(lambda_client, PID,
+                                  Environment={"Variables": {"SETTING": "a"}})
+    before = invoke(lambda_client, name)
+    assert before["setting"] == "a"
+    lambda_client.update_function_configuration(
+        FunctionName=name, Environment={"Variables": {"SETTING": "b"}})
+    lambda_client.get_waiter("function_updated").wait(
+        FunctionName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 30})
+    after = invoke(lambda_client, name)
+    assert after["setting"] == "b"
+    assert after["pid"] != before["pid"]
+    assert wait_for(lambda: process_gone(before["pid"]), 10), "old environment still running"
+
+
+def test_update_during_invoke_retires_after_it(lambda_client: Any, tmp_path: Path) -> None:
+    source = """
+import os, time
+
+def handler(event, context):
+    open(os.path.join(os.environ["OUT_DIR"], "started"), "w").close()
+    time.sleep(event.get("sleep", 0))
+    return {"pid": os.getpid(), "setting": os.environ.get("SETTING")}
+"""
+    name = create_python_function(
+        lambda_client, source, Environment={"Variables": {"OUT_DIR": str(tmp_path),
+                                                          "SETTING": "a"}})
+    results: list[dict[str, Any]] = []
+    slow = threading.Thread(target=lambda: results.append(
+        invoke(lambda_client, name, {"sleep": 1})))
+    slow.start()
+    assert wait_for((tmp_path / "started").exists)
+    lambda_client.update_function_configuration(
+        FunctionName=name, Environment={"Variables": {"OUT_DIR": str(tmp_path),
+                                                      "SETTING": "b"}})
+    slow.join(30)
+    # The in-flight invoke finished on the old environment ...
+    assert results and results[0]["setting"] == "a"
+    # ... which then was not reused.
+    after = invoke(lambda_client, name)
+    assert after["setting"] == "b" and after["pid"] != results[0]["pid"]
+    assert wait_for(lambda: process_gone(results[0]["pid"]), 10)
+
+
+def test_delete_function_destroys_its_environments(lambda_client: Any) -> None:
+    name = create_python_function(lambda_client, PID)
+    pid = invoke(lambda_client, name)["pid"]
+    lambda_client.delete_function(FunctionName=name)
+    assert wait_for(lambda: process_gone(pid), 10), "deleted function's runtime still running"
+
+
+def test_idle_environments_are_reaped_after_keep_alive(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "data", KILN_KEEP_ALIVE_SECONDS="1")
+    try:
+        client = server.client()
+        name = create_python_function(client, PID)
+        first = invoke(client, name)["pid"]
+        # Nothing invokes it; after the keep-alive the reaper destroys the environment.
+        assert wait_for(lambda: process_gone(first), 10), "idle environment was never reaped"
+        second = invoke(client, name)["pid"]
+        assert second != first
+    finally:
+        server.stop()
+
+
+def test_idle_environment_that_died_is_not_reused(lambda_client: Any) -> None:
+    """A runtime killed from outside while idle is replaced, not handed the next event."""
+    name = create_python_function(lambda_client, PID)
+    first = invoke(lambda_client, name)["pid"]
+    os.kill(first, signal.SIGKILL)
+    assert wait_for(lambda: process_gone(first), 10)
+    second = invoke(lambda_client, name)
+    assert second["pid"] != first
