@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from kiln.aws.errors import AwsError
 
-NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
-QUALIFIER_RE = re.compile(r"^(\$LATEST|[a-zA-Z0-9_-]{1,128})$")
+NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}\Z")
+QUALIFIER_RE = re.compile(r"^(\$LATEST|[a-zA-Z0-9_-]{1,128})\Z")
 # The forms of botocore's FunctionName pattern: name, partial ARN (account:function:name) and
 # full ARN, each with an optional :qualifier.
 _FUNCTION_ID_RE = re.compile(
@@ -37,7 +37,7 @@ def parse_function_id(raw: str, account_id: str | None = None) -> FunctionId:
             f"1 validation error detected: Value '{raw}' at 'functionName' failed to satisfy "
             "constraint: Member must have length less than or equal to 256"
         )
-    match = _FUNCTION_ID_RE.match(raw)
+    match = _FUNCTION_ID_RE.fullmatch(raw)
     # A bare "function:name" without account is not a form AWS accepts.
     if match is None or (raw.startswith("function:")) or len(match["name"]) > 64:
         raise AwsError.invalid_parameter(

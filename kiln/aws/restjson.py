@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from kiln.aws.errors import AwsError
 
+log = logging.getLogger("kiln")
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
@@ -78,6 +80,14 @@ def aws_endpoint(operation: str) -> Callable[[Endpoint], Endpoint]:
                 return await func(request)
             except AwsError as exc:
                 return exc.to_response()
+            except ClientDisconnect:  # nobody is left to answer; not a server fault
+                return AwsError.invalid_content("The client disconnected.").to_response()
+            except Exception as exc:
+                # Answered here rather than by Starlette's last-resort handler, which re-raises
+                # after answering: uvicorn then drops the keep-alive connection under the
+                # client, whose next request on it fails.
+                log.exception("unhandled error in %s", operation, exc_info=exc)
+                return AwsError.service(f"Internal error: {type(exc).__name__}").to_response()
 
         endpoint.__name__ = func.__name__
         endpoint.__doc__ = func.__doc__

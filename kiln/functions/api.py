@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
-from kiln.aws.arn import FunctionId, parse_function_id
+from kiln.aws.arn import QUALIFIER_RE, FunctionId, parse_function_id
 from kiln.aws.errors import AwsError
 from kiln.aws.restjson import aws_endpoint, empty_response, json_body, json_response
 from kiln.functions.types import FunctionRecord
@@ -20,12 +20,21 @@ if TYPE_CHECKING:
 MAX_CREATE_BYTES = 69_905_067
 MAX_CONFIG_BYTES = 1 << 20
 LIST_PAGE_MAX = 50
+#: ListFunctions answers a subset of FunctionConfiguration: AWS leaves these to GetFunction.
+LIST_OMITTED = frozenset({
+    "State", "StateReason", "StateReasonCode", "LastUpdateStatus", "LastUpdateStatusReason",
+    "LastUpdateStatusReasonCode", "RuntimeVersionConfig",
+})
 
 
 def function_id(kiln: Kiln, request: Request) -> FunctionId:
     """The function named in the path, with the ``Qualifier`` query parameter folded in."""
     parsed = parse_function_id(request.path_params["name"], kiln.settings.account_id)
     qualifier = request.query_params.get("Qualifier")
+    if qualifier is not None and not QUALIFIER_RE.match(qualifier):
+        raise AwsError.invalid_parameter(
+            f"1 validation error detected: Value '{qualifier}' at 'qualifier' failed to satisfy "
+            "constraint: Member must satisfy regular expression pattern: (|[a-zA-Z0-9$_-]+)")
     if qualifier is not None and parsed.qualifier is not None and qualifier != parsed.qualifier:
         raise AwsError.invalid_parameter(
             "The derived qualifier from the function name does not match the specified "
@@ -59,7 +68,8 @@ def routes(kiln: Kiln) -> list[Route]:
                 "constraint: Member must have value between 1 and 10000")
         records, marker = functions.list(request.query_params.get("Marker"),
                                          min(int(raw), LIST_PAGE_MAX))
-        body: dict[str, Any] = {"Functions": [r.config for r in records]}
+        body: dict[str, Any] = {"Functions": [
+            {k: v for k, v in r.config.items() if k not in LIST_OMITTED} for r in records]}
         if marker:
             body["NextMarker"] = marker
         return json_response(body)

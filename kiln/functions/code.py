@@ -15,6 +15,7 @@ import shutil
 import stat
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -44,11 +45,17 @@ class CodeStore:
     def task_root(self, sha_hex: str) -> Path:
         return self.root / "tasks" / sha_hex
 
+    def inspect(self, data: bytes, max_unzipped: int = MAX_UNZIPPED_BYTES) -> CodeInfo:
+        """Validate a zip without storing it (what a DryRun answers)."""
+        digest = hashlib.sha256(data)
+        unzipped = _check_zip(data, max_unzipped)
+        return CodeInfo(digest.hexdigest(), base64.b64encode(digest.digest()).decode(),
+                        len(data), unzipped)
+
     def save(self, data: bytes, max_unzipped: int = MAX_UNZIPPED_BYTES) -> CodeInfo:
         """Validate and store a zip; raises InvalidParameterValueException for a bad archive."""
-        digest = hashlib.sha256(data)
-        sha_hex = digest.hexdigest()
-        unzipped = _check_zip(data, max_unzipped)
+        info = self.inspect(data, max_unzipped)
+        sha_hex = info.sha_hex
         if not self.task_root(sha_hex).is_dir():
             self._unpack(data, sha_hex)
         zip_path = self.zip_path(sha_hex)
@@ -56,7 +63,7 @@ class CodeStore:
             tmp = zip_path.with_suffix(".tmp")
             tmp.write_bytes(data)
             os.replace(tmp, zip_path)
-        return CodeInfo(sha_hex, base64.b64encode(digest.digest()).decode(), len(data), unzipped)
+        return info
 
     def _unpack(self, data: bytes, sha_hex: str) -> None:
         staging = Path(tempfile.mkdtemp(prefix=f".{sha_hex}.", dir=self.root / "tasks"))
@@ -86,20 +93,21 @@ def _check_zip(data: bytes, max_unzipped: int) -> int:
     """Total unzipped size; rejects archives that are corrupt, escape their root or are too big."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            members = archive.infolist()
-            bad = archive.testzip()
-    except (zipfile.BadZipFile, ValueError, EOFError, RuntimeError, NotImplementedError):
+            # Names and declared sizes first: decompressing a zip bomb to find out is the attack.
+            total = 0
+            for member in archive.infolist():
+                _safe_name(member.filename)
+                total += member.file_size
+            if total > max_unzipped:
+                raise AwsError.invalid_parameter(
+                    f"Unzipped size must be smaller than {max_unzipped} bytes"
+                )
+            bad = archive.testzip()  # reads at most the declared sizes; checks every CRC
+    except (zipfile.BadZipFile, ValueError, EOFError, RuntimeError, NotImplementedError,
+            zlib.error):
         raise AwsError.invalid_parameter(_UNZIP_ERROR) from None
     if bad is not None:
         raise AwsError.invalid_parameter(_UNZIP_ERROR)
-    total = 0
-    for member in members:
-        _safe_name(member.filename)
-        total += member.file_size
-    if total > max_unzipped:
-        raise AwsError.invalid_parameter(
-            f"Unzipped size must be smaller than {max_unzipped} bytes"
-        )
     return total
 
 

@@ -102,7 +102,7 @@ class FunctionService:
 
     def create(self, body: dict[str, Any]) -> FunctionRecord:
         fields = Fields(body)
-        name = validation.check_name(fields.string("FunctionName"))
+        name = validation.check_name(fields.string("FunctionName"), self.arns.account_id)
         package_type = fields.string("PackageType") or "Zip"
         if package_type != "Zip":
             raise AwsError.invalid_parameter(
@@ -158,11 +158,12 @@ class FunctionService:
         current = self.get(name)
         self._check_revision(current, fields.string("RevisionId"))
         architectures = validation.architectures(fields)
-        info = self._save_code(fields)
+        dry_run = fields.boolean("DryRun")
+        info = self._save_code(fields, store=not dry_run)
         config = {**current.config, "CodeSize": info.size, "CodeSha256": info.sha256}
         if architectures:
             config["Architectures"] = architectures
-        if fields.boolean("DryRun"):
+        if dry_run:  # validated, nothing stored
             return FunctionRecord(config, info.sha_hex)
         return await self._update(current, config, info.sha_hex)
 
@@ -195,7 +196,7 @@ class FunctionService:
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def _save_code(self, fields: Fields) -> CodeInfo:
+    def _save_code(self, fields: Fields, store: bool = True) -> CodeInfo:
         if fields.string("S3Bucket") or fields.string("S3Key") or fields.string("ImageUri"):
             raise AwsError.invalid_parameter(
                 "Kiln stores code you upload directly: pass the zip as ZipFile "
@@ -209,7 +210,7 @@ class FunctionService:
         except (binascii.Error, ValueError):
             raise AwsError.invalid_content(
                 "Could not parse request body into json: ZipFile is not valid base64") from None
-        return self.code.save(data)
+        return self.code.save(data) if store else self.code.inspect(data)
 
     def _check_revision(self, current: FunctionRecord, revision_id: str | None) -> None:
         if revision_id is not None and revision_id != current.revision_id:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
-from kiln.aws.arn import NAME_RE
+from kiln.aws.arn import NAME_RE, parse_function_id
 from kiln.aws.errors import AwsError
 from kiln.aws.restjson import Fields
 
@@ -30,12 +31,23 @@ def _constraint(value: Any, field: str, constraint: str) -> AwsError:
     )
 
 
-def check_name(name: str | None) -> str:
-    if not name or not NAME_RE.match(name):
-        raise _constraint(name, "functionName", "Member must satisfy regular expression pattern: "
-                          "(arn:(aws[a-zA-Z-]*)?:lambda:)?([a-z]{2}(-gov)?-[a-z]+-\\d{1}:)?"
-                          "(\\d{12}:)?(function:)?([a-zA-Z0-9-_]+)(:(\\$LATEST|[a-zA-Z0-9-_]+))?")
-    return name
+def check_name(name: str | None, account_id: str | None = None) -> str:
+    """The function name CreateFunction was given: a name, a full ARN or a partial ARN."""
+    if name and NAME_RE.fullmatch(name):
+        return name
+    error = _constraint(name, "functionName", "Member must satisfy regular expression pattern: "
+                        "(arn:(aws[a-zA-Z-]*)?:lambda:)?([a-z]{2}(-gov)?-[a-z]+-\\d{1}:)?"
+                        "(\\d{12}:)?(function:)?([a-zA-Z0-9-_]+)(:(\\$LATEST|[a-zA-Z0-9-_]+))?")
+    if not name or ":" not in name:
+        raise error
+    try:
+        parsed = parse_function_id(name, account_id)
+    except AwsError as exc:
+        raise (error if exc.status == 400 else exc) from None
+    if parsed.qualifier is not None:
+        raise AwsError.invalid_parameter(
+            f"Unsupported function name {name}: a new function cannot have a qualifier.")
+    return parsed.name
 
 
 def _range(fields: Fields, key: str, label: str, low: int, high: int) -> int | None:
@@ -54,13 +66,13 @@ def configuration_changes(fields: Fields) -> dict[str, Any]:
     changes: dict[str, Any] = {}
     role = fields.string("Role")
     if role is not None:
-        if not ROLE_RE.match(role):
+        if not ROLE_RE.fullmatch(role):
             raise _constraint(role, "role", "Member must satisfy regular expression pattern: "
                               "arn:(aws[a-zA-Z-]*)?:iam::\\d{12}:role/?[a-zA-Z_0-9+=,.@\\-_/]+")
         changes["Role"] = role
     handler = fields.string("Handler")
     if handler is not None:
-        if not HANDLER_RE.match(handler):
+        if not HANDLER_RE.fullmatch(handler):
             raise _constraint(handler, "handler", "Member must satisfy regular expression "
                               "pattern: [^\\s]+ and have length less than or equal to 128")
         changes["Handler"] = handler
@@ -104,9 +116,8 @@ def _variables(environment: Fields) -> dict[str, str]:
             "variables you have provided contains reserved keys that are currently not supported "
             f"for modification. Reserved keys used in this request: {', '.join(reserved)}"
         )
-    size = 0
     for key, value in variables.items():
-        if not ENV_KEY_RE.match(key):
+        if not ENV_KEY_RE.fullmatch(key):
             raise _constraint(key, "environment.variables",
                               "Map keys must satisfy constraint: [Member must satisfy regular "
                               "expression pattern: [a-zA-Z]([a-zA-Z0-9_])+]")
@@ -115,11 +126,12 @@ def _variables(environment: Fields) -> dict[str, str]:
                 "Could not parse request body into json: environment variable values must be "
                 "strings"
             )
-        size += len(key.encode()) + len(value.encode())
-    if size > MAX_ENV_BYTES:
+    # AWS measures the variables as compact JSON (keys, values, quotes, escapes and all).
+    measured = json.dumps(variables, separators=(",", ":"))
+    if len(measured.encode()) > MAX_ENV_BYTES:
         raise AwsError.invalid_parameter(
             "Lambda was unable to configure your environment variables because the environment "
-            f"variables you have provided exceeded the 4KB limit. String measured: {size} bytes"
+            f"variables you have provided exceeded the 4KB limit. String measured: {measured}"
         )
     return dict(variables)
 
