@@ -28,10 +28,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._http import Connection  # noqa: E402
-from kiln.config import Settings  # noqa: E402
-from kiln.runtime.runtimes import RuntimeCatalog  # noqa: E402
-from tests.conftest import free_port, start_server  # noqa: E402
+from bench._http import Connection
+from kiln.config import Settings
+from kiln.runtime.runtimes import RuntimeCatalog
+from tests.conftest import free_port, start_server
 
 ROLE = "arn:aws:iam::000000000000:role/bench"
 HANDLER = "def handler(event, context):\n    return event\n"

@@ -26,11 +26,14 @@ from kiln.functions.service import FunctionService
 from kiln.invoke import api as invoke_api
 from kiln.invoke.assignment import Assignment
 from kiln.invoke.counting import Counting
+from kiln.invoke.local import InvokeFailed, LocalInvoker
 from kiln.invoke.logs import LogStore
 from kiln.invoke.queue import AsyncQueue
 from kiln.invoke.service import Invoker
 from kiln.runtime.runtimes import RuntimeCatalog
 from kiln.sandbox import SandboxBackend, make_backend
+from kiln.states.api import StatesApi
+from kiln.states.types import StatesFailure
 from kiln.store import Database
 
 log = logging.getLogger("kiln")
@@ -56,16 +59,34 @@ class Kiln:
         self.invoker = Invoker(self.assignment, self.counting, self.logs, settings.dedupe_seconds)
         self.queue = AsyncQueue(self.db, self.functions, self.invoker, settings.async_workers)
         self.functions.listeners.append(self.assignment.retire)
+        self.local = LocalInvoker(self.functions, self.invoker)
+        self.states = StatesApi(self.db, _StatesLambda(self.local), settings.region,
+                                settings.account_id)
 
     async def start(self) -> None:
         self.assignment.start()
         await self.queue.start()
+        await self.states.start()
 
     async def stop(self) -> None:
+        await self.states.stop()
         await self.queue.stop()
         await self.assignment.close()
         self.logs.close()
         self.db.close()
+
+
+class _StatesLambda:
+    """Lambda tasks of state machines: platform failures become ``Lambda.<Error>``."""
+
+    def __init__(self, local: LocalInvoker) -> None:
+        self.local = local
+
+    async def invoke(self, function_arn: str, payload: bytes) -> tuple[bytes, str | None]:
+        try:
+            return await self.local.invoke(function_arn, payload)
+        except InvokeFailed as exc:
+            raise StatesFailure(f"Lambda.{exc.code}", exc.message) from None
 
 
 async def _unknown_route(request: Request, exc: Exception) -> Response:
@@ -91,10 +112,19 @@ def create_app(kiln: Kiln) -> Starlette:
     async def health(_request: Request) -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
+    async def json_rpc(request: Request) -> Response:
+        """AWS JSON 1.0 services, chosen by ``X-Amz-Target``."""
+        target = request.headers.get("x-amz-target", "")
+        if target.startswith("AWSStepFunctions."):
+            return await kiln.states.handle(request)
+        return AwsError("UnknownOperationException", f"Unknown operation {target!r}",
+                        400).to_response()
+
     routes = [
         *invoke_api.routes(kiln),  # first: Invoke is the hot path
         *functions_api.routes(kiln),
         Route("/kiln/v1/health", health, methods=["GET"]),
+        Route("/", json_rpc, methods=["POST"]),
     ]
     app = Starlette(
         routes=routes,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 from kiln.states.jsonpath import Path, PathSyntaxError, compile_path
 from kiln.states.payload import Env, resolve_path
@@ -28,7 +29,7 @@ def parse_timestamp(value: JSON) -> datetime | None:
     micro = int((m.group(7) or "0")[:6].ljust(6, "0"))
     zone = m.group(8)
     if zone == "Z":
-        tz = timezone.utc
+        tz = UTC
     else:
         sign = 1 if zone[0] == "+" else -1
         tz = timezone(sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])))
@@ -65,8 +66,8 @@ _CMP: dict[str, Callable[[int], bool]] = {
 }
 
 
-def _compare(a: object, b: object) -> int:
-    return (a > b) - (a < b)  # type: ignore[operator]
+def _compare(a: Any, b: Any) -> int:
+    return int(a > b) - int(a < b)
 
 
 def _typed_compare(kind: str, rel: Callable[[int], bool]) -> Callable[[JSON, JSON], bool]:

@@ -156,6 +156,14 @@ def _set(node: JSON, segs: tuple[Segment, ...], value: JSON, path: Path) -> JSON
     raise PathFailure(path.source)
 
 
+def _member(node: JSON, key: str | int) -> JSON:
+    if isinstance(node, dict) and isinstance(key, str):
+        return node.get(key, _MISSING)
+    if isinstance(node, list) and isinstance(key, int) and -len(node) <= key < len(node):
+        return node[key]
+    return _MISSING
+
+
 def _children(node: JSON) -> list[JSON]:
     if isinstance(node, dict):
         return list(node.values())
@@ -185,14 +193,9 @@ def _apply(seg: Segment, nodes: list[JSON], root: JSON) -> Iterator[JSON]:
                 yield from node[seg.start : seg.stop : seg.step]
         elif isinstance(seg, Union):
             for key in seg.keys:
-                if isinstance(key, str) and isinstance(node, dict) and key in node:
-                    yield node[key]
-                elif (
-                    isinstance(key, int)
-                    and isinstance(node, list)
-                    and -len(node) <= key < len(node)
-                ):
-                    yield node[key]
+                value = _member(node, key)
+                if value is not _MISSING:
+                    yield value
         elif isinstance(seg, Filter):
             if isinstance(node, list):
                 yield from (item for item in node if seg.predicate(item, root))
@@ -461,9 +464,7 @@ class _FilterParser:
             return _path_operand(value), True
         if kind == "str":
             lit: JSON = _unquote(value)
-        elif kind == "num":
-            lit = json.loads(value)
-        elif kind == "word" and value in ("true", "false", "null"):
+        elif kind == "num" or (kind == "word" and value in ("true", "false", "null")):
             lit = json.loads(value)
         elif kind == "regex":
             body, _, flags = value[1:].rpartition("/")

@@ -94,6 +94,8 @@ class State:
     tolerated_percentage_path: Path | None = None
     distributed: bool = False
     batcher: JSON = None
+    item_reader: JSON = None
+    result_writer: JSON = None
     label: str | None = None
 
 

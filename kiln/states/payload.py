@@ -1,4 +1,4 @@
-"""Payload templates: ``Parameters``/``ResultSelector``/``ItemSelector``/``Assign`` in JSONPath mode.
+"""Payload templates: Parameters, ResultSelector, ItemSelector and Assign in JSONPath mode.
 
 Keys ending in ``.$`` take their value from a path (``$``, ``$$``, ``$var``) or an intrinsic
 function call; templates are compiled once and evaluated against an ``Env``.
@@ -30,15 +30,21 @@ class Env:
 Expression = Callable[[Env], JSON]
 
 
-def dumps(value: JSON) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+dumps: Callable[[JSON], str] = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+"""Compact JSON, as Step Functions writes it (one shared encoder: no per-call setup)."""
+
+
+def context_of(env: Env) -> JSON:
+    """The context object (``$$``); engines may pass it as a zero-argument builder."""
+    ctx = env.context
+    return ctx() if callable(ctx) else ctx
 
 
 def resolve_path(path: Path, env: Env) -> JSON:
     if path.root == "$":
         return path.find(env.input)
     if path.root == "$$":
-        return path.find(env.context)
+        return path.find(context_of(env))
     assert path.var is not None
     if path.var not in env.variables:
         raise PathFailure(f"Invalid path '{path.source}': The variable '${path.var}' is undefined")

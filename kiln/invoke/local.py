@@ -1,0 +1,38 @@
+"""Invoking a function by ARN from inside Kiln (Step Functions tasks, gateways).
+
+    local = LocalInvoker(kiln.functions, kiln.invoker)
+    body, error_type = await local.invoke("arn:aws:lambda:...:function:f:live", b"{}")
+"""
+
+from __future__ import annotations
+
+from kiln.aws.arn import parse_function_id
+from kiln.aws.errors import AwsError
+from kiln.functions.service import FunctionService
+from kiln.invoke.service import Invoker, InvokeRequest
+
+
+class InvokeFailed(Exception):
+    """The function could not be run at all (missing, throttled): ``code`` is the AWS error."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class LocalInvoker:
+    def __init__(self, functions: FunctionService, invoker: Invoker) -> None:
+        self.functions = functions
+        self.invoker = invoker
+
+    async def invoke(self, function_arn: str, payload: bytes) -> tuple[bytes, str | None]:
+        """(response body, function error type or None); raises InvokeFailed."""
+        try:
+            fid = parse_function_id(function_arn)
+            record = self.functions.get(fid.name, fid.qualifier)
+            outcome = await self.invoker.invoke(
+                record, InvokeRequest(payload=payload, invoked_arn=function_arn))
+        except AwsError as exc:
+            raise InvokeFailed(exc.code, exc.message) from None
+        return outcome.result.body, outcome.result.error_type

@@ -1,0 +1,1268 @@
+"""The interpreter: runs one execution of a compiled state machine on asyncio.
+
+    interp = Interpreter(services, machine, ExecutionInfo(...), history)
+    outcome = await interp.execute()
+
+Standard executions pass a History with a sink: events are flushed (with a checkpoint of the
+top-level state) before every side effect, and ``execute(resume=checkpoint)`` continues an
+execution after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+from kiln.states import jsonata
+from kiln.states.callbacks import ActivityBroker, TaskTokens, new_token, wait_for_token
+from kiln.states.choice import parse_timestamp
+from kiln.states.history import History
+from kiln.states.jsonpath import Path
+from kiln.states.model import ROOT, Catcher, Machine, State
+from kiln.states.payload import Env, Expression, context_of, dumps, resolve_path
+from kiln.states.types import JSON, Clock, FunctionInvoker, PathFailure, StatesFailure
+
+UNCATCHABLE = ("States.Runtime", "States.DataLimitExceeded")
+MAX_PAYLOAD = 262144
+FLUSH_EVERY = 256  # buffered history events before a forced commit
+INLINE_UNBOUNDED = 40  # AWS runs at most 40 inline Map iterations at once
+_NO_DETAIL = {"truncated": False}
+
+
+def iso(ts: float) -> str:
+    """Context-object timestamps: UTC, milliseconds, ``Z``."""
+    dt = datetime.fromtimestamp(ts, UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+@dataclass
+class Services:
+    """What the interpreter needs from the outside world."""
+
+    invoker: FunctionInvoker
+    clock: Clock
+    region: str
+    account_id: str
+    tokens: TaskTokens = field(default_factory=TaskTokens)
+    activities: ActivityBroker = field(default_factory=ActivityBroker)
+    activity_exists: Callable[[str], bool] = lambda arn: True
+    start_child: Callable[[str, JSON, str | None, str], Awaitable[JSON]] | None = None
+    background: set[asyncio.Future[Any]] = field(default_factory=set)
+
+
+@dataclass
+class ExecutionInfo:
+    arn: str
+    name: str
+    machine_arn: str
+    machine_name: str
+    role_arn: str
+    input: JSON
+    start_time: float
+    express: bool = False
+    redrive_count: int = 0
+    timeout_from: float | None = None  # a redrive restarts the execution timeout
+
+
+@dataclass
+class Outcome:
+    status: str  # SUCCEEDED, FAILED, TIMED_OUT
+    output: JSON = None
+    error: str | None = None
+    cause: str | None = None
+
+
+class Frame:
+    """One thread of control: the top level, a Parallel branch or a Map iteration."""
+
+    __slots__ = ("prev", "top", "variables")
+
+    def __init__(self, prev: int, variables: dict[str, JSON], top: bool) -> None:
+        self.prev = prev
+        self.variables = variables
+        self.top = top
+
+
+def error_matches(errors: tuple[str, ...], failure: StatesFailure) -> bool:
+    err = failure.error
+    if err in UNCATCHABLE:
+        return False
+    for name in errors:
+        if name in ("States.ALL", err):
+            return True
+        if name == "States.HeartbeatTimeout" and failure.heartbeat:
+            return True
+        if name == "States.TaskFailed" and err != "States.Timeout":
+            return True
+    return False
+
+
+def retry_delay(interval: float, backoff: float, attempt: int, max_delay: float | None,
+                jitter: bool, rng: random.Random) -> float:
+    delay = interval * backoff**attempt
+    if max_delay is not None:
+        delay = min(delay, max_delay)
+    if jitter:
+        delay = rng.uniform(0, delay)
+    return delay
+
+
+class Interpreter:
+    def __init__(self, services: Services, machine: Machine, info: ExecutionInfo,
+                 history: History, rng: random.Random | None = None) -> None:
+        self.services = services
+        self.clock = services.clock
+        self.machine = machine
+        self.info = info
+        self.history = history
+        self.recording = history.keep or history.sink is not None
+        self.rng = rng or random.Random()
+        self.exec_context = {
+            "Id": info.arn,
+            "Input": info.input,
+            "StartTime": iso(info.start_time),
+            "Name": info.name,
+            "RoleArn": info.role_arn,
+            "RedriveCount": info.redrive_count,
+        }
+        if info.redrive_count and info.timeout_from is not None:
+            self.exec_context["RedriveTime"] = iso(info.timeout_from)
+        self.machine_context = {"Id": info.machine_arn, "Name": info.machine_name}
+        self.checkpoint: dict[str, Any] = {}
+        self.checkpoint_dirty = False  # rewrite the checkpoint only when it changed
+        self._dumped: tuple[JSON, str] = (None, "null")
+
+    # ------------------------------------------------------------------ execution
+
+    async def execute(self, resume: dict[str, Any] | None = None) -> Outcome:
+        """Run to the end; emits ExecutionStarted (unless resuming) and the closing event."""
+        if resume is None:
+            prev = self.add("ExecutionStarted", 0, lambda: {
+                "input": dumps(self.info.input), "inputDetails": _NO_DETAIL,
+                "roleArn": self.info.role_arn,
+            })
+            frame = Frame(prev, {}, top=True)
+            start, data = self.machine.start_at, self.info.input
+        else:
+            frame = Frame(resume["prev"], dict(resume.get("variables", {})), top=True)
+            start, data = resume["state"], resume["input"]
+            count = resume.get("redrive")
+            if count:
+                frame.prev = self.add("ExecutionRedriven", frame.prev, lambda: {
+                    "redriveCount": count})
+                resume = {k: v for k, v in resume.items() if k != "redrive"}
+                resume["prev"] = frame.prev
+        timeout = self.machine.timeout_seconds
+        try:
+            if timeout is None:
+                output = await self.run_machine(self.machine, data, frame, start, resume)
+            else:
+                base = self.info.timeout_from or self.info.start_time
+                remaining = base + timeout - self.clock.now()
+                output = await self._with_timeout(
+                    self.run_machine(self.machine, data, frame, start, resume), remaining
+                )
+        except StatesFailure as failure:
+            if failure.error == "__ExecutionTimeout__":
+                self.add("ExecutionTimedOut", frame.prev, lambda: {
+                    "error": "States.Timeout",
+                    "cause": "The execution timed out",
+                })
+                self.history.flush()
+                return Outcome("TIMED_OUT", error="States.Timeout",
+                               cause="The execution timed out")
+            self.add("ExecutionFailed", frame.prev, partial(_error_details, failure))
+            self.history.flush()
+            return Outcome("FAILED", error=failure.error or None, cause=failure.cause)
+        self.add("ExecutionSucceeded", frame.prev, lambda: {
+            "output": dumps(output), "outputDetails": _NO_DETAIL,
+        })
+        self.history.flush()
+        return Outcome("SUCCEEDED", output=output)
+
+    async def _with_timeout(self, work: Awaitable[JSON], seconds: float) -> JSON:
+        task = asyncio.ensure_future(work)
+        timer = asyncio.ensure_future(self.clock.sleep(max(0.0, seconds)))
+        try:
+            await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StatesFailure):
+                    await task
+        if task.cancelled():
+            raise StatesFailure("__ExecutionTimeout__")
+        return task.result()
+
+    def add(self, event_type: str, previous: int,
+            details: Callable[[], dict[str, Any]] | None = None) -> int:
+        if not self.recording:
+            return self.history.add(event_type, previous)
+        return self.history.add(event_type, previous, details() if details else None)
+
+    def dump(self, value: JSON) -> str:
+        """JSON text for events; a state's output is usually the next state's input."""
+        if value is self._dumped[0] and isinstance(value, dict | list):
+            return self._dumped[1]
+        text = dumps(value)
+        self._dumped = (value, text)
+        return text
+
+    def persist(self, frame: Frame, **checkpoint: Any) -> None:
+        """Flush events; at the top level also record where to resume."""
+        if frame.top:
+            self.checkpoint.update(checkpoint)
+            self.checkpoint["variables"] = frame.variables
+            self.checkpoint_dirty = True
+        # Inside a Parallel/Map the top-level checkpoint still names the enclosing state.
+        if self.checkpoint_dirty and self.checkpoint:
+            self.checkpoint_dirty = False
+            self.history.flush(dict(self.checkpoint))
+        else:
+            self.history.flush()
+
+    # ------------------------------------------------------------------ machine / states
+
+    async def run_machine(self, machine: Machine, data: JSON, frame: Frame,
+                          start: str | None = None,
+                          resume: dict[str, Any] | None = None) -> JSON:
+        name = start or machine.start_at
+        while True:
+            state = machine.states[name]
+            if frame.top:
+                if resume is None:
+                    self.checkpoint = {"state": name, "input": data, "prev": frame.prev,
+                                       "variables": frame.variables}
+                    self.checkpoint_dirty = True
+                    # Pure transitions are replayable: commit in batches, and always before
+                    # any side effect (tasks, waits, callbacks call persist()).
+                    if len(self.history.pending) >= FLUSH_EVERY:
+                        self.persist(frame)
+                else:
+                    self.checkpoint = dict(resume)
+                    self.checkpoint_dirty = True
+            nxt, data = await self.run_state(state, data, frame, resume)
+            resume = None
+            if nxt is None:
+                return data
+            name = nxt
+
+    def context(self, state: State, entered_time: float, retry: int,
+                extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        ctx: dict[str, Any] = {
+            "Execution": self.exec_context,
+            "StateMachine": self.machine_context,
+            "State": {"Name": state.name, "EnteredTime": iso(entered_time), "RetryCount": retry},
+        }
+        if extra:
+            ctx.update(extra)
+        return ctx
+
+    def lazy_context(self, state: State, entered_time: float, retry: int,
+                     extra: dict[str, Any] | None = None) -> Callable[[], dict[str, Any]]:
+        """The context object, built only if an expression reads ``$$``."""
+        cache: list[dict[str, Any]] = []
+
+        def build() -> dict[str, Any]:
+            if not cache:
+                cache.append(self.context(state, entered_time, retry, extra))
+            return cache[0]
+
+        return build
+
+    def runtime(self, state: State, entered: int, detail: str) -> StatesFailure:
+        return StatesFailure(
+            "States.Runtime",
+            f"An error occurred while executing the state '{state.name}' (entered at the event "
+            f"id #{entered}). {detail}",
+        )
+
+    async def run_state(self, state: State, data: JSON, frame: Frame,
+                        resume: dict[str, Any] | None = None) -> tuple[str | None, JSON]:
+        if resume is not None and resume.get("entered"):
+            entered = int(resume["entered"])
+            entered_time = float(resume.get("entered_time", self.clock.now()))
+        else:
+            kind = "Fail" if state.type == "Fail" else state.type
+            entered = self.add(f"{kind}StateEntered", frame.prev, lambda: {
+                "name": state.name, "input": self.dump(data), "inputDetails": _NO_DETAIL,
+            })
+            entered_time = self.clock.now()
+            if frame.top:
+                self.checkpoint.update(entered=entered, entered_time=entered_time)
+                self.checkpoint_dirty = True
+        frame.prev = entered
+        run = _HANDLERS[state.type]
+        try:
+            return await run(self, state, data, frame, entered, entered_time, resume)
+        except PathFailure as exc:
+            raise self.runtime(state, entered, str(exc)) from None
+        except jsonata.JsonataError as exc:
+            raise StatesFailure("States.QueryEvaluationError", str(exc)) from None
+        except StatesFailure as failure:
+            if state.type not in ("Task", "Parallel", "Map") or not state.catch:
+                raise
+            catcher = next((c for c in state.catch if error_matches(c.errors, failure)), None)
+            if catcher is None:
+                raise
+            return self.caught(state, catcher, failure, data, frame, entered, entered_time)
+
+    def caught(self, state: State, catcher: Catcher, failure: StatesFailure, data: JSON,
+               frame: Frame, entered: int, entered_time: float) -> tuple[str | None, JSON]:
+        error_output: dict[str, JSON] = {"Error": failure.error}
+        if failure.cause is not None:
+            error_output["Cause"] = failure.cause
+        assigned: dict[str, JSON] | None = None
+        try:
+            if state.jsonata:
+                bindings = self.jsonata_bindings(state, data, frame, entered_time, 0)
+                bindings["states"]["errorOutput"] = error_output
+                output = (jsonata.evaluate_template(catcher.output, bindings)
+                          if catcher.has_output else error_output)
+                if catcher.jsonata_assign is not None:
+                    assigned = jsonata.evaluate_template(catcher.jsonata_assign, bindings)
+            else:
+                output = self.merge(catcher.result_path, data, error_output)
+                if catcher.assign is not None:
+                    env = Env(error_output, self.lazy_context(state, entered_time, 0),
+                              frame.variables)
+                    assigned = catcher.assign(env)
+        except PathFailure as exc:
+            raise self.runtime(state, entered, str(exc)) from None
+        except jsonata.JsonataError as exc:
+            raise StatesFailure("States.QueryEvaluationError", str(exc)) from None
+        self.exit(state, output, frame, assigned)
+        return catcher.next, output
+
+    def exit(self, state: State, output: JSON, frame: Frame,
+             assigned: dict[str, JSON] | None = None) -> None:
+        if self.recording and len(self.dump(output)) > MAX_PAYLOAD // 4 and len(
+                self.dump(output).encode()) > MAX_PAYLOAD:
+            raise StatesFailure(
+                "States.DataLimitExceeded",
+                f"The state/task '{state.name}' returned a result with a size exceeding the "
+                f"maximum number of bytes service limit.")
+        if assigned:
+            frame.variables = {**frame.variables, **assigned}
+
+        def details() -> dict[str, Any]:
+            out: dict[str, Any] = {"name": state.name, "output": self.dump(output),
+                                   "outputDetails": _NO_DETAIL}
+            if assigned is not None:
+                out["assignedVariables"] = {k: dumps(v) for k, v in assigned.items()}
+                out["assignedVariablesDetails"] = {"truncated": False}
+            return out
+
+        frame.prev = self.add(f"{state.type}StateExited", frame.prev, details)
+
+    # ------------------------------------------------------------------ data flow
+
+    def select(self, path: Path | None, value: JSON, env: Env) -> JSON:
+        if path is None:
+            return {}
+        if path is ROOT:
+            return value
+        try:
+            return resolve_path(path, env.with_input(value))
+        except PathFailure as exc:
+            message = str(exc)
+            if message.startswith("Invalid path"):
+                raise
+            raise PathFailure(f"Invalid path '{path.source}' : {message}") from None
+
+    def merge(self, path: Path | None, raw: JSON, result: JSON) -> JSON:
+        if path is None:
+            return raw
+        if path is ROOT:
+            return result
+        try:
+            return path.set(raw, result)
+        except PathFailure:
+            raise StatesFailure(
+                "States.ResultPathMatchFailure",
+                f"Unable to apply ResultPath \"{path.source}\" to input \"{dumps(raw)}\"",
+            ) from None
+
+    def finish(self, state: State, data: JSON, result: JSON, frame: Frame, env: Env,
+               assign_source: JSON) -> JSON:
+        """ResultPath, Assign and OutputPath (JSONPath mode), then the Exited event."""
+        merged = self.merge(state.result_path, data, result)
+        assigned = None
+        if state.assign is not None:
+            assigned = state.assign(env.with_input(assign_source))
+        output = self.select(state.output_path, merged, env)
+        self.exit(state, output, frame, assigned)
+        return output
+
+    def jsonata_bindings(self, state: State, data: JSON, frame: Frame, entered_time: float,
+                         retry: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {
+            **frame.variables,
+            "states": {
+                "input": data,
+                "context": self.context(state, entered_time, retry, extra),
+            },
+        }
+
+    def jsonata_finish(self, state: State, bindings: dict[str, Any], default: JSON,
+                       frame: Frame, output_template: JSON = None,
+                       has_output: bool | None = None) -> JSON:
+        template = state.output if output_template is None else output_template
+        if has_output is None:
+            has_output = state.has_output
+        output = jsonata.evaluate_template(template, bindings) if has_output else default
+        assigned = None
+        if state.jsonata_assign is not None:
+            assigned = jsonata.evaluate_template(state.jsonata_assign, bindings)
+        self.exit(state, output, frame, assigned)
+        return output
+
+    # ------------------------------------------------------------------ simple states
+
+    async def run_pass(self, state: State, data: JSON, frame: Frame, entered: int,
+                       entered_time: float, resume: dict[str, Any] | None) -> tuple[
+                           str | None, JSON]:
+        if state.jsonata:
+            b = self.jsonata_bindings(state, data, frame, entered_time, 0)
+            return state.next, self.jsonata_finish(state, b, data, frame)
+        env = Env(data, self.lazy_context(state, entered_time, 0), frame.variables)
+        value = self.select(state.input_path, data, env)
+        if state.parameters is not None:
+            value = state.parameters(env.with_input(value))
+        result = state.result if state.has_result else value
+        return state.next, self.finish(state, data, result, frame, env, result)
+
+    async def run_succeed(self, state: State, data: JSON, frame: Frame, entered: int,
+                          entered_time: float, resume: dict[str, Any] | None) -> tuple[
+                              str | None, JSON]:
+        if state.jsonata:
+            b = self.jsonata_bindings(state, data, frame, entered_time, 0)
+            return None, self.jsonata_finish(state, b, data, frame)
+        env = Env(data, self.lazy_context(state, entered_time, 0), frame.variables)
+        value = self.select(state.input_path, data, env)
+        output = self.select(state.output_path, value, env)
+        self.exit(state, output, frame)
+        return None, output
+
+    async def run_fail(self, state: State, data: JSON, frame: Frame, entered: int,
+                       entered_time: float, resume: dict[str, Any] | None) -> tuple[
+                           str | None, JSON]:
+        if state.jsonata:
+            b = self.jsonata_bindings(state, data, frame, entered_time, 0)
+            error = jsonata.evaluate_template(state.error, b)
+            cause = jsonata.evaluate_template(state.cause, b)
+        else:
+            env = Env(data, self.lazy_context(state, entered_time, 0), frame.variables)
+            error = state.error_path(env) if state.error_path else state.error
+            cause = state.cause_path(env) if state.cause_path else state.cause
+        for value, key in ((error, "Error"), (cause, "Cause")):
+            if value is not None and not isinstance(value, str):
+                raise PathFailure(
+                    f"The value of the field '{key}' must be a string, but was {dumps(value)}"
+                )
+        raise StatesFailure(error or "", cause)
+
+    async def run_choice(self, state: State, data: JSON, frame: Frame, entered: int,
+                         entered_time: float, resume: dict[str, Any] | None) -> tuple[
+                             str | None, JSON]:
+        if state.jsonata:
+            b = self.jsonata_bindings(state, data, frame, entered_time, 0)
+            for choice in state.choices:
+                verdict = jsonata.evaluate_template(choice.condition, b)
+                if not isinstance(verdict, bool):
+                    raise jsonata.JsonataError(
+                        f"The Condition field evaluated to {dumps(verdict)}, not a boolean")
+                if verdict:
+                    output = (jsonata.evaluate_template(choice.output, b)
+                              if choice.has_output else
+                              jsonata.evaluate_template(state.output, b)
+                              if state.has_output else data)
+                    chosen: dict[str, JSON] = {}
+                    if state.jsonata_assign is not None:
+                        chosen.update(jsonata.evaluate_template(state.jsonata_assign, b))
+                    if choice.jsonata_assign is not None:
+                        chosen.update(jsonata.evaluate_template(choice.jsonata_assign, b))
+                    self.exit(state, output, frame, chosen or None)
+                    return choice.next, output
+            if state.default is None:
+                raise self.no_choice(state, entered)
+            return state.default, self.jsonata_finish(state, b, data, frame)
+        env = Env(data, self.lazy_context(state, entered_time, 0), frame.variables)
+        value = self.select(state.input_path, data, env)
+        probe = env.with_input(value)
+        target = state.default
+        rule_assign: Expression | None = None
+        for choice in state.choices:
+            assert choice.rule is not None
+            if choice.rule(probe):
+                target, rule_assign = choice.next, choice.assign
+                break
+        else:
+            if state.default is None:
+                raise self.no_choice(state, entered)
+        assigned: dict[str, JSON] | None = None
+        if state.assign is not None or rule_assign is not None:
+            assigned = {}
+            if state.assign is not None:
+                assigned.update(state.assign(probe))
+            if rule_assign is not None:
+                assigned.update(rule_assign(probe))
+        output = self.select(state.output_path, value, env)
+        self.exit(state, output, frame, assigned)
+        return target, output
+
+    def no_choice(self, state: State, entered: int) -> StatesFailure:
+        return StatesFailure(
+            "States.Runtime",
+            f"An error occurred while executing the state '{state.name}' (entered at the event "
+            f"id #{entered}). No Choice Rules matched and no Default was specified.",
+        )
+
+    async def run_wait(self, state: State, data: JSON, frame: Frame, entered: int,
+                       entered_time: float, resume: dict[str, Any] | None) -> tuple[
+                           str | None, JSON]:
+        b: dict[str, Any] = {}
+        env = Env(data, None, frame.variables)
+        if state.jsonata:
+            b = self.jsonata_bindings(state, data, frame, entered_time, 0)
+            value = data
+        else:
+            env = Env(data, self.lazy_context(state, entered_time, 0), frame.variables)
+            value = self.select(state.input_path, data, env)
+        if resume is not None and resume.get("wait_until") is not None:
+            until = float(resume["wait_until"])
+        else:
+            until = self.wait_deadline(state, value, env.with_input(value), b, entered_time)
+            self.persist(frame, wait_until=until)
+        await self.clock.sleep(until - self.clock.now())
+        if state.jsonata:
+            return state.next, self.jsonata_finish(state, b, data, frame)
+        output = self.select(state.output_path, value, env)
+        assigned = state.assign(env.with_input(value)) if state.assign is not None else None
+        self.exit(state, output, frame, assigned)
+        return state.next, output
+
+    def wait_deadline(self, state: State, value: JSON, env: Env, b: dict[str, Any],
+                      start: float) -> float:
+        seconds: JSON = None
+        stamp: JSON = None
+        if state.seconds is not None:
+            seconds = state.seconds
+            if isinstance(seconds, str):
+                seconds = jsonata.evaluate_template(seconds, b)
+            source = "Seconds"
+        elif state.seconds_path is not None:
+            seconds = resolve_path(state.seconds_path, env)
+            source = f"SecondsPath parameter references {state.seconds_path.source} =="
+        elif state.timestamp is not None:
+            stamp = state.timestamp
+            if state.jsonata and stamp.startswith("{%"):
+                stamp = jsonata.evaluate_template(stamp, b)
+        elif state.timestamp_path is not None:
+            stamp = resolve_path(state.timestamp_path, env)
+        if stamp is not None or state.timestamp is not None or state.timestamp_path is not None:
+            parsed = parse_timestamp(stamp)
+            if parsed is None:
+                raise PathFailure(
+                    f"The TimestampPath parameter does not reference a valid ISO-8601 extended "
+                    f"offset date-time format string: {dumps(stamp)}"
+                )
+            until = parsed.timestamp()
+            if until - start > 24855 * 86400:
+                raise PathFailure("Wait state delay is too long")
+            return until
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            raise PathFailure(f"The {source} value cannot be parsed as a long value: "
+                              f"{dumps(seconds)}")
+        if isinstance(seconds, float) and not seconds.is_integer():
+            raise PathFailure(f"The {source} value cannot be parsed as a long value: "
+                              f"{dumps(seconds)}")
+        if seconds < 0:
+            raise PathFailure(f"The {source} references a negative value: {dumps(seconds)}")
+        return start + float(seconds)
+
+    # ------------------------------------------------------------------ retry
+
+    async def with_retry(self, state: State, frame: Frame, resume: dict[str, Any] | None,
+                         attempt: Callable[[int], Awaitable[JSON]]) -> JSON:
+        counts = [0] * len(state.retry)
+        if resume is not None and resume.get("retry_counts"):
+            counts = list(resume["retry_counts"])
+            if resume.get("retry_at") is not None:
+                await self.clock.sleep(float(resume["retry_at"]) - self.clock.now())
+        while True:
+            try:
+                return await attempt(sum(counts))
+            except StatesFailure as failure:
+                index = next((i for i, r in enumerate(state.retry)
+                              if error_matches(r.errors, failure)), None)
+                if index is None:
+                    raise
+                retrier = state.retry[index]
+                if counts[index] >= retrier.max_attempts:
+                    raise
+                delay = retry_delay(retrier.interval, retrier.backoff, counts[index],
+                                    retrier.max_delay, retrier.jitter, self.rng)
+                counts[index] += 1
+                self.persist(frame, retry_counts=counts, retry_at=self.clock.now() + delay)
+                await self.clock.sleep(delay)
+
+    # ------------------------------------------------------------------ task
+
+    async def run_task(self, state: State, data: JSON, frame: Frame, entered: int,
+                       entered_time: float, resume: dict[str, Any] | None) -> tuple[
+                           str | None, JSON]:
+        token_holder: list[str] = []
+
+        async def attempt(retry: int) -> JSON:
+            extra: dict[str, Any] | None = None
+            if state.resource.endswith(".waitForTaskToken"):
+                if resume is not None and resume.get("token") and not token_holder:
+                    token = str(resume["token"])
+                else:
+                    token = new_token(self.info.arn)
+                token_holder[:] = [token]
+                extra = {"Task": {"Token": token}}
+            if state.jsonata:
+                b = self.jsonata_bindings(state, data, frame, entered_time, retry, extra)
+                value = (jsonata.evaluate_template(state.arguments, b)
+                         if state.has_arguments else data)
+                timeout = self.jsonata_seconds(state.timeout_seconds, b, "TimeoutSeconds")
+                heartbeat = self.jsonata_seconds(state.heartbeat_seconds, b, "HeartbeatSeconds")
+            else:
+                env = Env(data, self.lazy_context(state, entered_time, retry, extra),
+                          frame.variables)
+                value = self.select(state.input_path, data, env)
+                if state.parameters is not None:
+                    value = state.parameters(env.with_input(value))
+                timeout = self.task_seconds(state.timeout_seconds, state.timeout_path, env,
+                                            "TimeoutSecondsPath")
+                heartbeat = self.task_seconds(state.heartbeat_seconds, state.heartbeat_path,
+                                              env, "HeartbeatSecondsPath")
+            try:
+                result = await self.invoke(state, value, frame, timeout, heartbeat,
+                                           token_holder[0] if token_holder else None, resume)
+            except PathFailure as exc:
+                raise self.runtime(state, entered, str(exc)) from None
+            if state.jsonata:
+                return result
+            if state.result_selector is not None:
+                result = state.result_selector(env.with_input(result))
+            return result
+
+        result = await self.with_retry(state, frame, resume, attempt)
+        if state.jsonata:
+            b = self.jsonata_bindings(state, data, frame, entered_time, 0)
+            b["states"]["result"] = result
+            return state.next, self.jsonata_finish(state, b, result, frame)
+        env = Env(data, self.lazy_context(state, entered_time, 0), frame.variables)
+        return state.next, self.finish(state, data, result, frame, env, result)
+
+    def task_seconds(self, static: JSON, path: Path | None, env: Env, name: str) -> float | None:
+        if path is not None:
+            value = resolve_path(path, env)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise PathFailure(f"The {name} field refers to value {dumps(value)} which is "
+                                  "not a valid positive integer")
+            return float(value)
+        return float(static) if static is not None else None
+
+    def jsonata_seconds(self, value: JSON, b: dict[str, Any], name: str) -> float | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = jsonata.evaluate_template(value, b)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise jsonata.JsonataError(f"The {name} field must be a positive integer")
+        return float(value)
+
+    async def invoke(self, state: State, value: JSON, frame: Frame, timeout: float | None,
+                     heartbeat: float | None, token: str | None,
+                     resume: dict[str, Any] | None) -> JSON:
+        resource = state.resource
+        parts = resource.split(":")
+        if len(parts) >= 7 and parts[2] == "lambda" and parts[5] == "function":
+            return await self.invoke_legacy_lambda(state, value, frame, timeout)
+        if len(parts) >= 7 and parts[2] == "states" and parts[5] == "activity":
+            return await self.invoke_activity(state, value, frame, timeout, heartbeat)
+        if len(parts) >= 7 and parts[2] == "states" and parts[3] == "" and parts[4] == "":
+            service, action = parts[5], ":".join(parts[6:])
+            return await self.invoke_service(state, service, action, value, frame, timeout,
+                                             heartbeat, token, resume)
+        raise PathFailure(f"The resource '{resource}' is not supported by Kiln")
+
+    async def guarded(self, work: Awaitable[JSON], timeout: float | None) -> JSON:
+        if timeout is None:
+            return await work
+        task = asyncio.ensure_future(work)
+        timer = asyncio.ensure_future(self.clock.sleep(timeout))
+        try:
+            await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+            if not task.done():
+                task.cancel()
+        if task.done() and not task.cancelled():
+            return task.result()
+        raise StatesFailure("States.Timeout", None)
+
+    def function_arn(self, function: str, qualifier: JSON = None) -> str:
+        """Name, ``name:qualifier``, partial or full ARN -> full function ARN."""
+        region, account = self.services.region, self.services.account_id
+        if function.startswith("arn:"):
+            arn = function
+        elif ":function:" in function:
+            arn = f"arn:aws:lambda:{region}:{function}"
+        else:
+            arn = f"arn:aws:lambda:{region}:{account}:function:{function}"
+        if isinstance(qualifier, str) and qualifier and len(arn.split(":")) == 7:
+            arn = f"{arn}:{qualifier}"
+        return arn
+
+    async def call_lambda(self, function: str, payload: JSON) -> tuple[JSON, str]:
+        body, function_error = await self.services.invoker.invoke(
+            self.function_arn(function), dumps(payload).encode()
+        )
+        text = body.decode("utf-8", errors="replace")
+        if function_error is not None:
+            error = function_error
+            try:
+                parsed = json.loads(text)
+                if isinstance(parsed, dict) and isinstance(parsed.get("errorType"), str):
+                    error = parsed["errorType"]
+            except ValueError:
+                pass
+            raise StatesFailure(error, text)
+        try:
+            return json.loads(text) if text.strip() else None, text
+        except ValueError:
+            return text, text
+
+    async def invoke_legacy_lambda(self, state: State, value: JSON, frame: Frame,
+                                   timeout: float | None) -> JSON:
+        def scheduled() -> dict[str, Any]:
+            d: dict[str, Any] = {"resource": state.resource, "input": dumps(value),
+                                 "inputDetails": _NO_DETAIL}
+            if timeout is not None:
+                d["timeoutInSeconds"] = int(timeout)
+            return d
+
+        frame.prev = self.add("LambdaFunctionScheduled", frame.prev, scheduled)
+        frame.prev = self.add("LambdaFunctionStarted", frame.prev)
+        self.persist(frame)
+        try:
+            result, _ = await self._lambda_result(state.resource, value, timeout)
+        except StatesFailure as failure:
+            kind = "LambdaFunctionTimedOut" if failure.error == "States.Timeout" else (
+                "LambdaFunctionFailed")
+            frame.prev = self.add(kind, frame.prev, partial(_error_details, failure))
+            raise
+        frame.prev = self.add("LambdaFunctionSucceeded", frame.prev, lambda: {
+            "output": dumps(result), "outputDetails": _NO_DETAIL,
+        })
+        return result
+
+    async def _lambda_result(self, function: str, payload: JSON,
+                             timeout: float | None) -> tuple[JSON, str]:
+        if timeout is None:
+            return await self.call_lambda(function, payload)
+        task = asyncio.ensure_future(self.call_lambda(function, payload))
+        timer = asyncio.ensure_future(self.clock.sleep(timeout))
+        try:
+            await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+            if not task.done():
+                task.cancel()
+        if task.done() and not task.cancelled():
+            return task.result()
+        raise StatesFailure("States.Timeout", None)
+
+    async def invoke_service(self, state: State, service: str, action: str, value: JSON,
+                             frame: Frame, timeout: float | None, heartbeat: float | None,
+                             token: str | None, resume: dict[str, Any] | None) -> JSON:
+        base, _, pattern = action.partition(".")
+        resource_type = service
+
+        def scheduled() -> dict[str, Any]:
+            d: dict[str, Any] = {"resourceType": resource_type, "resource": action,
+                                 "region": self.services.region, "parameters": dumps(value)}
+            if timeout is not None:
+                d["timeoutInSeconds"] = int(timeout)
+            if heartbeat is not None:
+                d["heartbeatInSeconds"] = int(heartbeat)
+            return d
+
+        def failed(kind: str, failure: StatesFailure) -> None:
+            frame.prev = self.add(kind, frame.prev, lambda: {
+                "resourceType": resource_type, "resource": action, **_error_details(failure),
+            })
+
+        submitted = bool(resume and resume.get("submitted") and token
+                         and resume.get("token") == token)
+        if not submitted:
+            frame.prev = self.add("TaskScheduled", frame.prev, scheduled)
+            frame.prev = self.add("TaskStarted", frame.prev, lambda: {
+                "resourceType": resource_type, "resource": action,
+            })
+        waiter = self.services.tokens.register(token, self.info.arn) if token else None
+        self.persist(frame, token=token, submitted=submitted)
+        try:
+            if not submitted:
+                try:
+                    output = await self.guarded(
+                        self.call_service(service, base, pattern, value), timeout)
+                except StatesFailure as failure:
+                    failed("TaskTimedOut" if failure.error == "States.Timeout" else
+                           "TaskFailed", failure)
+                    raise
+                if waiter is None:
+                    frame.prev = self.add("TaskSucceeded", frame.prev, lambda: {
+                        "resourceType": resource_type, "resource": action,
+                        "output": dumps(output), "outputDetails": _NO_DETAIL,
+                    })
+                    return output
+                frame.prev = self.add("TaskSubmitted", frame.prev, lambda: {
+                    "resourceType": resource_type, "resource": action,
+                    "output": dumps(output), "outputDetails": _NO_DETAIL,
+                })
+                self.persist(frame, token=token, submitted=True)
+            assert waiter is not None
+            try:
+                output = await wait_for_token(waiter, self.clock, timeout, heartbeat)
+            except StatesFailure as failure:
+                failed("TaskTimedOut" if failure.error == "States.Timeout" else "TaskFailed",
+                       failure)
+                raise
+            frame.prev = self.add("TaskSucceeded", frame.prev, lambda: {
+                "resourceType": resource_type, "resource": action,
+                "output": dumps(output), "outputDetails": _NO_DETAIL,
+            })
+            return output
+        finally:
+            if token:
+                self.services.tokens.discard(token)
+            if frame.top:
+                self.checkpoint.pop("token", None)
+                self.checkpoint.pop("submitted", None)
+                self.checkpoint_dirty = True
+
+    async def call_service(self, service: str, action: str, pattern: str, value: JSON) -> JSON:
+        if service == "lambda" and action == "invoke":
+            if not isinstance(value, dict) or not isinstance(value.get("FunctionName"), str):
+                raise StatesFailure("States.Runtime",
+                                    "The field 'FunctionName' is required for lambda:invoke")
+            function = self.function_arn(value["FunctionName"], value.get("Qualifier"))
+            parts = function.split(":")
+            executed = parts[7] if len(parts) == 8 and parts[7].isdigit() else "$LATEST"
+            if value.get("InvocationType") == "Event":
+                job = asyncio.ensure_future(self.services.invoker.invoke(
+                    function, dumps(value.get("Payload")).encode()))
+                self.services.background.add(job)
+                job.add_done_callback(self.services.background.discard)
+                return {"Payload": "", "SdkHttpMetadata": {"HttpStatusCode": 202},
+                        "SdkResponseMetadata": {"RequestId": str(uuid.uuid4())},
+                        "StatusCode": 202}
+            payload, _ = await self.call_lambda(function, value.get("Payload"))
+            return {
+                "ExecutedVersion": executed,
+                "Payload": payload,
+                "SdkHttpMetadata": {"HttpHeaders": {"Content-Type": "application/json"},
+                                    "HttpStatusCode": 200},
+                "SdkResponseMetadata": {"RequestId": str(uuid.uuid4())},
+                "StatusCode": 200,
+            }
+        if service == "states" and action == "startExecution" and self.services.start_child:
+            if not isinstance(value, dict) or not isinstance(value.get("StateMachineArn"), str):
+                raise StatesFailure("States.Runtime",
+                                    "The field 'StateMachineArn' is required for "
+                                    "states:startExecution")
+            return await self.services.start_child(
+                value["StateMachineArn"], value.get("Input"), value.get("Name"), pattern
+            )
+        raise StatesFailure(
+            "States.Runtime",
+            f"The resource 'arn:aws:states:::{service}:{action}' is not supported by Kiln",
+        )
+
+    async def invoke_activity(self, state: State, value: JSON, frame: Frame,
+                              timeout: float | None, heartbeat: float | None) -> JSON:
+        arn = state.resource
+        if not self.services.activity_exists(arn):
+            raise StatesFailure("States.Runtime", f"The activity {arn} does not exist.")
+        text = dumps(value)
+
+        def scheduled() -> dict[str, Any]:
+            d: dict[str, Any] = {"resource": arn, "input": text, "inputDetails": _NO_DETAIL}
+            if timeout is not None:
+                d["timeoutInSeconds"] = int(timeout)
+            if heartbeat is not None:
+                d["heartbeatInSeconds"] = int(heartbeat)
+            return d
+
+        frame.prev = self.add("ActivityScheduled", frame.prev, scheduled)
+        token = new_token(self.info.arn)
+        waiter = self.services.tokens.register(token, self.info.arn)
+        self.persist(frame)
+        task = self.services.activities.schedule(arn, token, text)
+        deadline = None if timeout is None else self.clock.now() + timeout
+        async def picked_up() -> JSON:
+            await asyncio.wait({task.started, waiter.result},
+                               return_when=asyncio.FIRST_COMPLETED)
+            if task.started.done():
+                return task.started.result()
+            return waiter.result.result()
+
+        try:
+            try:
+                worker = await self.guarded(picked_up(), timeout)
+            except StatesFailure as failure:
+                kind = "ActivityTimedOut" if failure.error == "States.Timeout" else (
+                    "ActivityFailed")
+                frame.prev = self.add(kind, frame.prev, partial(_error_details, failure))
+                raise
+            frame.prev = self.add("ActivityStarted", frame.prev, lambda: {"workerName": worker})
+            self.persist(frame)
+            remaining = None if deadline is None else max(0.0, deadline - self.clock.now())
+            try:
+                output = await wait_for_token(waiter, self.clock, remaining, heartbeat)
+            except StatesFailure as failure:
+                kind = "ActivityTimedOut" if failure.error == "States.Timeout" else (
+                    "ActivityFailed")
+                frame.prev = self.add(kind, frame.prev, partial(_error_details, failure))
+                raise
+            frame.prev = self.add("ActivitySucceeded", frame.prev, lambda: {
+                "output": dumps(output), "outputDetails": _NO_DETAIL,
+            })
+            return output
+        finally:
+            self.services.tokens.discard(token)
+            self.services.activities.cancel(arn, task)
+
+    # ------------------------------------------------------------------ parallel / map
+
+    async def run_parallel(self, state: State, data: JSON, frame: Frame, entered: int,
+                           entered_time: float, resume: dict[str, Any] | None) -> tuple[
+                               str | None, JSON]:
+        async def attempt(retry: int) -> JSON:
+            if state.jsonata:
+                b = self.jsonata_bindings(state, data, frame, entered_time, retry)
+                value = (jsonata.evaluate_template(state.arguments, b)
+                         if state.has_arguments else data)
+            else:
+                env = Env(data, self.lazy_context(state, entered_time, retry), frame.variables)
+                value = self.select(state.input_path, data, env)
+                if state.parameters is not None:
+                    value = state.parameters(env.with_input(value))
+            frame.prev = self.add("ParallelStateStarted", frame.prev)
+            started = frame.prev
+            branches = [
+                self.run_machine(branch, value, Frame(started, dict(frame.variables), False))
+                for branch in state.branches
+            ]
+            try:
+                results = await _gather_fail_fast(branches)
+            except StatesFailure:
+                frame.prev = self.add("ParallelStateFailed", frame.prev)
+                raise
+            frame.prev = self.add("ParallelStateSucceeded", frame.prev)
+            if not state.jsonata and state.result_selector is not None:
+                return state.result_selector(env.with_input(results))
+            return results
+
+        result = await self.with_retry(state, frame, resume, attempt)
+        return state.next, self.complete(state, data, result, frame, entered_time)
+
+    def complete(self, state: State, data: JSON, result: JSON, frame: Frame,
+                 entered_time: float) -> JSON:
+        if state.jsonata:
+            b = self.jsonata_bindings(state, data, frame, entered_time, 0)
+            b["states"]["result"] = result
+            return self.jsonata_finish(state, b, result, frame)
+        env = Env(data, self.lazy_context(state, entered_time, 0), frame.variables)
+        return self.finish(state, data, result, frame, env, result)
+
+    async def run_map(self, state: State, data: JSON, frame: Frame, entered: int,
+                      entered_time: float, resume: dict[str, Any] | None) -> tuple[
+                          str | None, JSON]:
+        async def attempt(retry: int) -> JSON:
+            return await self.map_attempt(state, data, frame, entered, entered_time, retry)
+
+        result = await self.with_retry(state, frame, resume, attempt)
+        return state.next, self.complete(state, data, result, frame, entered_time)
+
+    def map_number(self, state: State, static: JSON, path: Path | None, env: Env,
+                   b: dict[str, Any], field_name: str, percentage: bool = False) -> float | None:
+        if path is not None:
+            value = resolve_path(path, env)
+            source = f"{field_name}Path"
+        elif isinstance(static, str):
+            value = jsonata.evaluate_template(static, b)
+            source = field_name
+        else:
+            return None if static is None else float(static)
+        ok = (not isinstance(value, bool) and isinstance(value, int | float)
+              and (percentage or float(value).is_integer()) and value >= 0
+              and (not percentage or value <= 100))
+        if not ok:
+            kind = "a valid percentage" if percentage else "a valid integer"
+            raise PathFailure(f"The {source} field refers to value \"{_plain(value)}\" which "
+                              f"is not {kind}")
+        return float(value)
+
+    async def map_attempt(self, state: State, data: JSON, frame: Frame, entered: int,
+                          entered_time: float, retry: int) -> JSON:
+        assert state.processor is not None
+        for conf, error in ((state.item_reader, "States.ItemReaderFailed"),
+                            (state.result_writer, "States.ResultWriterFailed")):
+            if isinstance(conf, dict):
+                raise StatesFailure(error, f"The resource '{conf.get('Resource')}' is not "
+                                    "available in Kiln: there is no S3 service to read from or "
+                                    "write to yet")
+        b: dict[str, Any] = {}
+        env = Env(data, self.lazy_context(state, entered_time, retry), frame.variables)
+        if state.jsonata:
+            b = self.jsonata_bindings(state, data, frame, entered_time, retry)
+            value = (jsonata.evaluate_template(state.arguments, b)
+                     if state.has_arguments else data)
+            items = jsonata.evaluate_template(state.items, b) if state.has_items else value
+            if not isinstance(items, list):
+                raise jsonata.JsonataError(
+                    "The Items field returned an unexpected result type. Expected 'array', but "
+                    f"was '{_json_type(items)}' for value: {dumps(items)}")
+        else:
+            value = self.select(state.input_path, data, env)
+            items = self.select(state.items_path, value, env)
+            if not isinstance(items, list):
+                raise PathFailure(
+                    f"Invalid path '{state.items_path.source if state.items_path else '$'}' : "
+                    "The ItemsPath field refers to a value which is not a JSON array: "
+                    f"{dumps(items)}")
+        concurrency = self.map_number(state, state.max_concurrency, state.max_concurrency_path,
+                                      env.with_input(value), b, "MaxConcurrency") or 0
+        tolerated_count = self.map_number(state, state.tolerated_count,
+                                          state.tolerated_count_path, env.with_input(value), b,
+                                          "ToleratedFailureCount")
+        tolerated_pct = self.map_number(state, state.tolerated_percentage,
+                                        state.tolerated_percentage_path,
+                                        env.with_input(value), b,
+                                        "ToleratedFailurePercentage", percentage=True)
+        inputs = self.map_inputs(state, items, value, env, b)
+        frame.prev = self.add("MapStateStarted", frame.prev, lambda: {"length": len(inputs)})
+        started = frame.prev
+        if state.distributed:
+            run_arn = (f"arn:aws:states:{self.services.region}:{self.services.account_id}:"
+                       f"mapRun:{self.info.machine_name}/{state.label or state.name}:"
+                       f"{uuid.uuid4()}")
+            frame.prev = self.add("MapRunStarted", frame.prev, lambda: {"mapRunArn": run_arn})
+            started = frame.prev
+        results: list[JSON] = [None] * len(inputs)
+        failures: list[StatesFailure] = []
+        tolerant = tolerated_count is not None or tolerated_pct is not None
+        last = [started]
+
+        async def iteration(index: int) -> None:
+            child = Frame(started, dict(frame.variables), False)
+            if not state.distributed:
+                child.prev = self.add("MapIterationStarted", started, lambda: {
+                    "name": state.name, "index": index})
+            try:
+                results[index] = await self.run_machine(state.processor,  # type: ignore[arg-type]
+                                                        inputs[index], child)
+            except StatesFailure as failure:
+                if not state.distributed:
+                    last[0] = self.add("MapIterationFailed", child.prev, lambda: {
+                        "name": state.name, "index": index})
+                if not tolerant:
+                    raise
+                failures.append(failure)
+                results[index] = _error_details_obj(failure)
+                return
+            if not state.distributed:
+                last[0] = self.add("MapIterationSucceeded", child.prev, lambda: {
+                    "name": state.name, "index": index})
+
+        try:
+            await _run_bounded(iteration, len(inputs), int(concurrency))
+        except StatesFailure:
+            if state.distributed:
+                self.add("MapRunFailed", last[0], lambda: {})
+            frame.prev = self.add("MapStateFailed", last[0])
+            raise
+        if tolerant and failures:
+            limit_count = tolerated_count if tolerated_count is not None else float("inf")
+            pct = 100.0 * len(failures) / max(1, len(inputs))
+            limit_pct = tolerated_pct if tolerated_pct is not None else 100.0
+            if len(failures) > limit_count or pct > limit_pct:
+                if state.distributed:
+                    self.add("MapRunFailed", last[0], lambda: {})
+                frame.prev = self.add("MapStateFailed", last[0])
+                raise StatesFailure("States.ExceedToleratedFailureThreshold",
+                                    "The specified tolerated failure threshold was exceeded")
+        if state.distributed:
+            last[0] = self.add("MapRunSucceeded", last[0])
+        frame.prev = self.add("MapStateSucceeded", last[0])
+        output: JSON = results
+        if not state.jsonata and state.result_selector is not None:
+            output = state.result_selector(env.with_input(results))
+        return output
+
+    def map_inputs(self, state: State, items: list[JSON], value: JSON, env: Env,
+                   b: dict[str, Any]) -> list[JSON]:
+        if state.has_item_selector:
+            inputs = []
+            for index, item in enumerate(items):
+                extra = {"Map": {"Item": {"Index": index, "Value": item}}}
+                if state.jsonata:
+                    bb = dict(b)
+                    bb["states"] = {**b["states"],
+                                    "context": {**b["states"]["context"], **extra}}
+                    inputs.append(jsonata.evaluate_template(state.jsonata_item_selector, bb))
+                else:
+                    assert state.item_selector is not None
+                    ctx = {**context_of(env), **extra}
+                    inputs.append(state.item_selector(Env(value, ctx, env.variables)))
+        else:
+            inputs = list(items)
+        if state.batcher is not None:
+            inputs = self.batch(state, inputs, value, env, b)
+        return inputs
+
+    def batch(self, state: State, items: list[JSON], value: JSON, env: Env,
+              b: dict[str, Any]) -> list[JSON]:
+        conf = state.batcher
+        assert isinstance(conf, dict)
+        size = conf.get("MaxItemsPerBatch")
+        if "MaxItemsPerBatchPath" in conf:
+            size = resolve_path(_path(conf["MaxItemsPerBatchPath"]), env.with_input(value))
+        max_bytes = conf.get("MaxInputBytesPerBatch")
+        batch_input = conf.get("BatchInput")
+        if isinstance(batch_input, dict) and not state.jsonata:
+            from kiln.states.payload import compile_template
+
+            batch_input = compile_template(batch_input, "")(env.with_input(value))
+        elif batch_input is not None and state.jsonata:
+            batch_input = jsonata.evaluate_template(batch_input, b)
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int)
+                                 or size <= 0):
+            raise PathFailure(f"The MaxItemsPerBatch field refers to value \"{size}\" which is "
+                              "not a valid integer")
+        batches: list[list[JSON]] = []
+        current: list[JSON] = []
+        current_bytes = 0
+        for item in items:
+            item_bytes = len(dumps(item).encode()) if max_bytes else 0
+            full = (size is not None and len(current) >= size) or (
+                max_bytes is not None and current and current_bytes + item_bytes > max_bytes)
+            if full:
+                batches.append(current)
+                current, current_bytes = [], 0
+            current.append(item)
+            current_bytes += item_bytes
+        if current:
+            batches.append(current)
+        out: list[JSON] = []
+        for chunk in batches:
+            entry: dict[str, JSON] = {"Items": chunk}
+            if batch_input is not None:
+                entry["BatchInput"] = batch_input
+            out.append(entry)
+        return out
+
+
+def _path(text: str) -> Path:
+    from kiln.states.jsonpath import compile_path
+
+    return compile_path(text)
+
+
+def _plain(value: JSON) -> str:
+    return value if isinstance(value, str) else dumps(value)
+
+
+def _json_type(value: JSON) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
+def _error_details(failure: StatesFailure) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if failure.error:
+        out["error"] = failure.error
+    if failure.cause is not None:
+        out["cause"] = failure.cause
+    return out
+
+
+def _error_details_obj(failure: StatesFailure) -> dict[str, Any]:
+    out: dict[str, Any] = {"Error": failure.error}
+    if failure.cause is not None:
+        out["Cause"] = failure.cause
+    return out
+
+
+async def _gather_fail_fast(work: Sequence[Awaitable[JSON]]) -> list[JSON]:
+    tasks = [asyncio.ensure_future(w) for w in work]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+async def _run_bounded(fn: Callable[[int], Awaitable[None]], count: int, limit: int) -> None:
+    """Run fn(0..count-1) with at most ``limit`` at once (0: no limit); first failure wins."""
+    if count == 0:
+        return
+    workers = min(count, INLINE_UNBOUNDED if limit <= 0 else limit)
+    cursor = iter(range(count))
+
+    async def worker() -> None:
+        for index in cursor:
+            await fn(index)
+
+    if workers == 1:
+        await worker()
+        return
+    tasks = [asyncio.ensure_future(worker()) for _ in range(workers)]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+Handler = Callable[
+    [Interpreter, State, JSON, Frame, int, float, dict[str, Any] | None],
+    Awaitable[tuple[str | None, JSON]],
+]
+_HANDLERS: dict[str, Handler] = {
+    "Pass": Interpreter.run_pass,
+    "Task": Interpreter.run_task,
+    "Choice": Interpreter.run_choice,
+    "Wait": Interpreter.run_wait,
+    "Succeed": Interpreter.run_succeed,
+    "Fail": Interpreter.run_fail,
+    "Parallel": Interpreter.run_parallel,
+    "Map": Interpreter.run_map,
+}

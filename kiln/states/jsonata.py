@@ -1,0 +1,1286 @@
+"""JSONata for ``QueryLanguage: JSONata``: a compact evaluator plus AWS's extra functions.
+
+    evaluate_template({"sum": "{% $sum($states.input.xs) %}"}, {"states": {...}, "x": 1})
+
+Covers paths with JSONata's sequence semantics, predicates, wildcards, operators, conditionals,
+blocks and ``:=`` bindings, lambdas, ``~>`` chains, ``^()`` sorting, array/object constructors,
+ranges, regular expressions and the standard function library (minus ``$eval``), plus AWS's
+``$partition``, ``$range``, ``$hash``, ``$random``, ``$uuid`` and ``$parse``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import random
+import re
+import time
+import urllib.parse
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import cmp_to_key, lru_cache
+from typing import Any
+
+from kiln.states.types import JSON
+
+
+class JsonataError(Exception):
+    pass
+
+
+class _Undefined:
+    def __repr__(self) -> str:
+        return "undefined"
+
+
+UNDEF: Any = _Undefined()
+Node = tuple[Any, ...]
+
+
+class Sequence(list[Any]):
+    """A JSONata result sequence (collapses to its single item)."""
+
+    keep = False
+
+
+def template_expression(value: Any) -> str | None:
+    if isinstance(value, str) and value.startswith("{%") and value.endswith("%}") and len(
+            value) >= 4:
+        return value[2:-2]
+    return None
+
+
+def check_template(template: JSON) -> str | None:
+    """The first syntax error among a template's ``{% %}`` expressions, or None."""
+    expr = template_expression(template)
+    if expr is not None:
+        try:
+            compile_expression(expr)
+        except JsonataError as exc:
+            return str(exc)
+        return None
+    children = template.values() if isinstance(template, dict) else (
+        template if isinstance(template, list) else [])
+    for child in children:
+        problem = check_template(child)
+        if problem:
+            return problem
+    return None
+
+
+@lru_cache(maxsize=4096)
+def compile_expression(text: str) -> Node:
+    """Parse once per distinct expression (a pure memo: ASTs are immutable tuples)."""
+    return _Parser(text).parse()
+
+
+def evaluate(text: str, bindings: dict[str, Any]) -> JSON:
+    """Evaluate one expression; an undefined result is an error, as in Step Functions."""
+    node = compile_expression(text)
+    env = _Env(dict(bindings), None)
+    states = bindings.get("states")
+    context = states.get("input") if isinstance(states, dict) else None
+    result = _Evaluator(context).eval(node, context, env)
+    result = _collapse(result)
+    if result is UNDEF:
+        raise JsonataError(f"The JSONata expression '{text.strip()}' returned nothing "
+                           "(undefined)")
+    return _to_json(result)
+
+
+def evaluate_template(template: JSON, bindings: dict[str, Any]) -> JSON:
+    """Evaluate every ``"{% expr %}"`` string inside a template."""
+    expr = template_expression(template)
+    if expr is not None:
+        return evaluate(expr, bindings)
+    if isinstance(template, dict):
+        return {k: evaluate_template(v, bindings) for k, v in template.items()}
+    if isinstance(template, list):
+        return [evaluate_template(v, bindings) for v in template]
+    return template
+
+
+def _to_json(value: Any) -> JSON:
+    if isinstance(value, list):
+        return [_to_json(v) for v in value if v is not UNDEF]
+    if isinstance(value, dict):
+        return {k: _to_json(v) for k, v in value.items() if v is not UNDEF}
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if callable(value):
+        return ""
+    return value
+
+
+# --------------------------------------------------------------------------- lexer
+
+_TOKEN_RE = re.compile(
+    r"\s+|/\*.*?\*/"
+    r"|(?P<num>\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)"
+    r"|(?P<str>\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*')"
+    r"|(?P<var>\$[A-Za-z0-9_]*\$?)"
+    r"|(?P<bq>`[^`]*`)"
+    r"|(?P<op>\.\.|:=|!=|<=|>=|~>|\*\*|[.\[\]{}(),:;?+\-*/%=<>&^#@|!])"
+    r"|(?P<name>[^\s.\[\]{}(),:;?+\-*/%=<>&^#@|!\"'`$~]+)",
+    re.DOTALL,
+)
+
+
+def _tokenize(text: str) -> list[tuple[str, Any]]:
+    tokens: list[tuple[str, Any]] = []
+    pos = 0
+    while pos < len(text):
+        prev = tokens[-1] if tokens else None
+        if text.startswith("/*", pos):
+            end = text.find("*/", pos + 2)
+            if end < 0:
+                raise JsonataError("Unterminated comment")
+            pos = end + 2
+            continue
+        if text[pos] == "/" and (prev is None or (prev[0] == "op" and prev[1] not in (
+                ")", "]", "}"))):
+            end = pos + 1
+            while end < len(text) and text[end] != "/":
+                end += 2 if text[end] == "\\" else 1
+            if end >= len(text):
+                raise JsonataError("Unterminated regular expression")
+            m = re.match(r"[im]*", text[end + 1:])
+            flags_text = m.group(0) if m else ""
+            flags = re.IGNORECASE if "i" in flags_text else 0
+            if "m" in flags_text:
+                flags |= re.MULTILINE
+            tokens.append(("regex", re.compile(text[pos + 1:end], flags)))
+            pos = end + 1 + len(flags_text)
+            continue
+        m = _TOKEN_RE.match(text, pos)
+        if not m or m.end() == pos:
+            raise JsonataError(f"Unexpected character {text[pos]!r} in JSONata expression")
+        pos = m.end()
+        kind = m.lastgroup
+        if kind is None:
+            continue
+        value: Any = m.group(kind)
+        if kind == "num":
+            value = float(value) if any(c in value for c in ".eE") else int(value)
+        elif kind == "str":
+            value = _unescape(value[1:-1])
+        elif kind == "bq":
+            kind, value = "name", value[1:-1]
+        elif kind == "name" and value in ("and", "or", "in"):
+            kind = "op"
+        tokens.append((kind, value))
+    tokens.append(("end", None))
+    return tokens
+
+
+_ESCAPES = {'"': '"', "'": "'", "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n",
+            "r": "\r", "t": "\t"}
+
+
+def _unescape(body: str) -> str:
+    out: list[str] = []
+    i = 0
+    while i < len(body):
+        c = body[i]
+        if c != "\\" or i + 1 >= len(body):
+            out.append(c)
+            i += 1
+            continue
+        nxt = body[i + 1]
+        if nxt == "u" and i + 5 < len(body):
+            out.append(chr(int(body[i + 2:i + 6], 16)))
+            i += 6
+            continue
+        if nxt not in _ESCAPES:
+            raise JsonataError(f"Unsupported escape sequence \\{nxt} in string")
+        out.append(_ESCAPES[nxt])
+        i += 2
+    return "".join(out)
+
+
+# --------------------------------------------------------------------------- parser
+
+_BINARY = {
+    ".": 75, "[": 80, "(": 80, "^": 80, "{": 70,
+    "*": 60, "/": 60, "%": 60, "+": 50, "-": 50, "&": 50,
+    "=": 40, "!=": 40, "<": 40, "<=": 40, ">": 40, ">=": 40, "in": 40, "~>": 40,
+    "and": 30, "or": 25, "..": 20, "?": 20, ":=": 10,
+}
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.tokens = _tokenize(text)
+        self.i = 0
+
+    def peek(self) -> tuple[str, Any]:
+        return self.tokens[self.i]
+
+    def next(self) -> tuple[str, Any]:
+        tok = self.tokens[self.i]
+        self.i += 1
+        return tok
+
+    def expect(self, value: str) -> None:
+        tok = self.next()
+        if tok != ("op", value):
+            raise JsonataError(f"Expected '{value}' in JSONata expression {self.text!r}")
+
+    def parse(self) -> Node:
+        node = self.expression(0)
+        if self.peek()[0] != "end":
+            raise JsonataError(f"Unexpected token {self.peek()[1]!r} in {self.text!r}")
+        return node
+
+    def expression(self, rbp: int) -> Node:
+        left = self.prefix()
+        while True:
+            kind, value = self.peek()
+            if kind != "op" or value not in _BINARY or _BINARY[value] <= rbp:
+                return left
+            self.next()
+            left = self.infix(value, left)
+
+    def prefix(self) -> Node:
+        kind, value = self.next()
+        if kind == "num":
+            return ("value", value)
+        if kind == "str":
+            return ("value", value)
+        if kind == "regex":
+            return ("value", value)
+        if kind == "var":
+            return ("var", value[1:])
+        if kind == "name":
+            if value == "true":
+                return ("value", True)
+            if value == "false":
+                return ("value", False)
+            if value == "null":
+                return ("value", None)
+            if value in ("function", "λ") and self.peek() == ("op", "("):
+                return self.lambda_()
+            return ("name", value)
+        if kind != "op":
+            raise JsonataError(f"Unexpected end of JSONata expression {self.text!r}")
+        if value == "-":
+            return ("neg", self.expression(70))
+        if value == "*":
+            return ("wildcard",)
+        if value == "**":
+            return ("descendants",)
+        if value == "(":
+            exprs = []
+            while self.peek() != ("op", ")"):
+                exprs.append(self.expression(0))
+                if self.peek() == ("op", ";"):
+                    self.next()
+                else:
+                    break
+            self.expect(")")
+            return ("block", exprs)
+        if value == "[":
+            items = []
+            while self.peek() != ("op", "]"):
+                items.append(self.expression(0))
+                if self.peek() == ("op", ","):
+                    self.next()
+                else:
+                    break
+            self.expect("]")
+            return ("array", items)
+        if value == "{":
+            return ("object", self.pairs())
+        raise JsonataError(f"Unexpected '{value}' in JSONata expression {self.text!r}")
+
+    def pairs(self) -> list[tuple[Node, Node]]:
+        pairs = []
+        while self.peek() != ("op", "}"):
+            key = self.expression(0)
+            self.expect(":")
+            pairs.append((key, self.expression(0)))
+            if self.peek() == ("op", ","):
+                self.next()
+            else:
+                break
+        self.expect("}")
+        return pairs
+
+    def lambda_(self) -> Node:
+        self.expect("(")
+        params = []
+        while self.peek() != ("op", ")"):
+            kind, value = self.next()
+            if kind != "var":
+                raise JsonataError("Lambda parameters must be variables")
+            params.append(value[1:])
+            if self.peek() == ("op", ","):
+                self.next()
+        self.expect(")")
+        if self.peek() == ("op", "<"):  # type signature: skip
+            depth = 0
+            while True:
+                tok = self.next()
+                if tok == ("op", "<"):
+                    depth += 1
+                elif tok == ("op", ">"):
+                    depth -= 1
+                    if depth == 0:
+                        break
+        self.expect("{")
+        body = self.expression(0)
+        self.expect("}")
+        return ("lambda", params, body)
+
+    def infix(self, op: str, left: Node) -> Node:
+        if op == ".":
+            return ("path", left, self.expression(75))
+        if op == "[":
+            if self.peek() == ("op", "]"):
+                self.next()
+                return ("keep", left)
+            pred = self.expression(0)
+            self.expect("]")
+            return ("filter", left, pred)
+        if op == "(":
+            args = []
+            while self.peek() != ("op", ")"):
+                if self.peek() == ("op", "?"):
+                    self.next()
+                    args.append(("placeholder",))
+                else:
+                    args.append(self.expression(0))
+                if self.peek() == ("op", ","):
+                    self.next()
+                else:
+                    break
+            self.expect(")")
+            return ("call", left, args)
+        if op == "^":
+            self.expect("(")
+            terms = []
+            while True:
+                descending = False
+                if self.peek() in (("op", "<"), ("op", ">")):
+                    descending = self.next()[1] == ">"
+                terms.append((self.expression(0), descending))
+                if self.peek() == ("op", ","):
+                    self.next()
+                    continue
+                break
+            self.expect(")")
+            return ("sort", left, terms)
+        if op == "{":
+            return ("group", left, self.pairs())
+        if op == "?":
+            then = self.expression(0)
+            other: Node = ("value", UNDEF)
+            if self.peek() == ("op", ":"):
+                self.next()
+                other = self.expression(0)
+            return ("cond", left, then, other)
+        if op == ":=":
+            if left[0] != "var":
+                raise JsonataError("The left side of := must be a variable")
+            return ("bind", left[1], self.expression(_BINARY[op] - 1))
+        right = self.expression(_BINARY[op])
+        if op == "~>":
+            return ("chain", left, right)
+        if op == "..":
+            return ("range", left, right)
+        if op in ("and", "or"):
+            return (op, left, right)
+        return ("binary", op, left, right)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+class _Env:
+    __slots__ = ("parent", "vars")
+
+    def __init__(self, variables: dict[str, Any], parent: _Env | None) -> None:
+        self.vars = variables
+        self.parent = parent
+
+    def lookup(self, name: str) -> Any:
+        env: _Env | None = self
+        while env is not None:
+            if name in env.vars:
+                return env.vars[name]
+            env = env.parent
+        return UNDEF
+
+
+class _Lambda:
+    def __init__(self, params: list[str], body: Node, env: _Env, ev: _Evaluator,
+                 context: Any) -> None:
+        self.params = params
+        self.body = body
+        self.env = env
+        self.ev = ev
+        self.context = context
+
+    def __call__(self, *args: Any) -> Any:
+        bound = {p: (args[i] if i < len(args) else UNDEF) for i, p in enumerate(self.params)}
+        return self.ev.eval(self.body, self.context, _Env(bound, self.env))
+
+    @property
+    def arity(self) -> int:
+        return len(self.params)
+
+
+def _collapse(value: Any) -> Any:
+    if isinstance(value, Sequence):
+        if not value:
+            return [] if value.keep else UNDEF
+        if len(value) == 1 and not value.keep:
+            return value[0]
+        return list(value)
+    return value
+
+
+def _seq(value: Any) -> list[Any]:
+    if value is UNDEF:
+        return []
+    if isinstance(value, list):
+        return list(value)
+    return [value]
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _truthy(v: Any) -> bool:
+    v = _collapse(v)
+    if v is UNDEF or v is None:
+        return False
+    if isinstance(v, list):
+        return any(_truthy(x) for x in v)
+    if isinstance(v, dict):
+        return bool(v)
+    if callable(v):
+        return False
+    return bool(v)
+
+
+def _equal(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b) and (_is_num(a) == _is_num(b))
+
+
+class _Evaluator:
+    def __init__(self, root: Any) -> None:
+        self.root = root
+        self.functions = _functions(self)
+
+    def eval(self, node: Node, ctx: Any, env: _Env) -> Any:
+        kind = node[0]
+        method: Callable[[Node, Any, _Env], Any] = getattr(self, "e_" + kind)
+        return method(node, ctx, env)
+
+    def e_value(self, node: Node, ctx: Any, env: _Env) -> Any:
+        return node[1]
+
+    def e_var(self, node: Node, ctx: Any, env: _Env) -> Any:
+        name = node[1]
+        if name == "":
+            return ctx
+        if name == "$":
+            return self.root
+        value = env.lookup(name)
+        if value is UNDEF and name in self.functions:
+            return self.functions[name]
+        return value
+
+    def e_name(self, node: Node, ctx: Any, env: _Env) -> Any:
+        return self.step(ctx, lambda item: item.get(node[1], UNDEF)
+                         if isinstance(item, dict) else UNDEF)
+
+    def step(self, ctx: Any, fn: Callable[[Any], Any]) -> Any:
+        if isinstance(ctx, list):
+            out = Sequence()
+            for item in ctx:
+                value = self.step(item, fn) if isinstance(item, list) else fn(item)
+                if value is UNDEF:
+                    continue
+                if isinstance(value, list) and not (isinstance(value, Sequence) and value.keep):
+                    out.extend(value)
+                else:
+                    out.append(value)
+            return out
+        return fn(ctx)
+
+    def e_wildcard(self, node: Node, ctx: Any, env: _Env) -> Any:
+        def values(item: Any) -> Any:
+            if isinstance(item, dict):
+                out = Sequence()
+                for v in item.values():
+                    out.extend(v) if isinstance(v, list) else out.append(v)
+                return out
+            return UNDEF
+
+        return self.step(ctx, values)
+
+    def e_descendants(self, node: Node, ctx: Any, env: _Env) -> Any:
+        out = Sequence()
+
+        def walk(v: Any) -> None:
+            if isinstance(v, list):
+                for x in v:
+                    walk(x)
+                return
+            out.append(v)
+            if isinstance(v, dict):
+                for x in v.values():
+                    walk(x)
+
+        walk(ctx)
+        return out
+
+    def e_path(self, node: Node, ctx: Any, env: _Env) -> Any:
+        left = self.eval(node[1], ctx, env)
+        if left is UNDEF:
+            return UNDEF
+        left = _collapse(left) if isinstance(left, Sequence) else left
+        right = node[2]
+        if isinstance(left, list):
+            out = Sequence()
+            for item in left:
+                value = self.eval(right, item, env)
+                if value is UNDEF:
+                    continue
+                if isinstance(value, list) and not (isinstance(value, Sequence) and value.keep) \
+                        and right[0] != "array":
+                    out.extend(value)
+                else:
+                    out.append(value)
+            return out
+        return self.eval(right, left, env)
+
+    def e_keep(self, node: Node, ctx: Any, env: _Env) -> Any:
+        value = self.eval(node[1], ctx, env)
+        out = Sequence(_seq(_collapse(value)))
+        out.keep = True
+        return out
+
+    def e_filter(self, node: Node, ctx: Any, env: _Env) -> Any:
+        value = _collapse(self.eval(node[1], ctx, env))
+        items = _seq(value)
+        pred = node[2]
+        out = Sequence()
+        if pred[0] == "value" and _is_num(pred[1]):
+            index = math.floor(pred[1])
+            if index < 0:
+                index += len(items)
+            if 0 <= index < len(items):
+                out.append(items[index])
+            return out
+        for i, item in enumerate(items):
+            res = _collapse(self.eval(pred, item, env))
+            if _is_num(res):
+                idx = math.floor(res)
+                if idx < 0:
+                    idx += len(items)
+                if idx == i:
+                    out.append(item)
+            elif isinstance(res, list) and res and all(_is_num(r) for r in res):
+                if any((math.floor(r) + (len(items) if r < 0 else 0)) == i for r in res):
+                    out.append(item)
+            elif _truthy(res):
+                out.append(item)
+        return out
+
+    def e_block(self, node: Node, ctx: Any, env: _Env) -> Any:
+        inner = _Env({}, env)
+        result: Any = UNDEF
+        for expr in node[1]:
+            result = self.eval(expr, ctx, inner)
+        return result
+
+    def e_bind(self, node: Node, ctx: Any, env: _Env) -> Any:
+        value = _collapse(self.eval(node[2], ctx, env))
+        env.vars[node[1]] = value
+        return value
+
+    def e_array(self, node: Node, ctx: Any, env: _Env) -> Any:
+        out: list[Any] = []
+        for item in node[1]:
+            if item[0] == "range":
+                lo = _collapse(self.eval(item[1], ctx, env))
+                hi = _collapse(self.eval(item[2], ctx, env))
+                if lo is UNDEF or hi is UNDEF:
+                    continue
+                if not (_is_num(lo) and _is_num(hi) and float(lo).is_integer()
+                        and float(hi).is_integer()):
+                    raise JsonataError("The range operator requires integer operands")
+                out.extend(range(int(lo), int(hi) + 1))
+                continue
+            value = _collapse(self.eval(item, ctx, env))
+            if value is UNDEF:
+                continue
+            if isinstance(value, list) and item[0] != "array":
+                out.extend(value)
+            else:
+                out.append(value)
+        result = Sequence(out)
+        result.keep = True
+        return result
+
+    def e_object(self, node: Node, ctx: Any, env: _Env) -> Any:
+        out: dict[str, Any] = {}
+        for key_node, value_node in node[1]:
+            key = _collapse(self.eval(key_node, ctx, env))
+            if not isinstance(key, str):
+                raise JsonataError("Object keys must evaluate to strings")
+            value = _collapse(self.eval(value_node, ctx, env))
+            if value is not UNDEF:
+                out[key] = value
+        return out
+
+    def e_group(self, node: Node, ctx: Any, env: _Env) -> Any:
+        items = _seq(_collapse(self.eval(node[1], ctx, env)))
+        out: dict[str, Any] = {}
+        for key_node, value_node in node[2]:
+            groups: dict[str, list[Any]] = {}
+            for item in items:
+                key = _collapse(self.eval(key_node, item, env))
+                if not isinstance(key, str):
+                    raise JsonataError("Object keys must evaluate to strings")
+                groups.setdefault(key, []).append(item)
+            for key, members in groups.items():
+                value = _collapse(self.eval(value_node, members if len(members) > 1
+                                            else members[0], env))
+                if value is not UNDEF:
+                    out[key] = value
+        return out
+
+    def e_neg(self, node: Node, ctx: Any, env: _Env) -> Any:
+        value = _collapse(self.eval(node[1], ctx, env))
+        if value is UNDEF:
+            return UNDEF
+        if not _is_num(value):
+            raise JsonataError("Cannot negate a non-numeric value")
+        return -value
+
+    def e_and(self, node: Node, ctx: Any, env: _Env) -> Any:
+        return _truthy(self.eval(node[1], ctx, env)) and _truthy(self.eval(node[2], ctx, env))
+
+    def e_or(self, node: Node, ctx: Any, env: _Env) -> Any:
+        return _truthy(self.eval(node[1], ctx, env)) or _truthy(self.eval(node[2], ctx, env))
+
+    def e_cond(self, node: Node, ctx: Any, env: _Env) -> Any:
+        if _truthy(self.eval(node[1], ctx, env)):
+            return self.eval(node[2], ctx, env)
+        return self.eval(node[3], ctx, env)
+
+    def e_lambda(self, node: Node, ctx: Any, env: _Env) -> Any:
+        return _Lambda(node[1], node[2], env, self, ctx)
+
+    def e_range(self, node: Node, ctx: Any, env: _Env) -> Any:
+        raise JsonataError("The range operator (..) can only be used inside an array")
+
+    def e_placeholder(self, node: Node, ctx: Any, env: _Env) -> Any:
+        return UNDEF
+
+    def e_call(self, node: Node, ctx: Any, env: _Env) -> Any:
+        fn = _collapse(self.eval(node[1], ctx, env))
+        if not callable(fn):
+            raise JsonataError("Attempted to invoke a non-function")
+        if any(a[0] == "placeholder" for a in node[2]):
+            bound = [None if a[0] == "placeholder" else _collapse(self.eval(a, ctx, env))
+                     for a in node[2]]
+
+            def partial(*rest: Any) -> Any:
+                it = iter(rest)
+                args = [next(it, UNDEF) if a[0] == "placeholder" else b
+                        for a, b in zip(node[2], bound, strict=True)]
+                return fn(*args)
+
+            return partial
+        args = [_collapse(self.eval(a, ctx, env)) for a in node[2]]
+        if getattr(fn, "uses_context", False) and len(args) < getattr(fn, "min_args", 0):
+            args.insert(0, _collapse(ctx))
+        return fn(*args)
+
+    def e_chain(self, node: Node, ctx: Any, env: _Env) -> Any:
+        value = _collapse(self.eval(node[1], ctx, env))
+        right = node[2]
+        if right[0] == "call":
+            fn = _collapse(self.eval(right[1], ctx, env))
+            args = [_collapse(self.eval(a, ctx, env)) for a in right[2]]
+            return fn(value, *args)
+        fn = _collapse(self.eval(right, ctx, env))
+        if not callable(fn):
+            raise JsonataError("The right side of ~> must be a function")
+        return fn(value)
+
+    def e_sort(self, node: Node, ctx: Any, env: _Env) -> Any:
+        items = _seq(_collapse(self.eval(node[1], ctx, env)))
+
+        def compare(a: Any, b: Any) -> int:
+            for term, descending in node[2]:
+                x = _collapse(self.eval(term, a, env))
+                y = _collapse(self.eval(term, b, env))
+                if x is UNDEF or y is UNDEF or x == y:
+                    continue
+                result = -1 if x < y else 1
+                return -result if descending else result
+            return 0
+
+        out = Sequence(sorted(items, key=cmp_to_key(compare)))
+        return out
+
+    def e_binary(self, node: Node, ctx: Any, env: _Env) -> Any:
+        op = node[1]
+        left = _collapse(self.eval(node[2], ctx, env))
+        right = _collapse(self.eval(node[3], ctx, env))
+        if op == "&":
+            return _string(left) + _string(right)
+        if op in ("+", "-", "*", "/", "%"):
+            if left is UNDEF or right is UNDEF:
+                return UNDEF
+            if not _is_num(left) or not _is_num(right):
+                raise JsonataError(
+                    f"The {'left' if not _is_num(left) else 'right'} side of the '{op}' "
+                    "operator must evaluate to a number")
+            if op == "+":
+                return left + right
+            if op == "-":
+                return left - right
+            if op == "*":
+                return left * right
+            if right == 0:
+                if op == "%":
+                    raise JsonataError("Division by zero")
+                raise JsonataError("Number out of range: division by zero")
+            if op == "/":
+                return left / right
+            return math.fmod(left, right)
+        if op == "in":
+            if left is UNDEF or right is UNDEF:
+                return False
+            return any(_equal(left, r) for r in _seq(right))
+        if op in ("=", "!="):
+            if left is UNDEF or right is UNDEF:
+                return False
+            eq = _equal(left, right)
+            return eq if op == "=" else not eq
+        if left is UNDEF or right is UNDEF:
+            return False
+        ok = (_is_num(left) and _is_num(right)) or (isinstance(left, str)
+                                                    and isinstance(right, str))
+        if not ok:
+            raise JsonataError(f"The expressions either side of operator '{op}' must evaluate "
+                               "to numeric or string values")
+        return {"<": left < right, "<=": left <= right, ">": left > right,
+                ">=": left >= right}[op]
+
+
+# --------------------------------------------------------------------------- functions
+
+
+def _string(value: Any) -> str:
+    if value is UNDEF:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e21:
+        return str(int(value))
+    if isinstance(value, float):
+        text = repr(value)
+        return text
+    if callable(value):
+        return ""
+    return json.dumps(_to_json(value), separators=(",", ":"), ensure_ascii=False)
+
+
+def _num_arg(name: str, value: Any) -> float:
+    if not _is_num(value):
+        raise JsonataError(f"Argument 1 of function ${name} must be a number")
+    return float(value) if isinstance(value, float) else value
+
+
+def _norm(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
+
+
+def _java_random(seed: int) -> Callable[[], float]:
+    """java.util.Random#nextDouble, as AWS's ``$random(seed)`` uses."""
+    state = [(seed ^ 0x5DEECE66D) & ((1 << 48) - 1)]
+
+    def bits(n: int) -> int:
+        state[0] = (state[0] * 0x5DEECE66D + 0xB) & ((1 << 48) - 1)
+        return state[0] >> (48 - n)
+
+    return lambda: ((bits(26) << 27) + bits(27)) * (1.0 / (1 << 53))
+
+
+def _functions(ev: _Evaluator) -> dict[str, Any]:
+    def apply(fn: Any, *args: Any) -> Any:
+        arity = getattr(fn, "arity", None)
+        if arity is not None:
+            args = args[:arity]
+        return _collapse(fn(*args))
+
+    def f_string(value: Any = UNDEF, pretty: Any = False) -> Any:
+        if value is UNDEF:
+            return UNDEF
+        if pretty is True and not isinstance(value, str):
+            return json.dumps(_to_json(value), indent=2, ensure_ascii=False)
+        return _string(value)
+
+    def f_number(value: Any) -> Any:
+        if value is UNDEF:
+            return UNDEF
+        if _is_num(value):
+            return value
+        if isinstance(value, bool):
+            return 1 if value else 0
+        if isinstance(value, str):
+            try:
+                if re.fullmatch(r"0[xX][0-9a-fA-F]+", value.strip()):
+                    return int(value, 16)
+                result = json.loads(value.strip())
+                if _is_num(result):
+                    return result
+            except ValueError:
+                pass
+        raise JsonataError(f"Unable to cast value to a number: {_string(value)}")
+
+    def numbers(name: str, values: Any) -> list[Any]:
+        items = _seq(values)
+        if not all(_is_num(v) for v in items):
+            raise JsonataError(f"Argument 1 of function ${name} must be an array of numbers")
+        return items
+
+    def f_sum(values: Any) -> Any:
+        return UNDEF if values is UNDEF else sum(numbers("sum", values))
+
+    def f_max(values: Any) -> Any:
+        items = numbers("max", values)
+        return max(items) if items else UNDEF
+
+    def f_min(values: Any) -> Any:
+        items = numbers("min", values)
+        return min(items) if items else UNDEF
+
+    def f_average(values: Any) -> Any:
+        items = numbers("average", values)
+        return sum(items) / len(items) if items else UNDEF
+
+    def f_count(values: Any = UNDEF) -> Any:
+        return len(_seq(values))
+
+    def text(name: str, value: Any) -> str:
+        if not isinstance(value, str):
+            raise JsonataError(f"Argument 1 of function ${name} must be a string")
+        return value
+
+    def f_length(value: Any) -> Any:
+        return UNDEF if value is UNDEF else len(text("length", value))
+
+    def f_substring(value: Any, start: Any, length: Any = UNDEF) -> Any:
+        if value is UNDEF:
+            return UNDEF
+        s = text("substring", value)
+        begin = int(start)
+        if begin < 0:
+            begin = max(0, len(s) + begin)
+        if length is UNDEF:
+            return s[begin:]
+        return s[begin:begin + max(0, int(length))]
+
+    def f_substring_before(value: Any, chars: Any) -> Any:
+        if value is UNDEF:
+            return UNDEF
+        s = text("substringBefore", value)
+        i = s.find(chars)
+        return s if i < 0 else s[:i]
+
+    def f_substring_after(value: Any, chars: Any) -> Any:
+        if value is UNDEF:
+            return UNDEF
+        s = text("substringAfter", value)
+        i = s.find(chars)
+        return s if i < 0 else s[i + len(chars):]
+
+    def f_trim(value: Any) -> Any:
+        return UNDEF if value is UNDEF else " ".join(text("trim", value).split())
+
+    def f_pad(value: Any, width: Any, char: Any = " ") -> Any:
+        if value is UNDEF:
+            return UNDEF
+        s = text("pad", value)
+        w = int(width)
+        fill = (char or " ")
+        if abs(w) <= len(s):
+            return s
+        pad = (fill * abs(w))[: abs(w) - len(s)]
+        return s + pad if w > 0 else pad + s
+
+    def f_contains(value: Any, pattern: Any) -> Any:
+        if value is UNDEF:
+            return UNDEF
+        s = text("contains", value)
+        if isinstance(pattern, re.Pattern):
+            return pattern.search(s) is not None
+        return pattern in s
+
+    def f_split(value: Any, sep: Any, limit: Any = UNDEF) -> Any:
+        if value is UNDEF:
+            return UNDEF
+        s = text("split", value)
+        if isinstance(sep, re.Pattern):
+            parts = sep.split(s)
+        elif sep == "":
+            parts = list(s)
+        else:
+            parts = s.split(sep)
+        if limit is not UNDEF:
+            parts = parts[: int(limit)]
+        return parts
+
+    def f_join(values: Any, sep: Any = "") -> Any:
+        if values is UNDEF:
+            return UNDEF
+        items = _seq(values)
+        if not all(isinstance(i, str) for i in items):
+            raise JsonataError("Argument 1 of function $join must be an array of strings")
+        return (sep if isinstance(sep, str) else "").join(items)
+
+    def f_replace(value: Any, pattern: Any, replacement: Any, limit: Any = UNDEF) -> Any:
+        if value is UNDEF:
+            return UNDEF
+        s = text("replace", value)
+        count = 0 if limit is UNDEF else int(limit)
+        if isinstance(pattern, re.Pattern):
+            if callable(replacement):
+                return pattern.sub(lambda m: _string(apply(replacement, {
+                    "match": m.group(0), "index": m.start(), "groups": list(m.groups())})),
+                    s, count=count)
+            repl = re.sub(r"\$(\d+)", r"\\\1", str(replacement))
+            return pattern.sub(repl, s, count=count)
+        if pattern == "":
+            raise JsonataError("Second argument of replace function cannot be an empty string")
+        return s.replace(pattern, str(replacement), -1 if limit is UNDEF else count)
+
+    def f_match(value: Any, pattern: Any, limit: Any = UNDEF) -> Any:
+        if value is UNDEF:
+            return UNDEF
+        matches = [{"match": m.group(0), "index": m.start(), "groups": list(m.groups())}
+                   for m in pattern.finditer(text("match", value))]
+        return matches[: int(limit)] if limit is not UNDEF else matches
+
+    def f_keys(value: Any) -> Any:
+        if isinstance(value, list):
+            keys: list[str] = []
+            for v in value:
+                if isinstance(v, dict):
+                    keys.extend(k for k in v if k not in keys)
+            return Sequence(keys)
+        return Sequence(value.keys()) if isinstance(value, dict) else UNDEF
+
+    def f_lookup(value: Any, key: Any) -> Any:
+        if isinstance(value, list):
+            return Sequence(v[key] for v in value if isinstance(v, dict) and key in v)
+        return value.get(key, UNDEF) if isinstance(value, dict) else UNDEF
+
+    def f_merge(values: Any) -> Any:
+        out: dict[str, Any] = {}
+        for v in _seq(values):
+            if isinstance(v, dict):
+                out.update(v)
+        return out
+
+    def f_spread(value: Any) -> Any:
+        if isinstance(value, dict):
+            return [{k: v} for k, v in value.items()]
+        return value
+
+    def f_each(obj: Any, fn: Any) -> Any:
+        return Sequence(apply(fn, v, k, obj) for k, v in obj.items())
+
+    def f_sift(obj: Any, fn: Any) -> Any:
+        out = {k: v for k, v in obj.items() if _truthy(apply(fn, v, k, obj))}
+        return out or UNDEF
+
+    def f_append(a: Any, b: Any) -> Any:
+        if a is UNDEF:
+            return b
+        if b is UNDEF:
+            return a
+        out = Sequence(_seq(a) + _seq(b))
+        out.keep = True
+        return out
+
+    def f_exists(value: Any = UNDEF) -> Any:
+        return value is not UNDEF
+
+    def f_type(value: Any) -> Any:
+        if value is UNDEF:
+            return UNDEF
+        if value is None:
+            return "null"
+        if isinstance(value, bool):
+            return "boolean"
+        if _is_num(value):
+            return "number"
+        if isinstance(value, str):
+            return "string"
+        if isinstance(value, list):
+            return "array"
+        if callable(value):
+            return "function"
+        return "object"
+
+    def f_boolean(value: Any) -> Any:
+        return UNDEF if value is UNDEF else _truthy(value)
+
+    def f_not(value: Any) -> Any:
+        return UNDEF if value is UNDEF else not _truthy(value)
+
+    def f_map(values: Any, fn: Any) -> Any:
+        items = _seq(values)
+        return Sequence(r for i, v in enumerate(items)
+                        if (r := apply(fn, v, i, items)) is not UNDEF)
+
+    def f_filter(values: Any, fn: Any) -> Any:
+        items = _seq(values)
+        return Sequence(v for i, v in enumerate(items) if _truthy(apply(fn, v, i, items)))
+
+    def f_single(values: Any, fn: Any = UNDEF) -> Any:
+        items = _seq(values)
+        found = [v for i, v in enumerate(items)
+                 if fn is UNDEF or _truthy(apply(fn, v, i, items))]
+        if len(found) != 1:
+            raise JsonataError("Expected exactly one matching value in $single")
+        return found[0]
+
+    def f_reduce(values: Any, fn: Any, init: Any = UNDEF) -> Any:
+        items = _seq(values)
+        if init is UNDEF:
+            if not items:
+                return UNDEF
+            acc, rest = items[0], items[1:]
+        else:
+            acc, rest = init, items
+        for i, v in enumerate(rest):
+            acc = apply(fn, acc, v, i, items)
+        return acc
+
+    def f_sort(values: Any, fn: Any = UNDEF) -> Any:
+        items = _seq(values)
+        if fn is UNDEF:
+            if not (all(_is_num(v) for v in items) or all(isinstance(v, str) for v in items)):
+                raise JsonataError("$sort needs an array of numbers or strings, or a function")
+            return Sequence(sorted(items))
+        return Sequence(sorted(items, key=cmp_to_key(
+            lambda a, b: 1 if _truthy(apply(fn, a, b)) else -1)))
+
+    def f_reverse(values: Any) -> Any:
+        return UNDEF if values is UNDEF else Sequence(reversed(_seq(values)))
+
+    def f_distinct(values: Any) -> Any:
+        if not isinstance(values, list):
+            return values
+        out: list[Any] = []
+        for v in values:
+            if not any(_equal(v, o) for o in out):
+                out.append(v)
+        return Sequence(out)
+
+    def f_shuffle(values: Any) -> Any:
+        items = _seq(values)
+        random.shuffle(items)
+        return Sequence(items)
+
+    def f_zip(*arrays: Any) -> Any:
+        lists = [_seq(a) for a in arrays]
+        return [list(t) for t in zip(*lists, strict=False)]
+
+    def f_round(value: Any, precision: Any = 0) -> Any:
+        if value is UNDEF:
+            return UNDEF
+        n = _num_arg("round", value)
+        p = int(precision) if precision is not UNDEF else 0
+        scaled = n * 10**p
+        rounded = round(scaled)  # banker's rounding, as JSONata
+        return _norm(rounded / 10**p) if p > 0 else _norm(float(rounded) / 10**p)
+
+    def f_power(base: Any, exp: Any) -> Any:
+        result = _num_arg("power", base) ** _num_arg("power", exp)
+        if isinstance(result, complex) or (isinstance(result, float) and not math.isfinite(
+                result)):
+            raise JsonataError("The power function has resulted in a value that cannot be "
+                               "represented as a JSON number")
+        return _norm(result)
+
+    def f_sqrt(value: Any) -> Any:
+        n = _num_arg("sqrt", value)
+        if n < 0:
+            raise JsonataError("The sqrt function cannot be applied to a negative number")
+        return _norm(math.sqrt(n))
+
+    def f_now() -> Any:
+        return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + \
+            f"{datetime.now(UTC).microsecond // 1000:03d}Z"
+
+    def f_millis() -> Any:
+        return int(time.time() * 1000)
+
+    def f_from_millis(value: Any) -> Any:
+        if value is UNDEF:
+            return UNDEF
+        dt = datetime.fromtimestamp(_num_arg("fromMillis", value) / 1000, UTC)
+        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+    def f_to_millis(value: Any) -> Any:
+        if value is UNDEF:
+            return UNDEF
+        from kiln.states.choice import parse_timestamp
+
+        parsed = parse_timestamp(value)
+        if parsed is None:
+            raise JsonataError(f"Unable to parse timestamp: {value}")
+        return round(parsed.timestamp() * 1000)
+
+    def f_base64encode(value: Any) -> Any:
+        return UNDEF if value is UNDEF else base64.b64encode(value.encode()).decode()
+
+    def f_base64decode(value: Any) -> Any:
+        return UNDEF if value is UNDEF else base64.b64decode(value).decode()
+
+    def f_error(message: Any = "$error() function evaluated") -> Any:
+        raise JsonataError(str(message))
+
+    def f_assert(cond: Any, message: Any = "$assert() statement failed") -> Any:
+        if not _truthy(cond):
+            raise JsonataError(str(message))
+        return UNDEF
+
+    def f_format_number(value: Any, picture: Any, options: Any = UNDEF) -> Any:
+        if value is UNDEF:
+            return UNDEF
+        n = _num_arg("formatNumber", value)
+        pic = str(picture)
+        percent = pic.endswith("%")
+        if percent:
+            pic, n = pic[:-1], n * 100
+        integer, _, fraction = pic.partition(".")
+        decimals = sum(1 for c in fraction if c in "0#")
+        min_decimals = sum(1 for c in fraction if c == "0")
+        min_int = sum(1 for c in integer if c == "0")
+        text = f"{abs(n):,.{decimals}f}" if "," in integer else f"{abs(n):.{decimals}f}"
+        if decimals > min_decimals and "." in text:
+            head, tail = text.split(".")
+            tail = tail.rstrip("0").ljust(min_decimals, "0")
+            text = f"{head}.{tail}" if tail else head
+        head, dot, tail = text.partition(".")
+        digits = head.replace(",", "")
+        if len(digits) < min_int:
+            head = digits.zfill(min_int)
+        return ("-" if n < 0 else "") + head + dot + tail + ("%" if percent else "")
+
+    def f_format_base(value: Any, radix: Any = 10) -> Any:
+        if value is UNDEF:
+            return UNDEF
+        n, base = round(_num_arg("formatBase", value)), int(radix)
+        if not 2 <= base <= 36:
+            raise JsonataError("The radix of $formatBase must be between 2 and 36")
+        chars = "0123456789abcdefghijklmnopqrstuvwxyz"
+        out, m = "", abs(n)
+        while True:
+            out = chars[m % base] + out
+            m //= base
+            if m == 0:
+                break
+        return ("-" if n < 0 else "") + out
+
+    # AWS Step Functions additions
+    def f_partition(values: Any, size: Any) -> Any:
+        items = _seq(values)
+        n = int(size)
+        if n <= 0:
+            raise JsonataError("The size argument of $partition must be positive")
+        return [items[i:i + n] for i in range(0, len(items), n)]
+
+    def f_range(start: Any, end: Any, step: Any = 1) -> Any:
+        s, e, st = int(start), int(end), int(step)
+        if st == 0:
+            raise JsonataError("The step argument of $range must not be 0")
+        out = list(range(s, e + (1 if st > 0 else -1), st))
+        if len(out) > 1000:
+            raise JsonataError("$range can generate at most 1000 items")
+        return out
+
+    def f_hash(value: Any, algorithm: Any = "SHA-256") -> Any:
+        names = {"MD5": "md5", "SHA-1": "sha1", "SHA-256": "sha256", "SHA-384": "sha384",
+                 "SHA-512": "sha512"}
+        if algorithm not in names:
+            raise JsonataError(f"Unsupported hash algorithm {algorithm}")
+        return hashlib.new(names[algorithm], _string(value).encode()).hexdigest()
+
+    def f_random(seed: Any = UNDEF) -> Any:
+        if seed is UNDEF:
+            return random.random()
+        return _java_random(int(seed))()
+
+    def f_uuid() -> Any:
+        return str(uuid.uuid4())
+
+    def f_parse(value: Any) -> Any:
+        try:
+            return json.loads(text("parse", value))
+        except ValueError:
+            raise JsonataError(f"$parse could not parse {value!r} as JSON") from None
+
+    def context_fn(fn: Callable[..., Any], min_args: int) -> Callable[..., Any]:
+        fn.uses_context = True  # type: ignore[attr-defined]
+        fn.min_args = min_args  # type: ignore[attr-defined]
+        return fn
+
+    table: dict[str, Any] = {
+        "sum": f_sum, "max": f_max, "min": f_min, "average": f_average, "count": f_count,
+        "string": context_fn(f_string, 1), "number": context_fn(f_number, 1),
+        "length": context_fn(f_length, 1), "substring": f_substring,
+        "substringBefore": f_substring_before, "substringAfter": f_substring_after,
+        "uppercase": context_fn(lambda v: UNDEF if v is UNDEF else text("uppercase", v)
+                                .upper(), 1),
+        "lowercase": context_fn(lambda v: UNDEF if v is UNDEF else text("lowercase", v)
+                                .lower(), 1),
+        "trim": context_fn(f_trim, 1), "pad": f_pad, "contains": f_contains, "split": f_split,
+        "join": f_join, "replace": f_replace, "match": f_match, "keys": f_keys,
+        "lookup": f_lookup, "merge": f_merge, "spread": f_spread, "each": f_each,
+        "sift": f_sift, "append": f_append, "exists": f_exists, "type": f_type,
+        "boolean": f_boolean, "not": f_not, "map": f_map, "filter": f_filter,
+        "single": f_single, "reduce": f_reduce, "sort": f_sort, "reverse": f_reverse,
+        "distinct": f_distinct, "shuffle": f_shuffle, "zip": f_zip,
+        "abs": lambda v: UNDEF if v is UNDEF else abs(_num_arg("abs", v)),
+        "floor": lambda v: UNDEF if v is UNDEF else math.floor(_num_arg("floor", v)),
+        "ceil": lambda v: UNDEF if v is UNDEF else math.ceil(_num_arg("ceil", v)),
+        "round": f_round, "power": f_power, "sqrt": f_sqrt, "now": f_now, "millis": f_millis,
+        "fromMillis": f_from_millis, "toMillis": f_to_millis,
+        "base64encode": f_base64encode, "base64decode": f_base64decode,
+        "encodeUrlComponent": lambda v: urllib.parse.quote(v, safe="-_.!~*'()"),
+        "encodeUrl": lambda v: urllib.parse.quote(v, safe="-_.!~*'();/?:@&=+$,#"),
+        "decodeUrlComponent": lambda v: urllib.parse.unquote(v),
+        "decodeUrl": lambda v: urllib.parse.unquote(v),
+        "error": f_error, "assert": f_assert, "formatNumber": f_format_number,
+        "formatBase": f_format_base, "clone": lambda v: json.loads(json.dumps(_to_json(v))),
+        "partition": f_partition, "range": f_range, "hash": f_hash, "random": f_random,
+        "uuid": f_uuid, "parse": f_parse,
+    }
+    return table

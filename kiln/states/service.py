@@ -1,0 +1,350 @@
+"""Running executions: start, stop, resume after restart, callbacks and activities.
+
+Standard executions persist through ``StatesStore`` (events + checkpoint before each side
+effect); Express executions run in memory only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kiln.states.definition import parse_definition
+from kiln.states.engine import (
+    ExecutionInfo,
+    Frame,
+    Interpreter,
+    Outcome,
+    Services,
+    error_matches,
+    iso,
+)
+from kiln.states.history import Event, History
+from kiln.states.model import Machine
+from kiln.states.payload import dumps
+from kiln.states.store import StatesStore
+from kiln.states.types import JSON, Clock, FunctionInvoker, StatesFailure
+
+TERMINAL_EVENTS = {
+    "ExecutionSucceeded": "SUCCEEDED",
+    "ExecutionFailed": "FAILED",
+    "ExecutionTimedOut": "TIMED_OUT",
+    "ExecutionAborted": "ABORTED",
+}
+
+
+@dataclass(eq=False)
+class Running:
+    arn: str
+    interpreter: Interpreter
+    history: History
+    input_text: str
+    done: asyncio.Future[Outcome]
+    task: asyncio.Task[None] | None = None
+    stopping: bool = False
+    express: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class ExecutionService:
+    def __init__(self, store: StatesStore, invoker: FunctionInvoker, region: str,
+                 account_id: str, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
+        self.region = region
+        self.account_id = account_id
+        self.services = Services(
+            invoker=invoker, clock=clock, region=region, account_id=account_id,
+            activity_exists=lambda arn: store.activity(arn) is not None,
+            start_child=self.start_child,
+        )
+        self.running: dict[str, Running] = {}
+        self._machines: dict[tuple[str, bool], Machine] = {}
+
+    def compile(self, definition: str, express: bool) -> Machine:
+        key = (definition, express)
+        machine = self._machines.get(key)
+        if machine is None:
+            if len(self._machines) > 256:
+                self._machines.clear()
+            machine = self._machines[key] = parse_definition(definition, express)
+        return machine
+
+    # ------------------------------------------------------------------ start
+
+    def start_standard(self, machine: Mapping[str, Any] | sqlite3.Row, arn: str, name: str,
+                       input_text: str) -> float:
+        machine = dict(machine)
+        started = self.clock.now()
+        self.store.insert_execution({
+            "arn": arn, "machine_arn": machine["arn"], "name": name, "input": input_text,
+            "started": started, "definition": machine["definition"],
+            "role_arn": machine["role_arn"], "revision_id": machine["revision_id"],
+            "version_arn": machine.get("version_arn"), "alias_arn": machine.get("alias_arn"),
+        })
+        compiled = self.compile(machine["definition"], False)
+        info = ExecutionInfo(arn, name, machine["arn"], machine["name"], machine["role_arn"],
+                             json.loads(input_text), started)
+        self._launch(compiled, info, input_text, resume=None, first_id=1)
+        return started
+
+    def _launch(self, machine: Machine, info: ExecutionInfo, input_text: str,
+                resume: dict[str, Any] | None, first_id: int) -> Running:
+        arn = info.arn
+
+        def sink(events: list[Event], checkpoint: dict[str, Any] | None) -> None:
+            self.store.append(arn, events, checkpoint)
+
+        history = History(self.clock, sink=sink, keep=False, first_id=first_id)
+        interp = Interpreter(self.services, machine, info, history)
+        running = Running(arn, interp, history, input_text,
+                          asyncio.get_running_loop().create_future())
+        self.running[arn] = running
+        running.task = asyncio.create_task(self._run(running, resume))
+        return running
+
+    async def _run(self, running: Running, resume: dict[str, Any] | None) -> None:
+        try:
+            outcome = await running.interpreter.execute(resume)
+        except asyncio.CancelledError:
+            if not running.done.done():
+                running.done.cancel()
+            raise
+        except Exception as exc:  # noqa: BLE001 - an engine bug must not leave it RUNNING
+            outcome = Outcome("FAILED", error="States.Runtime",
+                              cause=f"Internal error in Kiln's Step Functions engine: {exc!r}")
+            history = running.history
+            history.add("ExecutionFailed", history.next_id - 1,
+                        {"error": outcome.error, "cause": outcome.cause})
+            history.flush()
+        finally:
+            if self.running.get(running.arn) is running and not running.stopping:
+                self.running.pop(running.arn, None)
+        if not running.express:
+            self.store.finish_execution(
+                running.arn, outcome.status, self.clock.now(),
+                dumps(outcome.output) if outcome.status == "SUCCEEDED" else None,
+                outcome.error, outcome.cause,
+            )
+        if not running.done.done():
+            running.done.set_result(outcome)
+
+    def start_express(self, machine: Mapping[str, Any] | sqlite3.Row, arn: str, name: str,
+                      input_text: str,
+                      record: bool = False) -> Running:
+        compiled = self.compile(machine["definition"], True)
+        started = self.clock.now()
+        info = ExecutionInfo(arn, name, machine["arn"], machine["name"], machine["role_arn"],
+                             json.loads(input_text), started, express=True)
+        history = History(self.clock, keep=record)
+        interp = Interpreter(self.services, compiled, info, history)
+        running = Running(arn, interp, history, input_text,
+                          asyncio.get_running_loop().create_future(), express=True,
+                          info={"started": started})
+        self.running[arn] = running
+        running.task = asyncio.create_task(self._run(running, None))
+        return running
+
+    # ------------------------------------------------------------------ stop / shutdown
+
+    async def stop(self, arn: str, error: str | None, cause: str | None) -> float:
+        running = self.running.get(arn)
+        history: History | None = None
+        if running is not None and running.task is not None:
+            running.stopping = True
+            running.task.cancel()
+            await asyncio.gather(running.task, return_exceptions=True)
+            history = running.history
+            self.running.pop(arn, None)
+        details: dict[str, Any] = {}
+        if error is not None:
+            details["error"] = error
+        if cause is not None:
+            details["cause"] = cause
+        last = self.store.last_event_id(arn)
+        if history is None:
+            history = History(self.clock, sink=lambda ev, cp: self.store.append(arn, ev, cp),
+                              keep=False, first_id=last + 1)
+        else:
+            history.next_id = max(history.next_id, last + 1)
+        history.add("ExecutionAborted", history.next_id - 1, details)
+        history.flush()
+        stopped = self.clock.now()
+        self.store.finish_execution(arn, "ABORTED", stopped, None, error, cause)
+        if running is not None and not running.done.done():
+            running.done.set_result(Outcome("ABORTED", error=error, cause=cause))
+        return stopped
+
+    async def shutdown(self) -> None:
+        """Cancel work without closing executions: Standard ones resume on the next start."""
+        tasks = [r.task for r in self.running.values() if r.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.running.clear()
+
+    # ------------------------------------------------------------------ resume
+
+    def resume_all(self) -> int:
+        resumed = 0
+        for row in self.store.running():
+            arn = row["arn"]
+            if arn in self.running:
+                continue
+            events = self.store.events(arn)
+            if events and events[-1]["type"] in TERMINAL_EVENTS:
+                self._close_from_event(row, events[-1])
+                continue
+            try:
+                machine = self.compile(row["definition"], False)
+            except Exception:  # noqa: BLE001 - a stored definition that no longer compiles
+                self.store.finish_execution(arn, "FAILED", self.clock.now(), None,
+                                            "States.Runtime", "Definition could not be loaded")
+                continue
+            info = self._info(row)
+            checkpoint = json.loads(row["checkpoint"]) if row["checkpoint"] else None
+            first_id = (events[-1]["id"] + 1) if events else 1
+            if checkpoint is None and events:
+                checkpoint = {"state": machine.start_at, "input": info.input,
+                              "prev": events[-1]["id"]}
+            self._launch(machine, info, row["input"], checkpoint, first_id)
+            resumed += 1
+        return resumed
+
+    def redrive(self, row: sqlite3.Row) -> float:
+        """Re-run a failed execution from the top-level state where it stopped."""
+        when = self.clock.now()
+        count = self.store.redrive(row["arn"], when)
+        checkpoint = json.loads(row["checkpoint"])
+        resume = {"state": checkpoint["state"], "input": checkpoint["input"],
+                  "variables": checkpoint.get("variables", {}),
+                  "prev": self.store.last_event_id(row["arn"]), "redrive": count}
+        info = self._info(row)
+        info.redrive_count, info.timeout_from = count, when
+        self._launch(self.compile(row["definition"], False), info, row["input"], resume,
+                     resume["prev"] + 1)
+        return when
+
+    def _info(self, row: sqlite3.Row) -> ExecutionInfo:
+        machine_row = self.store.machine(row["machine_arn"])
+        name = machine_row["name"] if machine_row else row["machine_arn"].rsplit(":", 1)[-1]
+        return ExecutionInfo(row["arn"], row["name"], row["machine_arn"], name,
+                             row["role_arn"], json.loads(row["input"]), row["started"],
+                             redrive_count=row["redrive_count"], timeout_from=row["redrive_date"])
+
+    def _close_from_event(self, row: sqlite3.Row, event: Event) -> None:
+        status = TERMINAL_EVENTS[event["type"]]
+        details: dict[str, Any] = next(
+            (v for k, v in event.items() if k.endswith("EventDetails")), {}) or {}
+        self.store.finish_execution(row["arn"], status, event["timestamp"],
+                                    details.get("output"), details.get("error"),
+                                    details.get("cause"))
+
+    # ------------------------------------------------------------------ TestState
+
+    async def test_state(self, raw: dict[str, Any], state_name: str | None, input_value: JSON,
+                         variables: dict[str, JSON]) -> dict[str, Any]:
+        """Run one state once (no retries) and report its output, next state and status."""
+        if "States" in raw and isinstance(raw["States"], dict):
+            name = state_name or raw.get("StartAt")
+            body = raw["States"][name]
+            language = raw.get("QueryLanguage")
+        else:
+            name, body, language = "TestState", raw, None
+        targets: set[str] = set()
+        if isinstance(body, dict):
+            for key in ("Next", "Default"):
+                if isinstance(body.get(key), str):
+                    targets.add(body[key])
+            for item in (body.get("Choices") or []) + (body.get("Catch") or []):
+                if isinstance(item, dict) and isinstance(item.get("Next"), str):
+                    targets.add(item["Next"])
+        states: dict[str, Any] = {str(name): body}
+        states.update({t: {"Type": "Succeed"} for t in targets if t != name})
+        definition: dict[str, Any] = {"StartAt": name, "States": states}
+        if language:
+            definition["QueryLanguage"] = language
+        machine = parse_definition(dumps(definition))
+        state = machine.states[str(name)]
+        retriers, catchers = state.retry, state.catch
+        state.retry, state.catch = [], []
+        now = self.clock.now()
+        info = ExecutionInfo(
+            f"arn:aws:states:{self.region}:{self.account_id}:execution:TestState:test", "test",
+            f"arn:aws:states:{self.region}:{self.account_id}:stateMachine:TestState",
+            "TestState", f"arn:aws:iam::{self.account_id}:role/TestState", input_value, now)
+        interp = Interpreter(self.services, machine, info, History(self.clock, keep=False))
+        frame = Frame(0, dict(variables), top=False)
+        out: dict[str, Any] = {"inspectionData": {"input": dumps(input_value)}}
+        try:
+            nxt, output = await interp.run_state(state, input_value, frame)
+        except StatesFailure as failure:
+            out["error"], out["cause"] = failure.error, failure.cause or ""
+            if any(error_matches(r.errors, failure) and r.max_attempts > 0 for r in retriers):
+                out["status"] = "RETRIABLE"
+                return out
+            catcher = next((c for c in catchers if error_matches(c.errors, failure)), None)
+            if catcher is None:
+                out["status"] = "FAILED"
+                return out
+            nxt, output = interp.caught(state, catcher, failure, input_value, frame, 0, now)
+            out["status"] = "CAUGHT_ERROR"
+        else:
+            out["status"] = "SUCCEEDED"
+        out["output"] = dumps(output)
+        if nxt is not None:
+            out["nextState"] = nxt
+        return out
+
+    # ------------------------------------------------------------------ nested executions
+
+    async def start_child(self, machine_arn: str, input_value: JSON, name: str | None,
+                          pattern: str) -> JSON:
+        row = self.store.machine(machine_arn)
+        if row is None:
+            raise StatesFailure("StepFunctions.StateMachineDoesNotExistException",
+                                f"State Machine Does Not Exist: '{machine_arn}'")
+        machine = dict(row)
+        if input_value is None:
+            input_text = "{}"
+        elif isinstance(input_value, str):
+            input_text = input_value
+        else:
+            input_text = dumps(input_value)
+        exec_name = name or str(uuid.uuid4())
+        sm_name = machine["name"]
+        if machine["type"] == "EXPRESS":
+            arn = (f"arn:aws:states:{self.region}:{self.account_id}:express:{sm_name}:"
+                   f"{exec_name}:{uuid.uuid4()}")
+            running = self.start_express(machine, arn, exec_name, input_text)
+            started = running.info["started"]
+        else:
+            arn = f"arn:aws:states:{self.region}:{self.account_id}:execution:{sm_name}:{exec_name}"
+            if self.store.execution(arn) is not None:
+                raise StatesFailure("StepFunctions.ExecutionAlreadyExistsException",
+                                    f"Execution Already Exists: '{arn}'")
+            started = self.start_standard(machine, arn, exec_name, input_text)
+            running = self.running[arn]
+        if not pattern:
+            return {"ExecutionArn": arn, "StartDate": iso(started)}
+        outcome = await asyncio.shield(running.done)
+        result: dict[str, Any] = {
+            "ExecutionArn": arn, "Input": input_text, "InputDetails": {"Included": True},
+            "Name": exec_name, "StartDate": iso(started), "StateMachineArn": machine_arn,
+            "Status": outcome.status, "StopDate": iso(self.clock.now()),
+        }
+        if outcome.status == "SUCCEEDED":
+            result["Output"] = (outcome.output if pattern == "sync:2"
+                                else dumps(outcome.output))
+            result["OutputDetails"] = {"Included": True}
+            return result
+        if outcome.error is not None:
+            result["Error"] = outcome.error
+        if outcome.cause is not None:
+            result["Cause"] = outcome.cause
+        raise StatesFailure("States.TaskFailed", dumps(result))

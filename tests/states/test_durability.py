@@ -1,0 +1,310 @@
+"""Standard executions survive a restart: Wait deadlines, retries, callbacks, in-flight tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from kiln.states.api import StatesApi
+from kiln.states.types import SystemClock
+from kiln.store import Database
+from tests.states.helpers import ACCOUNT, REGION, START, FakeClock, FakeFunctions
+
+ROLE = f"arn:aws:iam::{ACCOUNT}:role/r"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Node:
+    """One server lifetime over a database file."""
+
+    def __init__(self, path: Path, clock: Any, functions: FakeFunctions) -> None:
+        self.db = Database(path)
+        self.api = StatesApi(self.db, functions, REGION, ACCOUNT, clock)
+
+    async def crash(self) -> None:
+        await self.api.stop()
+        self.db.close()
+
+
+async def _create_and_start(api: StatesApi, definition: dict[str, Any],
+                            input_value: Any = None) -> str:
+    sm = await api.call("CreateStateMachine", {"name": "sm", "roleArn": ROLE,
+                                                "definition": json.dumps(definition)})
+    started = await api.call("StartExecution", {"stateMachineArn": sm["stateMachineArn"],
+                                                "name": "e",
+                                                "input": json.dumps(input_value or {})})
+    return str(started["executionArn"])
+
+
+async def _finish(node: Node, clock: FakeClock, arn: str) -> dict[str, Any]:
+    running = node.api.executions.running[arn]
+    await clock.drive(asyncio.shield(running.done))
+    return await node.api.call("DescribeExecution", {"executionArn": arn})
+
+
+async def _history(node: Node, arn: str) -> list[dict[str, Any]]:
+    events = (await node.api.call("GetExecutionHistory", {"executionArn": arn}))["events"]
+    return list(events)
+
+
+def _types(events: list[dict[str, Any]]) -> list[str]:
+    return [e["type"] for e in events]
+
+
+def test_wait_keeps_its_deadline(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        clock, functions = FakeClock(), FakeFunctions()
+        node = Node(tmp_path / "db", clock, functions)
+        arn = await _create_and_start(node.api, {"StartAt": "A", "States": {
+            "A": {"Type": "Pass", "Result": 1, "ResultPath": "$.a", "Next": "W"},
+            "W": {"Type": "Wait", "Seconds": 100, "Next": "B"},
+            "B": {"Type": "Pass", "Result": 2, "ResultPath": "$.b", "End": True}}})
+        await clock.settle()
+        await node.crash()
+        clock.t += 30  # the server is down for a while
+        node = Node(tmp_path / "db", clock, functions)
+        await node.api.start()
+        done = await _finish(node, clock, arn)
+        assert done["status"] == "SUCCEEDED"
+        assert json.loads(done["output"]) == {"a": 1, "b": 2}
+        assert clock.now() - START == 100
+        events = await _history(node, arn)
+        assert _types(events) == [
+            "ExecutionStarted", "PassStateEntered", "PassStateExited", "WaitStateEntered",
+            "WaitStateExited", "PassStateEntered", "PassStateExited", "ExecutionSucceeded"]
+        assert [e["id"] for e in events] == list(range(1, 9))
+        assert events[4]["previousEventId"] == 4
+        await node.crash()
+
+    asyncio.run(scenario())
+
+
+def test_retry_backoff_survives_restart(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        clock, functions = FakeClock(), FakeFunctions()
+        node = Node(tmp_path / "db", clock, functions)
+        arn = await _create_and_start(node.api, {"StartAt": "T", "States": {"T": {
+            "Type": "Task", "Resource": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:flaky-1",
+            "Retry": [{"ErrorEquals": ["FlakyError"], "IntervalSeconds": 100}], "End": True}}},
+            {"k": 1})
+        await clock.settle()
+        assert functions.counts == {"flaky-1": 1}
+        await node.crash()
+        clock.t += 10
+        node = Node(tmp_path / "db", clock, functions)
+        await node.api.start()
+        done = await _finish(node, clock, arn)
+        assert done["status"] == "SUCCEEDED"
+        assert clock.now() - START == 100
+        assert functions.counts == {"flaky-1": 2}
+        await node.crash()
+
+    asyncio.run(scenario())
+
+
+def test_in_flight_task_is_redispatched(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        functions = FakeFunctions(clock)
+        node = Node(tmp_path / "db", clock, functions)
+        arn = await _create_and_start(node.api, {"StartAt": "T", "States": {"T": {
+            "Type": "Task", "Resource": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:sleep-50",
+            "End": True}}}, {"v": 1})
+        await clock.settle()
+        await node.crash()
+        node = Node(tmp_path / "db", clock, functions)
+        await node.api.start()
+        done = await _finish(node, clock, arn)
+        assert done["status"] == "SUCCEEDED"
+        assert json.loads(done["output"]) == {"v": 1}
+        assert functions.counts == {"sleep-50": 2}
+        assert _types(await _history(node, arn)) == [
+            "ExecutionStarted", "TaskStateEntered", "LambdaFunctionScheduled",
+            "LambdaFunctionStarted", "LambdaFunctionScheduled", "LambdaFunctionStarted",
+            "LambdaFunctionSucceeded", "TaskStateExited", "ExecutionSucceeded"]
+        await node.crash()
+
+    asyncio.run(scenario())
+
+
+def test_callback_token_survives_restart(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        clock, functions = FakeClock(), FakeFunctions()
+        tokens: list[str] = []
+
+        async def notify(payload: Any) -> tuple[Any, str | None]:
+            tokens.append(payload["token"])
+            return None, None
+
+        functions.extra["notify"] = notify
+        node = Node(tmp_path / "db", clock, functions)
+        arn = await _create_and_start(node.api, {"StartAt": "Cb", "States": {"Cb": {
+            "Type": "Task", "Resource": "arn:aws:states:::lambda:invoke.waitForTaskToken",
+            "Parameters": {"FunctionName": "notify", "Payload": {"token.$": "$$.Task.Token"}},
+            "End": True}}})
+        await clock.settle()
+        assert len(tokens) == 1
+        await node.crash()
+        node = Node(tmp_path / "db", clock, functions)
+        await node.api.start()
+        await clock.settle()
+        await node.api.call("SendTaskSuccess", {"taskToken": tokens[0], "output": '{"ok": 1}'})
+        done = await _finish(node, clock, arn)
+        assert done["status"] == "SUCCEEDED"
+        assert json.loads(done["output"]) == {"ok": 1}
+        assert len(tokens) == 1  # the function was not invoked again
+        assert _types(await _history(node, arn)) == [
+            "ExecutionStarted", "TaskStateEntered", "TaskScheduled", "TaskStarted",
+            "TaskSubmitted", "TaskSucceeded", "TaskStateExited", "ExecutionSucceeded"]
+        await node.crash()
+
+    asyncio.run(scenario())
+
+
+def test_variables_survive_restart(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        clock, functions = FakeClock(), FakeFunctions()
+        node = Node(tmp_path / "db", clock, functions)
+        arn = await _create_and_start(node.api, {"StartAt": "A", "States": {
+            "A": {"Type": "Pass", "Assign": {"x": 42}, "Next": "W"},
+            "W": {"Type": "Wait", "Seconds": 5, "Next": "B"},
+            "B": {"Type": "Pass", "Parameters": {"x.$": "$x"}, "End": True}}})
+        await clock.settle()
+        await node.crash()
+        node = Node(tmp_path / "db", clock, functions)
+        await node.api.start()
+        done = await _finish(node, clock, arn)
+        assert json.loads(done["output"]) == {"x": 42}
+        await node.crash()
+
+    asyncio.run(scenario())
+
+
+_CHILD = textwrap.dedent("""
+    import asyncio, json, sys
+    from kiln.states.api import StatesApi
+    from kiln.states.types import SystemClock
+    from kiln.store import Database
+
+    class NoFunctions:
+        async def invoke(self, arn, payload):
+            raise AssertionError("no functions here")
+
+    async def main():
+        api = StatesApi(Database(sys.argv[1]), NoFunctions(), "us-east-1", "123456789012",
+                        SystemClock())
+        await api.start()
+        sm = await api.call("CreateStateMachine", {"name": "sm", "roleArn": "arn:aws:iam::1:role/r",
+            "definition": json.dumps({"StartAt": "W", "States": {
+                "W": {"Type": "Wait", "Seconds": 1, "Next": "P"},
+                "P": {"Type": "Pass", "Result": "after restart", "End": True}}})})
+        out = await api.call("StartExecution", {"stateMachineArn": sm["stateMachineArn"],
+                                                "name": "e"})
+        await asyncio.sleep(0.05)
+        print(out["executionArn"], flush=True)
+        await asyncio.sleep(3600)
+
+    asyncio.run(main())
+""")
+
+
+def test_kill_9_during_wait(tmp_path: Path) -> None:
+    db_path = tmp_path / "db"
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(db_path)],
+                             stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert child.stdout is not None
+        arn = child.stdout.readline().strip()
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    assert arn.endswith(":execution:sm:e")
+
+    async def scenario() -> None:
+        db = Database(db_path)
+        api = StatesApi(db, FakeFunctions(), REGION, ACCOUNT, SystemClock())
+        assert (await api.call("DescribeExecution", {"executionArn": arn}))["status"] == "RUNNING"
+        await api.start()
+        await asyncio.wait_for(asyncio.shield(api.executions.running[arn].done), 30)
+        done = await api.call("DescribeExecution", {"executionArn": arn})
+        assert done["status"] == "SUCCEEDED"
+        assert json.loads(done["output"]) == "after restart"
+        events = (await api.call("GetExecutionHistory", {"executionArn": arn}))["events"]
+        assert [e["type"] for e in events] == [
+            "ExecutionStarted", "WaitStateEntered", "WaitStateExited", "PassStateEntered",
+            "PassStateExited", "ExecutionSucceeded"]
+        await api.stop()
+        db.close()
+
+    asyncio.run(scenario())
+
+
+def test_parallel_is_rerun_after_restart(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        clock, functions = FakeClock(), FakeFunctions()
+        node = Node(tmp_path / "db", clock, functions)
+        arn = await _create_and_start(node.api, {"StartAt": "A", "States": {
+            "A": {"Type": "Pass", "Result": "a", "ResultPath": "$.a", "Next": "P"},
+            "P": {"Type": "Parallel", "ResultPath": "$.p", "End": True, "Branches": [
+                {"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 50,
+                                                    "End": True}}},
+                {"StartAt": "X", "States": {"X": {"Type": "Pass", "Result": "x",
+                                                    "End": True}}}]}}})
+        await clock.settle()
+        await node.crash()
+        clock.t += 10
+        node = Node(tmp_path / "db", clock, functions)
+        await node.api.start()
+        done = await _finish(node, clock, arn)
+        assert json.loads(done["output"]) == {"a": "a", "p": [{"a": "a"}, "x"]}
+        assert clock.now() - START == 60  # inner waits restart with the Parallel state
+        # Events flushed before the crash stay; the Parallel state runs again from its start
+        # (X's unflushed events from the first run were never persisted).
+        assert _types(await _history(node, arn)) == [
+            "ExecutionStarted", "PassStateEntered", "PassStateExited", "ParallelStateEntered",
+            "ParallelStateStarted", "WaitStateEntered",
+            "ParallelStateStarted", "WaitStateEntered", "PassStateEntered", "PassStateExited",
+            "WaitStateExited", "ParallelStateSucceeded", "ParallelStateExited",
+            "ExecutionSucceeded"]
+        await node.crash()
+
+    asyncio.run(scenario())
+
+
+def test_many_concurrent_executions_and_history_while_running(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        clock, functions = FakeClock(), FakeFunctions()
+        node = Node(tmp_path / "db", clock, functions)
+        sm = await node.api.call("CreateStateMachine", {
+            "name": "many", "roleArn": ROLE, "definition": json.dumps({
+                "StartAt": "W", "States": {
+                    "W": {"Type": "Wait", "SecondsPath": "$.s", "Next": "P"},
+                    "P": {"Type": "Pass", "Parameters": {"done.$": "$.s"}, "End": True}}})})
+        arns = []
+        for i in range(200):
+            out = await node.api.call("StartExecution", {
+                "stateMachineArn": sm["stateMachineArn"], "input": json.dumps({"s": i % 7})})
+            arns.append(out["executionArn"])
+        await clock.settle()
+        history = await _history(node, arns[6])
+        assert _types(history) == ["ExecutionStarted", "WaitStateEntered"]
+        await clock.drive(asyncio.gather(*(asyncio.shield(node.api.executions.running[a].done)
+                                           for a in arns if a in node.api.executions.running)))
+        listed = await node.api.call("ListExecutions", {
+            "stateMachineArn": sm["stateMachineArn"], "statusFilter": "SUCCEEDED",
+            "maxResults": 1000})
+        assert len(listed["executions"]) == 200
+        done = await node.api.call("DescribeExecution", {"executionArn": arns[13]})
+        assert json.loads(done["output"]) == {"done": 6}
+        assert clock.now() - START == 6
+        await node.crash()
+
+    asyncio.run(scenario())
