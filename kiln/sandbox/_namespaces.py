@@ -7,6 +7,7 @@ what it imports at the top.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -160,7 +161,5 @@ def _close_range(first: int, last: int) -> None:
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         if first <= fd <= last:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
