@@ -110,8 +110,29 @@ class Invoker:
             finally:
                 await self.assignment.release(env)
         duration = (time.perf_counter() - started) * 1000
+        output = env.output.take()
+        max_memory = env.sandbox.max_memory_used_mb()
+        if not request.tail:
+            # Nobody waits for the log: write it after the caller has its answer.
+            asyncio.get_running_loop().call_soon(
+                self._log, record, request_id, result, status, init_lines, output, duration,
+                max_memory, init_duration)
+            return InvokeOutcome(request_id, result, record.version, status)
+        lines = self._log(record, request_id, result, status, init_lines, output, duration,
+                          max_memory, init_duration)
+        # This invocation's part only: init output belongs to the environment's log,
+        # unless INIT failed and that output is the only account of why.
+        shown = lines if status == "init" else lines[len(init_lines):]
+        block = ("\n".join(shown) + "\n").encode()
+        tail = base64.b64encode(block[-TAIL_BYTES:]).decode()
+        return InvokeOutcome(request_id, result, record.version, status, tail)
+
+    def _log(self, record: FunctionRecord, request_id: str, result: InvocationResult,
+             status: str, init_lines: list[str], output: list[str], duration: float,
+             max_memory: int, init_duration: float | None) -> list[str]:
+        """Append the invocation's START ... REPORT block to the function's log."""
         lines = [*init_lines, f"START RequestId: {request_id} Version: {record.version}"]
-        lines.extend(env.output.take())
+        lines.extend(output)
         if status in ("timeout", "crash", "init"):
             error = result.error_json()
             lines.append(f"{_now_iso()} {request_id} {error.get('errorMessage', '')}")
@@ -119,20 +140,11 @@ class Invoker:
                 lines.append(str(error.get("errorType", "")))
         lines.append(f"END RequestId: {request_id}")
         lines.append(report_line(
-            request_id, duration, record.memory_size, env.sandbox.max_memory_used_mb(),
-            init_duration,
+            request_id, duration, record.memory_size, max_memory, init_duration,
             status={"timeout": "timeout", "crash": "error", "init": "error"}.get(status),
             error_type=result.error_type if status in ("crash", "init") else None))
-        text = "\n".join(lines) + "\n"
-        self.logs.append(record.name, text)
-        tail = None
-        if request.tail:
-            # This invocation's part only: init output belongs to the environment's log,
-            # unless INIT failed and that output is the only account of why.
-            shown = lines if status == "init" else lines[len(init_lines):]
-            block = ("\n".join(shown) + "\n").encode()
-            tail = base64.b64encode(block[-TAIL_BYTES:]).decode()
-        return InvokeOutcome(request_id, result, record.version, status, tail)
+        self.logs.append(record.name, "\n".join(lines) + "\n")
+        return lines
 
 
 def _with_request_id(failure: InvocationResult, request_id: str) -> InvocationResult:

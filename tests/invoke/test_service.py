@@ -117,6 +117,7 @@ async def test_timeout_kills_the_environment(kiln: Kiln) -> None:
     assert error["errorMessage"] == (
         f"RequestId: {outcome.request_id} Error: Task timed out after 1.00 seconds")
     assert kiln.assignment.environments == []
+    await asyncio.sleep(0)  # logs are written just after the caller is answered
     text, _ = kiln.logs.read("hangs")
     assert "Status: timeout" in text
 
@@ -157,6 +158,7 @@ async def test_same_invocation_id_runs_once(kiln: Kiln) -> None:
     first, second = await asyncio.gather(invoke(kiln, name, dedupe_key="k1"),
                                          invoke(kiln, name, dedupe_key="k1"))
     assert first.request_id == second.request_id
+    await asyncio.sleep(0)  # logs are written just after the caller is answered
     text, _ = kiln.logs.read(name)
     assert text.count("START RequestId") == 1
 
