@@ -42,16 +42,35 @@ def function_id(kiln: Kiln, request: Request) -> FunctionId:
     return FunctionId(parsed.name, qualifier or parsed.qualifier)
 
 
+def max_items(request: Request) -> int:
+    """The MaxItems query parameter (1-10000), capped at the 50 items AWS pages hold."""
+    raw = request.query_params.get("MaxItems", str(LIST_PAGE_MAX))
+    if not raw.isdigit() or not 1 <= int(raw) <= 10000:
+        raise AwsError.invalid_parameter(
+            f"1 validation error detected: Value '{raw}' at 'maxItems' failed to satisfy "
+            "constraint: Member must have value between 1 and 10000")
+    return min(int(raw), LIST_PAGE_MAX)
+
+
+def listed(record: FunctionRecord) -> dict[str, Any]:
+    """A FunctionConfiguration as list operations show it."""
+    return {k: v for k, v in record.config.items() if k not in LIST_OMITTED}
+
+
 def routes(kiln: Kiln) -> list[Route]:
     functions = kiln.functions
 
     def get_function_body(request: Request, record: FunctionRecord) -> dict[str, Any]:
         location = str(request.base_url) + f"kiln/v1/code/{record.code_sha_hex}.zip"
-        return {
+        body: dict[str, Any] = {
             "Configuration": record.config,
             "Code": {"RepositoryType": "S3", "Location": location},
             "Tags": {},
         }
+        reserved = functions.concurrency.reserved.get(record.name)
+        if reserved is not None:
+            body["Concurrency"] = {"ReservedConcurrentExecutions": reserved}
+        return body
 
     @aws_endpoint("CreateFunction")
     async def create_function(request: Request) -> Response:
@@ -61,15 +80,8 @@ def routes(kiln: Kiln) -> list[Route]:
 
     @aws_endpoint("ListFunctions")
     async def list_functions(request: Request) -> Response:
-        raw = request.query_params.get("MaxItems", str(LIST_PAGE_MAX))
-        if not raw.isdigit() or not 1 <= int(raw) <= 10000:
-            raise AwsError.invalid_parameter(
-                f"1 validation error detected: Value '{raw}' at 'maxItems' failed to satisfy "
-                "constraint: Member must have value between 1 and 10000")
-        records, marker = functions.list(request.query_params.get("Marker"),
-                                         min(int(raw), LIST_PAGE_MAX))
-        body: dict[str, Any] = {"Functions": [
-            {k: v for k, v in r.config.items() if k not in LIST_OMITTED} for r in records]}
+        records, marker = functions.list(request.query_params.get("Marker"), max_items(request))
+        body: dict[str, Any] = {"Functions": [listed(r) for r in records]}
         if marker:
             body["NextMarker"] = marker
         return json_response(body)
@@ -105,6 +117,77 @@ def routes(kiln: Kiln) -> list[Route]:
         await functions.delete(fid.name, fid.qualifier)
         return empty_response(204)
 
+    @aws_endpoint("PublishVersion")
+    async def publish_version(request: Request) -> Response:
+        fid = function_id(kiln, request)
+        body = await json_body(request, MAX_CONFIG_BYTES)
+        return json_response((await functions.publish(fid.name, body)).config, 201)
+
+    @aws_endpoint("ListVersionsByFunction")
+    async def list_versions(request: Request) -> Response:
+        fid = function_id(kiln, request)
+        records, marker = functions.list_versions(
+            fid.name, request.query_params.get("Marker"), max_items(request))
+        body: dict[str, Any] = {"Versions": [listed(r) for r in records]}
+        if marker:
+            body["NextMarker"] = marker
+        return json_response(body)
+
+    @aws_endpoint("CreateAlias")
+    async def create_alias(request: Request) -> Response:
+        fid = function_id(kiln, request)
+        body = await json_body(request, MAX_CONFIG_BYTES)
+        return json_response(functions.create_alias(fid.name, body), 201)
+
+    @aws_endpoint("ListAliases")
+    async def list_aliases(request: Request) -> Response:
+        fid = function_id(kiln, request)
+        aliases, marker = functions.list_aliases(
+            fid.name, request.query_params.get("FunctionVersion"),
+            request.query_params.get("Marker"), max_items(request))
+        body: dict[str, Any] = {"Aliases": aliases}
+        if marker:
+            body["NextMarker"] = marker
+        return json_response(body)
+
+    @aws_endpoint("GetAlias")
+    async def get_alias(request: Request) -> Response:
+        fid = function_id(kiln, request)
+        return json_response(functions.get_alias(fid.name, request.path_params["alias"]))
+
+    @aws_endpoint("UpdateAlias")
+    async def update_alias(request: Request) -> Response:
+        fid = function_id(kiln, request)
+        body = await json_body(request, MAX_CONFIG_BYTES)
+        return json_response(functions.update_alias(fid.name, request.path_params["alias"],
+                                                    body))
+
+    @aws_endpoint("DeleteAlias")
+    async def delete_alias(request: Request) -> Response:
+        fid = function_id(kiln, request)
+        functions.delete_alias(fid.name, request.path_params["alias"])
+        return empty_response(204)
+
+    @aws_endpoint("PutFunctionConcurrency")
+    async def put_concurrency(request: Request) -> Response:
+        fid = function_id(kiln, request)
+        body = await json_body(request, MAX_CONFIG_BYTES)
+        reserved = functions.put_concurrency(fid.name, body, kiln.settings.account_concurrency)
+        return json_response({"ReservedConcurrentExecutions": reserved})
+
+    @aws_endpoint("GetFunctionConcurrency")
+    async def get_concurrency(request: Request) -> Response:
+        fid = function_id(kiln, request)
+        reserved = functions.get_concurrency(fid.name)
+        return json_response({} if reserved is None
+                             else {"ReservedConcurrentExecutions": reserved})
+
+    @aws_endpoint("DeleteFunctionConcurrency")
+    async def delete_concurrency(request: Request) -> Response:
+        fid = function_id(kiln, request)
+        functions.delete_concurrency(fid.name)
+        return empty_response(204)
+
     @aws_endpoint("GetAccountSettings")
     async def account_settings(request: Request) -> Response:
         count, total = functions.usage()
@@ -115,7 +198,7 @@ def routes(kiln: Kiln) -> list[Route]:
                 "CodeSizeUnzipped": 262_144_000,
                 "CodeSizeZipped": 52_428_800,
                 "ConcurrentExecutions": limit,
-                "UnreservedConcurrentExecutions": limit,
+                "UnreservedConcurrentExecutions": functions.concurrency.unreserved(limit),
             },
             "AccountUsage": {"TotalCodeSize": total, "FunctionCount": count},
         })
@@ -137,6 +220,17 @@ def routes(kiln: Kiln) -> list[Route]:
         Route(f"{prefix}/{{name}}/configuration", get_configuration, methods=["GET"]),
         Route(f"{prefix}/{{name}}/configuration", update_configuration, methods=["PUT"]),
         Route(f"{prefix}/{{name}}/code", update_code, methods=["PUT"]),
+        Route(f"{prefix}/{{name}}/versions", publish_version, methods=["POST"]),
+        Route(f"{prefix}/{{name}}/versions", list_versions, methods=["GET"]),
+        Route(f"{prefix}/{{name}}/aliases", create_alias, methods=["POST"]),
+        Route(f"{prefix}/{{name}}/aliases", list_aliases, methods=["GET"]),
+        Route(f"{prefix}/{{name}}/aliases/{{alias}}", get_alias, methods=["GET"]),
+        Route(f"{prefix}/{{name}}/aliases/{{alias}}", update_alias, methods=["PUT"]),
+        Route(f"{prefix}/{{name}}/aliases/{{alias}}", delete_alias, methods=["DELETE"]),
+        Route("/2017-10-31/functions/{name}/concurrency", put_concurrency, methods=["PUT"]),
+        Route("/2017-10-31/functions/{name}/concurrency", delete_concurrency,
+              methods=["DELETE"]),
+        Route("/2019-09-30/functions/{name}/concurrency", get_concurrency, methods=["GET"]),
         Route("/2016-08-19/account-settings", account_settings, methods=["GET"]),
         Route("/2016-08-19/account-settings/", account_settings, methods=["GET"]),
         Route("/kiln/v1/code/{sha}.zip", download_code, methods=["GET"]),

@@ -1,4 +1,9 @@
-"""Functions: create, read, update, delete, list, with state kept in SQLite.
+"""Functions: create, read, update, delete, list, publish versions, with state kept in SQLite.
+
+``functions`` holds one row per version: ``$LATEST`` (the editable one) and published
+versions "1", "2", ... (immutable snapshots of $LATEST's code and configuration).
+``function_counters`` remembers each function's last version number, so a deleted version's
+number is never reused.
 
 Every change is validated completely before anything is written, and is written in one
 transaction, so a rejected request leaves no trace.  Readers get records from an in-memory
@@ -9,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import builtins
 import json
 import time
 import uuid
@@ -19,7 +25,9 @@ from kiln.aws.arn import ArnBuilder
 from kiln.aws.errors import AwsError
 from kiln.aws.restjson import Fields
 from kiln.functions import validation
+from kiln.functions.aliases import Alias, AliasStore
 from kiln.functions.code import CodeInfo, CodeStore
+from kiln.functions.concurrency import Reservations
 from kiln.functions.types import FunctionRecord
 from kiln.runtime.runtimes import RuntimeCatalog
 from kiln.store import Database
@@ -33,7 +41,15 @@ SCHEMA = [
         code_sha_hex TEXT NOT NULL,
         PRIMARY KEY (name, version)
     )""",
+    """CREATE TABLE IF NOT EXISTS function_counters (
+        name TEXT PRIMARY KEY,
+        last_version INTEGER NOT NULL
+    )""",
 ]
+#: FunctionConfiguration fields that do not make a version different from another.
+_VOLATILE = frozenset({"FunctionArn", "Version", "LastModified", "RevisionId", "Description",
+                       "State", "StateReason", "StateReasonCode", "LastUpdateStatus",
+                       "LastUpdateStatusReason", "LastUpdateStatusReasonCode"})
 Listener = Callable[[str], Awaitable[None]]
 
 
@@ -54,12 +70,18 @@ class FunctionService:
         #: Called with a function name after its code/configuration changed or it was deleted.
         self.listeners: list[Listener] = []
         db.migrate(SCHEMA)
+        self.aliases = AliasStore(db)
+        self.concurrency = Reservations(db)
         self._cache: dict[tuple[str, str], FunctionRecord] = {}
 
     # -- reads --------------------------------------------------------------------------------
 
     def get(self, name: str, qualifier: str | None = None) -> FunctionRecord:
+        """$LATEST, a published version, or (when an alias is named) the alias's primary
+        version with the alias's ARN as FunctionArn."""
         version = qualifier or LATEST
+        if not is_version(version):
+            return self._alias_view(name, version)
         key = (name, version)
         record = self._cache.get(key)
         if record is None:
@@ -73,13 +95,31 @@ class FunctionService:
             self._cache[key] = record
         return record
 
-    def list(self, marker: str | None, max_items: int) -> tuple[list[FunctionRecord], str | None]:
-        after = ""
+    def resolve(self, name: str, qualifier: str | None = None) -> FunctionRecord:
+        """The version an invoke of ``name:qualifier`` runs: an alias with a routing
+        configuration picks one of its two versions at random, per the weights."""
+        version = qualifier or LATEST
+        if is_version(version):
+            return self.get(name, version)
+        return self.get(name, self._alias_target(name, version))
+
+    def list_versions(self, name: str, marker: str | None,
+                      max_items: int) -> tuple[builtins.list[FunctionRecord], str | None]:
+        """$LATEST, then published versions in number order."""
+        self.get(name)
+        rows = self.db.query("SELECT version FROM functions WHERE name = ?", (name,))
+        versions = sorted((r["version"] for r in rows), key=_version_order)
         if marker:
-            try:
-                after = base64.urlsafe_b64decode(marker.encode()).decode()
-            except (binascii.Error, UnicodeDecodeError):
-                raise AwsError.invalid_parameter(f"Invalid marker: {marker}") from None
+            after = _version_order(decode_marker(marker))
+            if after < 0:
+                raise AwsError.invalid_parameter(f"Invalid marker: {marker}")
+            versions = [v for v in versions if _version_order(v) > after]
+        page = versions[:max_items]
+        next_marker = encode_marker(page[-1]) if len(versions) > max_items else None
+        return [self.get(name, v) for v in page], next_marker
+
+    def list(self, marker: str | None, max_items: int) -> tuple[list[FunctionRecord], str | None]:
+        after = decode_marker(marker) if marker else ""
         rows = self.db.query(
             "SELECT config, code_sha_hex FROM functions WHERE version = ? AND name > ? "
             "ORDER BY name LIMIT ?", (LATEST, after, max_items + 1))
@@ -87,7 +127,7 @@ class FunctionService:
         next_marker = None
         if len(records) > max_items:
             records = records[:max_items]
-            next_marker = base64.urlsafe_b64encode(records[-1].name.encode()).decode()
+            next_marker = encode_marker(records[-1].name)
         return records, next_marker
 
     def usage(self) -> tuple[int, int]:
@@ -116,6 +156,7 @@ class FunctionService:
                 "deployment packages.")
         self.runtimes.check(changes["Runtime"])
         architectures = validation.architectures(fields) or ["x86_64"]
+        publish = fields.boolean("Publish")
         code = fields.mapping("Code")
         if code is None:
             raise AwsError.invalid_parameter("Code is a required parameter.")
@@ -150,7 +191,10 @@ class FunctionService:
         if "DeadLetterConfig" in changes:
             config["DeadLetterConfig"] = changes["DeadLetterConfig"]
         record = FunctionRecord(config, info.sha_hex)
-        self._write(record)
+        with self.db.transaction():
+            self._write(record)
+            if publish:
+                return self._publish(record, None)[0]
         return record
 
     async def update_code(self, name: str, body: dict[str, Any]) -> FunctionRecord:
@@ -159,13 +203,35 @@ class FunctionService:
         self._check_revision(current, fields.string("RevisionId"))
         architectures = validation.architectures(fields)
         dry_run = fields.boolean("DryRun")
+        publish = fields.boolean("Publish")
         info = self._save_code(fields, store=not dry_run)
         config = {**current.config, "CodeSize": info.size, "CodeSha256": info.sha256}
         if architectures:
             config["Architectures"] = architectures
         if dry_run:  # validated, nothing stored
             return FunctionRecord(config, info.sha_hex)
-        return await self._update(current, config, info.sha_hex)
+        record = await self._update(current, config, info.sha_hex)
+        if publish:
+            # _update retired the environments, and none started since: no await between.
+            return self._publish(record, None)[0]
+        return record
+
+    async def publish(self, name: str, body: dict[str, Any]) -> FunctionRecord:
+        """PublishVersion: snapshot $LATEST as the next version number, unless nothing
+        changed since the last version, which is then answered instead."""
+        fields = Fields(body)
+        latest = self.get(name)
+        self._check_revision(latest, fields.string("RevisionId"))
+        code_sha256 = fields.string("CodeSha256")
+        if code_sha256 and code_sha256 != latest.config["CodeSha256"]:
+            raise AwsError.invalid_parameter(
+                f"CodeSHA256 ({code_sha256}) is different from current CodeSHA256 in $LATEST "
+                f"({latest.config['CodeSha256']}). Please try again with the CodeSHA256 in "
+                "$LATEST.")
+        version, published = self._publish(latest, validation.description(fields))
+        if published:
+            await self._notify(name)  # $LATEST has a new RevisionId: retire its environments
+        return version
 
     async def update_configuration(self, name: str, body: dict[str, Any]) -> FunctionRecord:
         fields = Fields(body)
@@ -181,20 +247,198 @@ class FunctionService:
         return await self._update(current, config, current.code_sha_hex)
 
     async def delete(self, name: str, qualifier: str | None) -> None:
-        if qualifier not in (None, LATEST):
-            self.get(name, qualifier)  # raises ResourceNotFound for unknown versions
         if qualifier == LATEST:
             raise AwsError.invalid_parameter("$LATEST version cannot be deleted without deleting "
                                              "the function.")
-        current = self.get(name)
+        if qualifier is not None:
+            await self._delete_version(name, qualifier)
+            return
+        rows = self.db.query("SELECT DISTINCT code_sha_hex FROM functions WHERE name = ?",
+                             (name,))
+        if not rows:
+            self.get(name)  # ResourceNotFoundException
         with self.db.transaction() as tx:
             tx.execute("DELETE FROM functions WHERE name = ?", (name,))
+            tx.execute("DELETE FROM function_counters WHERE name = ?", (name,))
+            self.aliases.remove_all(name)
+            self.concurrency.remove(name)
         for key in [k for k in self._cache if k[0] == name]:
             del self._cache[key]
         await self._notify(name)
-        self._collect_code(current.code_sha_hex)
+        for row in rows:
+            self._collect_code(row["code_sha_hex"])
+
+    async def _delete_version(self, name: str, version: str) -> None:
+        if not version.isdigit():
+            self.get(name)  # ResourceNotFoundException for a missing function
+            raise AwsError.invalid_parameter(
+                f"Deletion of alias {version} is not supported by DeleteFunction: use "
+                "DeleteAlias, or name a version number.")
+        record = self.get(name, version)  # ResourceNotFoundException for unknown versions
+        users = self.aliases.users(name, version)
+        if users:
+            raise AwsError.conflict("Unable to delete version because the following aliases "
+                                    f"reference it: [{', '.join(users)}]")
+        with self.db.transaction() as tx:
+            tx.execute("DELETE FROM functions WHERE name = ? AND version = ?", (name, version))
+        self._cache.pop((name, version), None)
+        await self._notify(name)
+        self._collect_code(record.code_sha_hex)
+
+    # -- aliases ------------------------------------------------------------------------------
+
+    def create_alias(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        fields = Fields(body)
+        alias_name = validation.alias_name(fields.string("Name"))
+        version = validation.function_version(fields.string("FunctionVersion"))
+        description = validation.description(fields) or ""
+        weights = validation.routing_weights(fields) or {}
+        self.get(name)
+        self.get(name, version)
+        arn = self.arns.function(name, alias_name)
+        if self.aliases.find(name, alias_name) is not None:
+            raise AwsError.conflict(f"Alias already exists: {arn}")
+        self._check_routing(name, version, weights)
+        alias = Alias(name, alias_name, version, description, str(uuid.uuid4()), weights)
+        self.aliases.save(alias)
+        return alias.configuration(arn)
+
+    def get_alias(self, name: str, alias_name: str) -> dict[str, Any]:
+        return self._existing_alias(name, alias_name).configuration(
+            self.arns.function(name, alias_name))
+
+    def update_alias(self, name: str, alias_name: str, body: dict[str, Any]) -> dict[str, Any]:
+        fields = Fields(body)
+        current = self._existing_alias(name, alias_name)
+        revision_id = fields.string("RevisionId")
+        if revision_id is not None and revision_id != current.revision_id:
+            raise AwsError.precondition_failed(
+                "The Revision Id provided does not match the latest Revision Id. Call the "
+                "GetFunction/GetAlias API to retrieve the latest Revision Id")
+        raw_version = fields.string("FunctionVersion")
+        version = (current.function_version if raw_version is None
+                   else validation.function_version(raw_version))
+        description = validation.description(fields)
+        weights = validation.routing_weights(fields)
+        self.get(name, version)
+        if weights is None:
+            weights = current.weights
+        self._check_routing(name, version, weights)
+        alias = Alias(name, alias_name, version,
+                      current.description if description is None else description,
+                      str(uuid.uuid4()), weights)
+        self.aliases.save(alias)
+        return alias.configuration(self.arns.function(name, alias_name))
+
+    def delete_alias(self, name: str, alias_name: str) -> None:
+        self._existing_alias(name, alias_name)
+        self.aliases.remove(name, alias_name)
+
+    def list_aliases(self, name: str, version: str | None, marker: str | None,
+                     max_items: int) -> tuple[builtins.list[dict[str, Any]], str | None]:
+        self.get(name)
+        if version is not None:
+            version = validation.function_version(version)
+        aliases = [a for a in self.aliases.of(name)
+                   if version is None or a.function_version == version]
+        if marker:
+            after = decode_marker(marker)
+            aliases = [a for a in aliases if a.name > after]
+        page = aliases[:max_items]
+        next_marker = encode_marker(page[-1].name) if len(aliases) > max_items else None
+        return [a.configuration(self.arns.function(name, a.name)) for a in page], next_marker
+
+    def _existing_alias(self, name: str, alias_name: str) -> Alias:
+        validation.alias_name(alias_name)
+        self.get(name)
+        alias = self.aliases.find(name, alias_name)
+        if alias is None:
+            raise AwsError.not_found(
+                f"Cannot find alias arn: {self.arns.function(name, alias_name)}")
+        return alias
+
+    def _check_routing(self, name: str, version: str, weights: dict[str, float]) -> None:
+        """An additional version must be published, exist and differ from the primary."""
+        for extra in weights:
+            if extra == version:
+                raise AwsError.invalid_parameter(
+                    f"Invalid function version {version}. Function version {version} is "
+                    "already included in routing configuration.")
+            if version == LATEST:
+                raise AwsError.invalid_parameter(
+                    "$LATEST is not supported for an alias pointing to more than 1 version")
+            self.get(name, extra)
+
+    # -- reserved concurrency -----------------------------------------------------------------
+
+    def put_concurrency(self, name: str, body: dict[str, Any], account_limit: int) -> int:
+        reserved = validation.reserved_concurrency(Fields(body))
+        self.get(name)
+        self.concurrency.put(name, reserved, account_limit)
+        return reserved
+
+    def get_concurrency(self, name: str) -> int | None:
+        self.get(name)
+        return self.concurrency.reserved.get(name)
+
+    def delete_concurrency(self, name: str) -> None:
+        self.get(name)
+        self.concurrency.remove(name)
 
     # -- helpers ------------------------------------------------------------------------------
+
+    def _alias_view(self, name: str, alias_name: str) -> FunctionRecord:
+        """GetFunction(Configuration) of an alias: its primary version, under its ARN."""
+        record = self.get(name, self._alias(name, alias_name).function_version)
+        return FunctionRecord({**record.config,
+                               "FunctionArn": self.arns.function(name, alias_name)},
+                              record.code_sha_hex)
+
+    def _alias_target(self, name: str, alias_name: str) -> str:
+        return self._alias(name, alias_name).pick()
+
+    def _alias(self, name: str, alias_name: str) -> Alias:
+        alias = self.aliases.find(name, alias_name)
+        if alias is None:
+            raise AwsError.not_found(
+                f"Function not found: {self.arns.function(name, alias_name)}")
+        return alias
+
+    def _publish(self, latest: FunctionRecord,
+                 description: str | None) -> tuple[FunctionRecord, bool]:
+        """Snapshot ``latest`` as a new version (in the caller's transaction, if any), or
+        find the last version when nothing changed since: (version, whether it is new).
+        Publishing gives $LATEST a new RevisionId, as AWS does."""
+        name = latest.name
+        row = self.db.query_one("SELECT last_version FROM function_counters WHERE name = ?",
+                                (name,))
+        last = int(row["last_version"]) if row else 0
+        previous = self._cache.get((name, str(last))) if last else None
+        if last and previous is None:
+            found = self.db.query_one("SELECT 1 FROM functions WHERE name = ? AND version = ?",
+                                      (name, str(last)))
+            previous = self.get(name, str(last)) if found else None
+        if previous is not None and _same_version(previous, latest):
+            return previous, False
+        version = str(last + 1)
+        config = {**latest.config,
+                  "FunctionArn": self.arns.function(name, version),
+                  "Version": version,
+                  "LastModified": timestamp(),
+                  "RevisionId": str(uuid.uuid4()),
+                  "State": "Active",
+                  "LastUpdateStatus": "Successful"}
+        if description is not None:
+            config["Description"] = description
+        record = FunctionRecord(config, latest.code_sha_hex)
+        with self.db.transaction() as tx:
+            tx.execute("INSERT INTO function_counters (name, last_version) VALUES (?, ?) "
+                       "ON CONFLICT (name) DO UPDATE SET last_version = excluded.last_version",
+                       (name, last + 1))
+            self._write(record)
+            self._write(FunctionRecord({**latest.config, "RevisionId": str(uuid.uuid4())},
+                                       latest.code_sha_hex))
+        return record, True
 
     def _save_code(self, fields: Fields, store: bool = True) -> CodeInfo:
         if fields.string("S3Bucket") or fields.string("S3Key") or fields.string("ImageUri"):
@@ -245,3 +489,34 @@ class FunctionService:
     async def _notify(self, name: str) -> None:
         for listener in self.listeners:
             await listener(name)
+
+
+def is_version(qualifier: str) -> bool:
+    """$LATEST or a version number (anything else names an alias)."""
+    return qualifier == LATEST or qualifier.isdigit()
+
+
+def _version_order(version: str) -> int:
+    return 0 if version == LATEST else int(version) if version.isdigit() else -1
+
+
+def _same_version(a: FunctionRecord, b: FunctionRecord) -> bool:
+    """Same code and same configuration, whatever their ARNs, dates and revisions."""
+    def essence(record: FunctionRecord) -> dict[str, Any]:
+        return {k: v for k, v in record.config.items() if k not in _VOLATILE}
+
+    return a.code_sha_hex == b.code_sha_hex and essence(a) == essence(b)
+
+
+def encode_marker(key: str) -> str:
+    return base64.urlsafe_b64encode(key.encode()).decode()
+
+
+def decode_marker(marker: str) -> str:
+    try:
+        key = base64.b64decode(marker.encode(), altchars=b"-_", validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        key = ""
+    if not key:
+        raise AwsError.invalid_parameter(f"Invalid marker: {marker}")
+    return key

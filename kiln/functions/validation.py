@@ -144,3 +144,92 @@ def architectures(fields: Fields) -> list[str] | None:
         raise _constraint(value, "architectures", "Member must have length less than or equal "
                           "to 1, and each member must satisfy enum value set: [x86_64, arm64]")
     return list(value)
+
+
+# -- versions, aliases, concurrency -----------------------------------------------------------
+
+ALIAS_RE = re.compile(r"(?!^[0-9]+$)([a-zA-Z0-9-_]+)")
+VERSION_RE = re.compile(r"(\$LATEST|[0-9]+)")
+PUBLISHED_RE = re.compile(r"[0-9]+")
+MAX_ALIAS_DESCRIPTION = 256
+
+
+def alias_name(name: str | None) -> str:
+    """An alias name: 1-128 of [a-zA-Z0-9-_], not all digits (that would be a version)."""
+    if not name:
+        raise AwsError.invalid_parameter(
+            "1 validation error detected: Value null at 'name' failed to satisfy constraint: "
+            "Member must not be null")
+    if len(name) > 128:
+        raise _constraint(name, "name", "Member must have length less than or equal to 128")
+    if not ALIAS_RE.fullmatch(name):
+        raise _constraint(name, "name", "Member must satisfy regular expression pattern: "
+                          "(?!^[0-9]+$)([a-zA-Z0-9-_]+)")
+    return name
+
+
+def function_version(version: str | None) -> str:
+    """The version an alias points to: $LATEST or a version number."""
+    if not version:
+        raise AwsError.invalid_parameter(
+            "1 validation error detected: Value null at 'functionVersion' failed to satisfy "
+            "constraint: Member must not be null")
+    if len(version) > 1024 or not VERSION_RE.fullmatch(version):
+        raise _constraint(version, "functionVersion", "Member must satisfy regular expression "
+                          "pattern: (\\$LATEST|[0-9]+)")
+    return version
+
+
+def description(fields: Fields) -> str | None:
+    value = fields.string("Description")
+    if value is not None and len(value) > MAX_ALIAS_DESCRIPTION:
+        raise _constraint("...", "description",
+                          "Member must have length less than or equal to 256")
+    return value
+
+
+def routing_weights(fields: Fields) -> dict[str, float] | None:
+    """RoutingConfig.AdditionalVersionWeights, checked for shape only: None when the request
+    does not mention RoutingConfig, {} when it clears it."""
+    routing = fields.mapping("RoutingConfig")
+    if routing is None:
+        return None
+    weights = Fields(routing).mapping("AdditionalVersionWeights")
+    if not weights:
+        return {}
+    if len(weights) > 1:
+        raise AwsError.invalid_parameter(
+            "Number of items in AdditionalVersionWeights cannot be greater than 1")
+    checked: dict[str, float] = {}
+    for version, weight in weights.items():
+        shown = f"{{{version}={weight}}}"
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise AwsError.invalid_content(
+                "Could not parse request body into json: Could not parse payload into json: "
+                "Cannot deserialize value of type `java.lang.Double` for field "
+                "'AdditionalVersionWeights'")
+        if not 0.0 <= weight <= 1.0:
+            raise _constraint(shown, "routingConfig.additionalVersionWeights",
+                              "Map value must satisfy constraint: [Member must have value less "
+                              "than or equal to 1.0, Member must have value greater than or "
+                              "equal to 0.0, Member must not be null]")
+        if not PUBLISHED_RE.fullmatch(version) or len(version) > 1024:
+            raise _constraint(shown, "routingConfig.additionalVersionWeights",
+                              "Map keys must satisfy constraint: [Member must have length less "
+                              "than or equal to 1024, Member must have length greater than or "
+                              "equal to 1, Member must satisfy regular expression pattern: "
+                              "[0-9]+, Member must not be null]")
+        checked[version] = float(weight)
+    return checked
+
+
+def reserved_concurrency(fields: Fields) -> int:
+    value = fields.integer("ReservedConcurrentExecutions")
+    if value is None:
+        raise AwsError.invalid_parameter(
+            "1 validation error detected: Value null at 'reservedConcurrentExecutions' failed "
+            "to satisfy constraint: Member must not be null")
+    if value < 0:
+        raise _constraint(value, "reservedConcurrentExecutions",
+                          "Member must have value greater than or equal to 0")
+    return value

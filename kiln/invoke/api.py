@@ -41,7 +41,7 @@ def routes(kiln: Kiln) -> list[Route]:
             raise AwsError.invalid_parameter(
                 f"1 validation error detected: Value '{log_type}' at 'logType' failed to "
                 "satisfy constraint: Member must satisfy enum value set: [None, Tail]")
-        record = kiln.functions.get(fid.name, fid.qualifier)
+        record = kiln.functions.resolve(fid.name, fid.qualifier)
         if invocation_type == "Event":
             payload = await read_body(
                 request, ASYNC_PAYLOAD_LIMIT,
@@ -69,8 +69,8 @@ def routes(kiln: Kiln) -> list[Route]:
         if invocation_type == "Event":
             event = InvokeRequest(payload=payload, invoked_arn=invoked_arn)
             kiln.queue.enqueue(fid.name, fid.qualifier, event)
-            return Response(b"", 202, headers={"x-amzn-RequestId": event.request_id,
-                                               "X-Amz-Executed-Version": record.version})
+            # No X-Amz-Executed-Version: a weighted alias picks its version when the event runs.
+            return Response(b"", 202, headers={"x-amzn-RequestId": event.request_id})
         sync = InvokeRequest(
             payload=payload,
             invoked_arn=invoked_arn,

@@ -30,7 +30,7 @@ class LocalInvoker:
         """(response body, function error type or None); raises InvokeFailed."""
         try:
             fid = parse_function_id(function_arn)
-            record = self.functions.get(fid.name, fid.qualifier)
+            record = self.functions.resolve(fid.name, fid.qualifier)
             outcome = await self.invoker.invoke(
                 record, InvokeRequest(payload=payload, invoked_arn=function_arn))
         except AwsError as exc:

@@ -87,7 +87,7 @@ class AsyncQueue:
         if row is None:
             return
         try:
-            record = self.functions.get(row["function"], row["qualifier"])
+            record = self.functions.resolve(row["function"], row["qualifier"])
         except AwsError:
             # The function was deleted after the event was accepted: nothing left to run.
             self.db.execute("DELETE FROM async_events WHERE request_id = ?", (request_id,))
