@@ -123,3 +123,22 @@ def create_python_function(client: Any, source: str, name: str | None = None,
         FunctionName=name, Runtime=kwargs.pop("Runtime", "python3.11"), Role=ROLE,
         Handler=handler, Code={"ZipFile": make_zip({"app.py": source})}, **kwargs)
     return name
+
+
+def process_gone(pid: int) -> bool:
+    """True once ``pid`` has exited (a zombie waiting for a reaper counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def wait_for(predicate: Any, timeout: float = 20.0) -> bool:
+    """Poll ``predicate`` until it holds (True) or ``timeout`` passes (its last value)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return bool(predicate())

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.conftest import KilnServer, create_python_function, start_server
+from tests.conftest import KilnServer, create_python_function, start_server, wait_for
 
 ARN_PREFIX = "arn:aws:lambda:us-east-1:000000000000:function:"
 REPORT_RE = re.compile(
@@ -51,15 +51,6 @@ def invoke(client: Any, name: str, payload: Any = None, **kwargs: Any) -> tuple[
     response = client.invoke(FunctionName=name, **kwargs)
     raw = response["Payload"].read()
     return response, json.loads(raw) if raw else None
-
-
-def wait_for(predicate: Any, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return bool(predicate())
 
 
 def tail_lines(response: dict[str, Any]) -> list[str]:

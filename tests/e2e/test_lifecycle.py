@@ -7,12 +7,11 @@ import json
 import os
 import signal
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import create_python_function, make_zip, start_server
+from tests.conftest import create_python_function, make_zip, process_gone, start_server, wait_for
 
 PID = """
 import os
@@ -32,24 +31,6 @@ def invoke(client: Any, name: str, payload: Any = None) -> dict[str, Any]:
     body = json.loads(response["Payload"].read())
     assert "FunctionError" not in response, body
     return dict(body)
-
-
-def process_gone(pid: int) -> bool:
-    """True once ``pid`` has exited (a zombie waiting for a reaper counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except FileNotFoundError:
-        return True
-
-
-def wait_for(predicate: Any, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return bool(predicate())
 
 
 def test_warm_reuse_keeps_the_environment(lambda_client: Any) -> None:

@@ -10,12 +10,18 @@ import os
 import re
 import shutil
 import sys
-import time
 from typing import Any
 
 import pytest
 
-from tests.conftest import ROLE, create_python_function, make_zip, unique_name
+from tests.conftest import (
+    ROLE,
+    create_python_function,
+    make_zip,
+    process_gone,
+    unique_name,
+    wait_for,
+)
 
 ARN_PREFIX = "arn:aws:lambda:us-east-1:000000000000:function:"
 CURL = shutil.which("curl")
@@ -35,24 +41,6 @@ def invoke(client: Any, name: str, payload: Any = None, **kwargs: Any) -> tuple[
 
 def request_id(response: dict[str, Any]) -> str:
     return str(response["ResponseMetadata"]["RequestId"])
-
-
-def process_gone(pid: int) -> bool:
-    """True once ``pid`` has exited (a zombie waiting for a reaper counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except FileNotFoundError:
-        return True
-
-
-def wait_for(predicate: Any, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return bool(predicate())
 
 
 def create_provided(client: Any, files: dict[str, str | bytes], handler: str = "app.handler",

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import create_python_function, start_server
+from tests.conftest import create_python_function, process_gone, start_server, wait_for
 
 SLOW = """
 import os, subprocess, time
@@ -26,24 +25,6 @@ def handler(event, context):
         time.sleep(event["sleep"])
     return {"pid": os.getpid(), "slept": event.get("sleep", 0)}
 """
-
-
-def process_gone(pid: int) -> bool:
-    """True once ``pid`` has exited (a zombie waiting for a reaper counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except FileNotFoundError:
-        return True
-
-
-def wait_for(predicate: Any, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return bool(predicate())
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
