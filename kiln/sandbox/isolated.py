@@ -1,0 +1,709 @@
+"""The isolated backend: every execution environment in its own namespaces, root and cgroup.
+
+Per environment:
+
+* **namespaces**: mount, PID, IPC, UTS and network (only ``lo``; see ``egress`` below);
+* **root**: a small tmpfs, ``pivot_root``-ed into and remounted read-only, holding read-only
+  binds of ``/usr`` (``/bin``, ``/lib*``, ``/sbin`` as the host has them), a handful of
+  non-secret ``/etc`` files (a synthetic ``passwd``/``group``/``hosts``; never ``shadow``), the
+  runtime's own installation (the interpreter's prefix and venv, found from ``argv[0]``, and
+  absolute-path arguments such as the bootstrap script), ``/var/task`` (``task_root``) and
+  ``/opt`` (the layers merged in order with overlayfs), a private ``/tmp`` tmpfs of
+  ``ephemeral_mb``, a fresh ``/proc`` (``hidepid=2``) and a ``/dev`` with only
+  null/zero/full/random/urandom/tty;
+* **credentials**: uid 993 / gid 990 (Lambda's ``sbx_user1051``), no supplementary groups, an
+  empty capability bounding set, ``no_new_privs`` and a seccomp filter (``_seccomp``) that
+  refuses mount, ptrace, bpf, kexec, modules, keyrings, perf, unshare/setns/namespace clones, ...
+  with ``EPERM``;
+* **cgroup** (``_cgroups``, v1 or v2): memory limit = ``memory_mb`` without swap, CPU weight
+  proportional to memory (1,769 MB = one vCPU) and a CFS quota at the same ratio once INIT is
+  over (``end_init()``, also done by the first ``freeze()``; Lambda likewise boosts INIT),
+  ``pids.max`` 1024, the freezer;
+* **Runtime API**: the listening socket is created *inside* the environment's network namespace
+  at ``127.0.0.1:9001`` and passed back over ``SCM_RIGHTS``; the host serves it
+  (``sandbox.listener``) from its own event loop.
+
+How processes are made: the server never forks itself.  It is multi-threaded (an unsafe place
+to ``fork``) and large (``fork`` slows with RSS), and ``preexec_fn`` is both unsafe and unable to
+enter a new PID namespace; exec'ing a launcher per environment would add a whole interpreter
+start (11-17 ms here) to every cold start.  Instead one small single-threaded launcher per backend
+(``_launcher.py``, started once with ``-I -S``) forks per environment: ``fork`` + cgroup join +
+``unshare`` + ``fork`` (the new PID namespace's init, itself a forked copy of the launcher, which
+stays as PID 1 to reap orphans, report the runtime's exit status and take the namespace down with
+it) + the common part of the root + the listener.  That part costs 5-20 ms on cgroup v1 (joining
+a v1 cgroup waits for an RCU grace period per hierarchy), so ``prewarm`` blank environments are
+kept ready and ``create`` only adds the function's mounts (about 2 ms).  ``start`` is one more
+``fork`` + privilege drop + seccomp + ``execve`` (about 2.5 ms before the interpreter runs).
+
+Measured on the 2-vCPU dev VM (``tests/sandbox/bench_isolated_start.py``, medians of 20), time
+from ``create`` to the runtime's first output byte, as a ratio to ``<python> -c pass``:
+``/usr/bin/python3`` 12-16 ms (x1.4-1.5; a plain ``Popen`` is x0.75-0.8), the pyenv 3.11.7
+build 31-34 ms (x1.07-1.12; ``Popen`` x0.83).  An idle environment's init costs about 1.5 MiB
+USS (3 MiB PSS).
+
+Clean-up: ``destroy()`` kills the cgroup's processes (freezing it first so nothing can fork
+meanwhile), waits for the init to go, and removes the cgroup; mounts live only in the
+environment's mount namespace and vanish with it, and nothing is written per environment under
+``root``.  If the server dies, each init sees end-of-file on its control socket and takes its
+environment down, and the launcher (end-of-file too) kills what is left -- frozen environments --
+and removes the cgroups; ``sweep()`` (run by the constructor) removes whatever survived even that
+(a ``kill -9`` of the launcher as well).
+
+The public extras beyond the protocol: ``oom_killed()``, ``end_init()``, ``init_pid``,
+``cgroup``, ``runtime_api_address`` on the sandbox; ``prepare()``, ``sweep()`` and ``live()`` on
+the backend.
+
+Host paths of the function's code and layers in ``argv`` and ``env`` (``LAMBDA_TASK_ROOT``,
+``LD_LIBRARY_PATH``, a ``provided`` runtime's ``<task_root>/bootstrap``) are rewritten to
+``/var/task`` and ``/opt``; ``LAMBDA_RUNTIME_DIR`` and ``KILN_EXTRA_PYTHONPATH`` directories are
+exposed read-only at their host paths.
+
+Optional ``SandboxSpec`` fields this backend understands when present (read with ``getattr``):
+``ro_paths`` (more host paths to expose read-only at the same path), ``rw_paths`` (host
+directories shared read-write at the same path: an explicit hole, meant for tests) and
+``egress`` (``True``: share the host's network namespace; the Runtime API then listens on an
+ephemeral loopback port named in ``AWS_LAMBDA_RUNTIME_API``).  The server's own Python
+installation (``sys.prefix``, ``sys.base_prefix``) is exposed read-only unless
+``expose_server_python=False``, because Kiln uses it as a runtime and bootstraps call it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import hashlib
+import itertools
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from kiln.sandbox import _namespaces
+from kiln.sandbox._cgroups import CgroupTree, CgroupV1, CgroupV2, Limits
+from kiln.sandbox.types import SandboxSpec
+
+SANDBOX_UID = 993
+SANDBOX_GID = 990
+RUNTIME_API_ADDRESS = "127.0.0.1:9001"
+_SYSTEM_PREFIXES = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+_FORBIDDEN_PREFIXES = ("/proc", "/dev", "/sys", "/var/task", "/opt")
+_KILN_PARENT = str(Path(__file__).resolve().parents[2])
+_LAUNCHER_CODE = (
+    "import sys; sys.path.insert(0, sys.argv[2]); "
+    "from kiln.sandbox._launcher import main; main(int(sys.argv[1]))"
+)
+
+
+def _under(path: str, prefixes: Iterable[str]) -> bool:
+    return any(path == p or path.startswith(p + "/") for p in prefixes)
+
+
+def runtime_paths(argv: list[str], extra: Iterable[str | os.PathLike[str]] = ()) -> list[str]:
+    """Host paths the runtime needs that ``/usr`` does not already provide.
+
+    The interpreter's installation prefix (``<prefix>/bin/<exe>``) for every step of ``argv[0]``'s
+    symlink chain, a venv's base installation (``pyvenv.cfg``'s ``home``), and absolute-path
+    arguments that name existing files (a bootstrap script).
+    """
+    found: set[str] = set()
+
+    def add(path: str) -> None:
+        path = os.path.normpath(path)
+        if path == "/" or _under(path, _SYSTEM_PREFIXES) or _under(path, _FORBIDDEN_PREFIXES):
+            return
+        found.add(path)
+
+    def add_prefix_of(exe: str) -> None:
+        parent = os.path.dirname(exe)
+        if os.path.basename(parent) != "bin":
+            add(exe)
+            return
+        prefix = os.path.dirname(parent)
+        add(prefix)
+        cfg = os.path.join(prefix, "pyvenv.cfg")
+        with contextlib.suppress(OSError):
+            for line in Path(cfg).read_text().splitlines():
+                key, _, value = line.partition("=")
+                if key.strip() == "home" and value.strip():
+                    home = value.strip()
+                    add(os.path.dirname(home) if os.path.basename(home) == "bin" else home)
+
+    exe = argv[0] if argv else ""
+    if os.path.isabs(exe):
+        for _ in range(40):
+            add_prefix_of(exe)
+            if not os.path.islink(exe):
+                break
+            exe = os.path.normpath(os.path.join(os.path.dirname(exe), os.readlink(exe)))
+        real = os.path.realpath(argv[0])
+        if os.path.exists(real):
+            add_prefix_of(real)
+    for arg in argv[1:]:
+        if os.path.isabs(arg) and os.path.isfile(arg):
+            add(arg)
+    for path in extra:
+        if os.path.exists(path):
+            add(os.fspath(path))
+    # Drop paths already inside another one.
+    ordered = sorted(found, key=lambda p: (p.count("/"), p))
+    kept: list[str] = []
+    for path in ordered:
+        if not _under(path, kept):
+            kept.append(path)
+    return kept
+
+
+def inside_paths(spec: SandboxSpec, values: Iterable[str]) -> list[str]:
+    """``values`` with the host's ``task_root`` written as ``/var/task`` and layer roots as
+    ``/opt`` (whole path components only), as the runtime sees them."""
+    mapping: dict[str, str] = {}
+    for host, inside in [(spec.task_root, "/var/task"), *((p, "/opt") for p in spec.layers)]:
+        for variant in {os.fspath(host), os.path.realpath(host)}:
+            if variant not in ("", "/"):
+                mapping[variant.rstrip("/")] = inside
+    if not mapping:
+        return list(values)
+    pattern = re.compile(
+        r"(?<![^\s:=])("
+        + "|".join(re.escape(h) for h in sorted(mapping, key=len, reverse=True))
+        + r")(?=$|[/:\s])"
+    )
+    return [pattern.sub(lambda m: mapping[m.group(1)], value) for value in values]
+
+
+class SandboxError(RuntimeError):
+    """An environment could not be set up."""
+
+
+def _fail(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
+        fut.exception()  # retrieved: nobody may be waiting any more
+
+
+class IsolatedSandbox:
+    """One execution environment (see the module docstring)."""
+
+    def __init__(
+        self,
+        cgroup: CgroupV1 | CgroupV2,
+        ctl: socket.socket,
+        out_r: int,
+        forget: Callable[[str], object],
+    ) -> None:
+        #: Set by ``_assign``; until then the environment is a pre-warmed blank one.
+        self.env_id = ""
+        self.spec: SandboxSpec | None = None
+        self.cgroup = cgroup
+        self.listener: socket.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.runtime_api_address = RUNTIME_API_ADDRESS
+        #: Host pid of the environment's init (PID 1 inside), once known.
+        self.init_pid: int | None = None
+        self._loop = asyncio.get_running_loop()
+        self._ctl: socket.socket | None = ctl
+        self._out_fd: int | None = out_r
+        self._cpu_vcpus: float | None = None
+        self._forget = forget
+        self._ready: asyncio.Future[None] = self._loop.create_future()
+        self._configured: asyncio.Future[None] = self._loop.create_future()
+        self._started: asyncio.Future[None] | None = None
+        self._exited: asyncio.Future[int] = self._loop.create_future()
+        self._returncode: int | None = None
+        self._destroyed = False
+        self._init_done = False
+        self._peak_bytes = 0
+        self._oom_kills = 0
+        self._frozen = False
+        ctl.setblocking(False)
+        self._loop.add_reader(ctl.fileno(), self._on_ctl)
+        os.set_blocking(out_r, False)
+        self._loop.add_reader(out_r, self.drain_output)
+
+    # -- control channel ------------------------------------------------------------------------
+
+    def _on_ctl(self) -> None:
+        while self._ctl is not None:
+            try:
+                msg, fds, _flags, _addr = socket.recv_fds(self._ctl, 65536, 4)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                msg, fds = b"", []
+            if not msg:
+                self._ctl_closed()
+                return
+            self._handle(msg.decode(errors="replace"), fds)
+
+    def _handle(self, text: str, fds: list[int]) -> None:
+        word, _, rest = text.partition(" ")
+        if word == "ready":
+            if fds:
+                self.listener.close()
+                self.listener = socket.socket(fileno=fds[0])
+                self.listener.setblocking(False)
+            if not self._ready.done():
+                self._ready.set_result(None)
+            return
+        for fd in fds:
+            os.close(fd)
+        if word == "pid":
+            self.init_pid = int(rest)
+        elif word == "configured":
+            if not self._configured.done():
+                self._configured.set_result(None)
+        elif word == "started":
+            if self._started is not None and not self._started.done():
+                self._started.set_result(None)
+        elif word == "execfail":
+            try:
+                report = json.loads(rest)
+                exc = OSError(report["errno"] or errno.ENOEXEC, report["strerror"])
+                exc.filename = report["filename"]  # as the runtime sees it: /var/task/bootstrap
+            except (ValueError, KeyError, TypeError):
+                exc = OSError(errno.ENOEXEC, rest)
+            if self._started is not None:
+                _fail(self._started, exc)
+        elif word == "exit":
+            self._returncode = int(rest)
+        elif word == "error":
+            exc2 = SandboxError(f"environment {self.env_id or '(blank)'}: {rest}")
+            for fut in (self._ready, self._configured, self._started):
+                if fut is not None:
+                    _fail(fut, exc2)
+
+    def _ctl_closed(self) -> None:
+        if self._ctl is not None:
+            self._loop.remove_reader(self._ctl.fileno())
+            self._ctl.close()
+            self._ctl = None
+        self._sample()
+        self.drain_output()
+        gone = SandboxError(f"environment {self.env_id or '(blank)'} is gone")
+        for fut in (self._ready, self._configured, self._started):
+            if fut is not None:
+                _fail(fut, gone)
+        if not self._exited.done():
+            rc = self._returncode if self._returncode is not None else -signal.SIGKILL
+            self._exited.set_result(rc)
+
+    async def _wait_ready(self, timeout: float) -> None:
+        await asyncio.wait_for(asyncio.shield(self._ready), timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._ctl is not None and not self._destroyed
+
+    async def _assign(
+        self, spec: SandboxSpec, config: dict[str, Any], cpu_vcpus: float | None, timeout: float
+    ) -> None:
+        """Make this (pre-warmed) environment ``spec``'s: its code, layers, /tmp, runtime."""
+        if self._ctl is None:
+            raise SandboxError("environment is gone")
+        self.spec, self.env_id, self._cpu_vcpus = spec, spec.env_id, cpu_vcpus
+        self._ctl.setblocking(True)
+        try:
+            self._ctl.send(b"config " + json.dumps(config).encode())
+        finally:
+            self._ctl.setblocking(False)
+        await asyncio.wait_for(asyncio.shield(self._configured), timeout)
+
+    # -- the protocol ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._ctl is None or self._destroyed:
+            raise SandboxError(f"environment {self.env_id} is gone")
+        if self._started is not None:
+            raise SandboxError(f"environment {self.env_id} already started")
+        self._started = self._loop.create_future()
+        self._ctl.send(b"start")
+        await asyncio.wait_for(asyncio.shield(self._started), 10)
+
+    async def wait(self) -> int:
+        if self._started is None:
+            raise RuntimeError("sandbox not started")
+        return await asyncio.shield(self._exited)
+
+    @property
+    def returncode(self) -> int | None:
+        return self._exited.result() if self._exited.done() else None
+
+    def drain_output(self) -> None:
+        fd = self._out_fd
+        if fd is None:
+            return
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                return
+            except InterruptedError:
+                continue
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self._loop.remove_reader(fd)
+                os.close(fd)
+                self._out_fd = None
+                return
+            if self.spec is not None:
+                self.spec.on_output(chunk)
+
+    def _sample(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._peak_bytes = max(self._peak_bytes, self.cgroup.peak_bytes())
+        with contextlib.suppress(OSError, ValueError):
+            self._oom_kills = max(self._oom_kills, self.cgroup.oom_kills())
+
+    def max_memory_used_mb(self) -> int:
+        if not self._destroyed:
+            self._sample()
+        return max(1, -(-self._peak_bytes // (1024 * 1024)))
+
+    def oom_killed(self) -> bool:
+        """Whether the kernel's OOM killer killed a process of this environment (memory limit)."""
+        if not self._destroyed:
+            self._sample()
+        return self._oom_kills > 0
+
+    def end_init(self) -> None:
+        """Apply the CPU quota proportional to memory (INIT ran with at least one vCPU)."""
+        if self._init_done or self._destroyed:
+            return
+        self._init_done = True
+        with contextlib.suppress(OSError):
+            self.cgroup.set_cpu(self._cpu_vcpus)
+
+    async def freeze(self) -> None:
+        if self._destroyed:
+            return
+        self.end_init()
+        self.cgroup.request_freeze(True)
+        self._frozen = True
+        deadline = time.monotonic() + 5
+        while not self.cgroup.is_frozen():
+            if time.monotonic() > deadline:
+                raise SandboxError(f"environment {self.env_id} did not freeze")
+            await asyncio.sleep(0.001)
+
+    async def thaw(self) -> None:
+        if self._destroyed:
+            return
+        self.cgroup.request_freeze(False)
+        self._frozen = False
+        deadline = time.monotonic() + 5
+        while self.cgroup.is_frozen() and time.monotonic() < deadline:
+            await asyncio.sleep(0.001)
+
+    async def destroy(self) -> None:
+        if self._destroyed:
+            return
+        self._destroyed = True
+        try:
+            self._sample()
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    empty = self.cgroup.kill_step()
+                except FileNotFoundError:
+                    empty = True
+                if empty or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.001)
+            if self._ctl is not None:
+                # The init is dead (or never started): its end-of-file is on the way.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._exited), 2)
+            self._ctl_closed()
+            self.drain_output()
+            if self._out_fd is not None:
+                self._loop.remove_reader(self._out_fd)
+                os.close(self._out_fd)
+                self._out_fd = None
+            self.listener.close()
+            while not self.cgroup.remove():
+                if time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.001)
+        finally:
+            self._forget(self.env_id)
+
+
+class IsolatedBackend:
+    """Execution environments isolated with namespaces, a private root, cgroups and seccomp.
+
+    ``prewarm`` blank environments (namespaces, cgroup, the function-independent part of the
+    root and the Runtime API listener) are kept ready, so that ``create`` only adds the
+    function's files; 0 disables the pool.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        uid: int = SANDBOX_UID,
+        gid: int = SANDBOX_GID,
+        pids_max: int = 1024,
+        cpu_quota: bool = True,
+        prewarm: int = 2,
+        extra_ro_paths: Iterable[str | os.PathLike[str]] = (),
+        extra_rw_paths: Iterable[str | os.PathLike[str]] = (),
+        expose_server_python: bool = True,
+        cgroup_version: int | None = None,
+        ready_timeout: float = 10.0,
+    ) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.uid, self.gid, self.pids_max, self.cpu_quota = uid, gid, pids_max, cpu_quota
+        self.prewarm = prewarm
+        self.extra_ro_paths = [os.fspath(p) for p in extra_ro_paths]
+        if expose_server_python:  # Kiln's own interpreter is a runtime too (and bootstraps use it)
+            self.extra_ro_paths += [sys.prefix, sys.base_prefix]
+        self.extra_rw_paths = [os.fspath(p) for p in extra_rw_paths]
+        self.ready_timeout = ready_timeout
+        self._lock_fd = os.open(self.root / "backend.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise SandboxError(f"another live backend owns {self.root}") from None
+        self.backend_id = hashlib.sha256(str(self.root).encode()).hexdigest()[:12]
+        self.cgroups = CgroupTree.detect(self.backend_id, prefer=cgroup_version)
+        self.cgroups.ensure()
+        self._newroot = self.root / "newroot"
+        self._newroot.mkdir(exist_ok=True)
+        self._live: dict[str, IsolatedSandbox] = {}
+        self._pool: list[IsolatedSandbox] = []
+        self._refill_task: asyncio.Task[None] | None = None
+        self._launcher: subprocess.Popen[bytes] | None = None
+        self._sock: socket.socket | None = None
+        self._counter = itertools.count(1)
+        self._closed = False
+        self.swept = self.sweep()
+
+    # -- start-up sweep -------------------------------------------------------------------------
+
+    def sweep(self) -> list[str]:
+        """Remove what a previous owner of ``root`` left (``kill -9``): its launcher, its
+        environments' processes and cgroups, mounts under ``root``.  Returns what it removed."""
+        removed: list[str] = []
+        pid_file = self.root / "launcher.pid"
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(pid_file.read_text())
+            if self._launcher is None or pid != self._launcher.pid:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                if b"kiln.sandbox._launcher" in cmdline:
+                    os.kill(pid, signal.SIGKILL)
+                    removed.append(f"launcher {pid}")
+        removed += [f"cgroup {name}" for name in self.cgroups.sweep()]
+        with contextlib.suppress(OSError):
+            root = str(self.root)
+            for line in reversed(Path("/proc/self/mountinfo").read_text().splitlines()):
+                point = line.split()[4].replace("\\040", " ")
+                if _under(point, [root]):
+                    with contextlib.suppress(OSError):
+                        _namespaces.umount2(point, _namespaces.MNT_DETACH)
+                        removed.append(f"mount {point}")
+        return removed
+
+    # -- the launcher ---------------------------------------------------------------------------
+
+    def _ensure_launcher(self) -> socket.socket:
+        if self._sock is not None and self._launcher is not None:
+            if self._launcher.poll() is None:
+                return self._sock
+            self._sock.close()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._launcher = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-I",
+                    "-S",
+                    "-c",
+                    _LAUNCHER_CODE,
+                    str(theirs.fileno()),
+                    _KILN_PARENT,
+                ],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+                close_fds=True,
+                start_new_session=True,  # a signal to the server's process group spares it
+            )
+        finally:
+            theirs.close()
+        (self.root / "launcher.pid").write_text(str(self._launcher.pid))
+        self._sock = ours
+        return ours
+
+    async def _spawn(self, netns: bool) -> IsolatedSandbox:
+        """A blank environment: cgroup, namespaces, the common root, the listener."""
+        cgroup = self.cgroups.cgroup(f"env{next(self._counter)}")
+        cgroup.create(Limits(128, None, self.pids_max))
+        cfg: dict[str, Any] = {
+            "cgroup_procs": cgroup.procs_files(),
+            "uid": self.uid,
+            "gid": self.gid,
+            "hostname": "localhost",
+            "netns": netns,
+            "newroot": os.fspath(self._newroot),
+            "cgroup_parents": [os.fspath(p) for p in self.cgroups.parents.values()],
+        }
+        ctl, ctl_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        out_r, out_w = os.pipe()
+        try:
+            message = json.dumps(cfg).encode()
+            try:
+                socket.send_fds(self._ensure_launcher(), [message], [ctl_child.fileno(), out_w])
+            except (BrokenPipeError, ConnectionResetError):
+                self._sock = None
+                socket.send_fds(self._ensure_launcher(), [message], [ctl_child.fileno(), out_w])
+        except BaseException:
+            ctl.close()
+            os.close(out_r)
+            with contextlib.suppress(OSError):
+                cgroup.remove()
+            raise
+        finally:
+            ctl_child.close()
+            os.close(out_w)
+        sandbox = IsolatedSandbox(cgroup, ctl, out_r, forget=self._forget)
+        try:
+            await sandbox._wait_ready(self.ready_timeout)
+        except BaseException:
+            await sandbox.destroy()
+            raise
+        return sandbox
+
+    def _forget(self, env_id: str) -> None:
+        if env_id:
+            self._live.pop(env_id, None)
+
+    def _schedule_refill(self) -> None:
+        if self.prewarm <= 0 or self._closed:
+            return
+        if self._refill_task is None or self._refill_task.done():
+            self._refill_task = asyncio.get_running_loop().create_task(self._refill())
+
+    async def _refill(self) -> None:
+        while not self._closed and len(self._pool) < self.prewarm:
+            try:
+                sandbox = await self._spawn(netns=True)
+            except (OSError, SandboxError, TimeoutError):
+                return  # create() spawns inline and reports the error
+            if self._closed:
+                await sandbox.destroy()
+                return
+            self._pool.append(sandbox)
+
+    async def prepare(self) -> None:
+        """Fill the pool of pre-warmed environments now (optional; ``create`` does it too)."""
+        self._schedule_refill()
+        if self._refill_task is not None:
+            await self._refill_task
+
+    # -- the protocol ---------------------------------------------------------------------------
+
+    async def create(self, spec: SandboxSpec) -> IsolatedSandbox:
+        if self._closed:
+            raise SandboxError("backend is closed")
+        if spec.env_id in self._live:
+            raise SandboxError(f"environment {spec.env_id} exists")
+        egress = bool(getattr(spec, "egress", False))
+        layers = [os.fspath(Path(p).resolve()) for p in spec.layers]
+        for layer in layers:
+            if ":" in layer or "," in layer:
+                raise ValueError(f"layer path {layer!r} may not contain ':' or ','")
+        sandbox: IsolatedSandbox | None = None
+        while not egress and self._pool:
+            candidate = self._pool.pop(0)
+            if candidate.alive:
+                sandbox = candidate
+                break
+            await candidate.destroy()
+        if sandbox is None:
+            sandbox = await self._spawn(netns=not egress)
+        self._schedule_refill()
+        self._live[spec.env_id] = sandbox
+        try:
+            argv = inside_paths(spec, spec.argv)
+            env = dict(zip(spec.env, inside_paths(spec, spec.env.values()), strict=True))
+            if egress:
+                host_listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                host_listener.bind(("127.0.0.1", 0))
+                host_listener.listen(128)
+                host_listener.setblocking(False)
+                sandbox.listener.close()
+                sandbox.listener = host_listener
+                sandbox.runtime_api_address = f"127.0.0.1:{host_listener.getsockname()[1]}"
+            env["AWS_LAMBDA_RUNTIME_API"] = sandbox.runtime_api_address
+            vcpus = spec.memory_mb / 1769
+            quota = vcpus if self.cpu_quota else None
+            # INIT runs with at least one vCPU, like Lambda's init boost; end_init() applies it.
+            sandbox.cgroup.create(
+                Limits(spec.memory_mb, None if quota is None else max(quota, 1.0), self.pids_max)
+            )
+            sandbox.cgroup.reset_peak()
+            extra = [*self.extra_ro_paths, *getattr(spec, "ro_paths", ())]
+            extra += [p for p in env.get("KILN_EXTRA_PYTHONPATH", "").split(":") if p]
+            if env.get("LAMBDA_RUNTIME_DIR"):
+                extra.append(env["LAMBDA_RUNTIME_DIR"])
+            config = {
+                "argv": argv,
+                "env": env,
+                "task_root": os.fspath(Path(spec.task_root).resolve()),
+                "layers": layers,
+                "ephemeral_mb": spec.ephemeral_mb,
+                "ro_paths": runtime_paths(argv, extra),
+                "rw_paths": [
+                    os.path.realpath(p)
+                    for p in [*self.extra_rw_paths, *getattr(spec, "rw_paths", ())]
+                    if os.path.isdir(p)
+                    and not _under(os.path.realpath(p), _FORBIDDEN_PREFIXES)
+                    and os.path.realpath(p) != "/"
+                ],
+            }
+            await sandbox._assign(spec, config, quota, self.ready_timeout)
+        except BaseException:
+            await sandbox.destroy()
+            raise
+        return sandbox
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._refill_task is not None:
+            self._refill_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._refill_task
+        for sandbox in [*self._pool, *self._live.values()]:
+            await sandbox.destroy()
+        self._pool.clear()
+        self._live.clear()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self._launcher is not None:
+            deadline = time.monotonic() + 2
+            while self._launcher.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.002)
+            if self._launcher.poll() is None:
+                self._launcher.kill()
+                self._launcher.wait()
+            self._launcher = None
+        with contextlib.suppress(OSError):
+            (self.root / "launcher.pid").unlink()
+        self.cgroups.remove_parents()
+        os.close(self._lock_fd)
+
+    def live(self) -> list[IsolatedSandbox]:
+        return list(self._live.values())
