@@ -11,7 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from kiln.aws.errors import AwsError
-from kiln.aws.restjson import aws_endpoint, json_response, read_body
+from kiln.aws.restjson import Endpoint, aws_endpoint, json_response, read_body
 from kiln.functions.api import function_id
 from kiln.invoke.service import InvokeRequest
 from kiln.runtime.api import decode_client_context
@@ -25,7 +25,9 @@ CLIENT_CONTEXT_LIMIT = 3583
 INVOCATION_TYPES = ("RequestResponse", "Event", "DryRun")
 
 
-def routes(kiln: Kiln) -> list[Route]:
+def invoke_endpoint(kiln: Kiln) -> Endpoint:
+    """The Invoke operation, also served by the server's fast path."""
+
     @aws_endpoint("Invoke")
     async def invoke(request: Request) -> Response:
         fid = function_id(kiln, request)
@@ -89,6 +91,12 @@ def routes(kiln: Kiln) -> list[Route]:
             response_headers["X-Amz-Log-Result"] = outcome.log_tail
         return Response(outcome.result.body, 200, headers=response_headers,
                         media_type=outcome.result.content_type)
+
+    return invoke
+
+
+def routes(kiln: Kiln) -> list[Route]:
+    invoke = invoke_endpoint(kiln)
 
     @aws_endpoint("KilnReadLogs")
     async def read_logs(request: Request) -> Response:
