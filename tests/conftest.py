@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 REPO = Path(__file__).resolve().parent.parent
 ROLE = "arn:aws:iam::000000000000:role/kiln-test"
@@ -142,3 +143,19 @@ def wait_for(predicate: Any, timeout: float = 20.0) -> bool:
             return True
         time.sleep(0.02)
     return bool(predicate())
+
+
+def expect_error(client: Any, code: str, status: int, call: Callable[..., Any],
+                 **kwargs: Any) -> ClientError:
+    """Run ``call``; it must raise exactly the modeled class for ``code`` (or a plain
+    ClientError for codes botocore does not model) with ``status`` and a message."""
+    with pytest.raises(ClientError) as caught:
+        call(**kwargs)
+    error = caught.value
+    expected_class = client.exceptions.from_code(code)
+    assert type(error) is expected_class, (type(error), error)
+    assert error.response["Error"]["Code"] == code, error.response
+    assert error.response["ResponseMetadata"]["HTTPStatusCode"] == status
+    assert error.response["ResponseMetadata"]["HTTPHeaders"]["x-amzn-errortype"] == code
+    assert error.response["Error"]["Message"], error.response
+    return error

@@ -13,9 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
 
-from tests.conftest import KilnServer, create_python_function, start_server, unique_name
+from tests.conftest import (
+    KilnServer,
+    create_python_function,
+    expect_error,
+    start_server,
+    unique_name,
+)
 
 ECHO = "def handler(event, context):\n    return event\n"
 RESERVED_REASON = "ReservedFunctionConcurrentInvocationLimitExceeded"
@@ -43,18 +48,6 @@ def handler(event, context):
         os.remove(mine)
     return running
 """
-
-
-def expect_error(client: Any, code: str, status: int, call: Callable[..., Any],
-                 **kwargs: Any) -> ClientError:
-    with pytest.raises(ClientError) as caught:
-        call(**kwargs)
-    error = caught.value
-    assert type(error) is client.exceptions.from_code(code), (type(error), error)
-    assert error.response["Error"]["Code"] == code
-    assert error.response["ResponseMetadata"]["HTTPStatusCode"] == status
-    assert error.response["Error"]["Message"]
-    return error
 
 
 def unreserved(client: Any) -> int:

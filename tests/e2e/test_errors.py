@@ -26,6 +26,7 @@ from tests.conftest import (
     ROLE,
     KilnServer,
     create_python_function,
+    expect_error,
     make_zip,
     start_server,
     unique_name,
@@ -44,22 +45,6 @@ ASYNC_LIMIT = 1_048_576
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-def expect_error(client: Any, code: str, status: int, call: Callable[..., Any],
-                 **kwargs: Any) -> ClientError:
-    """Run ``call``; it must raise exactly the modeled class for ``code`` (or a plain
-    ClientError for codes botocore does not model) with ``status`` and a message."""
-    with pytest.raises(ClientError) as caught:
-        call(**kwargs)
-    error = caught.value
-    expected_class = client.exceptions.from_code(code)
-    assert type(error) is expected_class, (type(error), error)
-    assert error.response["Error"]["Code"] == code, error.response
-    assert error.response["ResponseMetadata"]["HTTPStatusCode"] == status
-    assert error.response["ResponseMetadata"]["HTTPHeaders"]["x-amzn-errortype"] == code
-    assert error.response["Error"]["Message"], error.response
-    return error
-
 
 def expect_raw_error(client: Any, response: httpx.Response, code: str, status: int) -> str:
     """A raw HTTP error response, parsed the way botocore parses it."""

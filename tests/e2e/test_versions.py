@@ -8,15 +8,14 @@ import hashlib
 import json
 import math
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from botocore.exceptions import ClientError
 
-from tests.conftest import ROLE, KilnServer, make_zip, start_server, unique_name
+from tests.conftest import ROLE, KilnServer, expect_error, make_zip, start_server, unique_name
 
 ACCOUNT = "000000000000"
 REGION = "us-east-1"
@@ -74,19 +73,6 @@ def versions(client: Any, name: str) -> list[str]:
     for page in client.get_paginator("list_versions_by_function").paginate(FunctionName=name):
         found.extend(v["Version"] for v in page["Versions"])
     return found
-
-
-def expect_error(client: Any, code: str, status: int, call: Callable[..., Any],
-                 **kwargs: Any) -> ClientError:
-    """``call`` raises exactly the modeled class for ``code`` with ``status``."""
-    with pytest.raises(ClientError) as caught:
-        call(**kwargs)
-    error = caught.value
-    assert type(error) is client.exceptions.from_code(code), (type(error), error)
-    assert error.response["Error"]["Code"] == code
-    assert error.response["ResponseMetadata"]["HTTPStatusCode"] == status
-    assert error.response["Error"]["Message"]
-    return error
 
 
 def strip(response: dict[str, Any]) -> dict[str, Any]:
