@@ -52,6 +52,14 @@ def max_items(request: Request) -> int:
     return min(int(raw), LIST_PAGE_MAX)
 
 
+def page(key: str, items: list[Any], marker: str | None) -> Response:
+    """One page of a List* answer: ``NextMarker`` only when there is more."""
+    body: dict[str, Any] = {key: items}
+    if marker:
+        body["NextMarker"] = marker
+    return json_response(body)
+
+
 def listed(record: FunctionRecord) -> dict[str, Any]:
     """A FunctionConfiguration as list operations show it."""
     return {k: v for k, v in record.config.items() if k not in LIST_OMITTED}
@@ -81,10 +89,7 @@ def routes(kiln: Kiln) -> list[Route]:
     @aws_endpoint("ListFunctions")
     async def list_functions(request: Request) -> Response:
         records, marker = functions.list(request.query_params.get("Marker"), max_items(request))
-        body: dict[str, Any] = {"Functions": [listed(r) for r in records]}
-        if marker:
-            body["NextMarker"] = marker
-        return json_response(body)
+        return page("Functions", [listed(r) for r in records], marker)
 
     @aws_endpoint("GetFunction")
     async def get_function(request: Request) -> Response:
@@ -128,10 +133,7 @@ def routes(kiln: Kiln) -> list[Route]:
         fid = function_id(kiln, request)
         records, marker = functions.list_versions(
             fid.name, request.query_params.get("Marker"), max_items(request))
-        body: dict[str, Any] = {"Versions": [listed(r) for r in records]}
-        if marker:
-            body["NextMarker"] = marker
-        return json_response(body)
+        return page("Versions", [listed(r) for r in records], marker)
 
     @aws_endpoint("CreateAlias")
     async def create_alias(request: Request) -> Response:
@@ -145,10 +147,7 @@ def routes(kiln: Kiln) -> list[Route]:
         aliases, marker = functions.list_aliases(
             fid.name, request.query_params.get("FunctionVersion"),
             request.query_params.get("Marker"), max_items(request))
-        body: dict[str, Any] = {"Aliases": aliases}
-        if marker:
-            body["NextMarker"] = marker
-        return json_response(body)
+        return page("Aliases", aliases, marker)
 
     @aws_endpoint("GetAlias")
     async def get_alias(request: Request) -> Response:

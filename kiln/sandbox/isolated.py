@@ -89,6 +89,7 @@ from typing import Any
 
 from kiln.sandbox import _namespaces
 from kiln.sandbox._cgroups import CgroupTree, CgroupV1, CgroupV2, Limits
+from kiln.sandbox._output import drain
 from kiln.sandbox.types import SandboxSpec
 
 SANDBOX_UID = 993
@@ -338,24 +339,11 @@ class IsolatedSandbox:
 
     def drain_output(self) -> None:
         fd = self._out_fd
-        if fd is None:
-            return
-        while True:
-            try:
-                chunk = os.read(fd, 65536)
-            except BlockingIOError:
-                return
-            except InterruptedError:
-                continue
-            except OSError:
-                chunk = b""
-            if not chunk:
-                self._loop.remove_reader(fd)
-                os.close(fd)
-                self._out_fd = None
-                return
-            if self.spec is not None:
-                self.spec.on_output(chunk)
+        spec = self.spec
+        if fd is not None and drain(fd, spec.on_output if spec else lambda _chunk: None):
+            self._loop.remove_reader(fd)
+            os.close(fd)
+            self._out_fd = None
 
     def _sample(self) -> None:
         with contextlib.suppress(OSError, ValueError):

@@ -15,6 +15,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+from kiln.sandbox._output import drain
 from kiln.sandbox.types import SandboxSpec
 
 
@@ -97,21 +98,10 @@ class ProcessSandbox:
 
     def drain_output(self) -> None:
         fd = self._out_fd
-        if fd is None:
-            return
-        while True:
-            try:
-                chunk = os.read(fd, 65536)
-            except BlockingIOError:
-                return
-            except OSError:
-                chunk = b""
-            if not chunk:
-                asyncio.get_running_loop().remove_reader(fd)
-                os.close(fd)
-                self._out_fd = None
-                return
-            self.spec.on_output(chunk)
+        if fd is not None and drain(fd, self.spec.on_output):
+            asyncio.get_running_loop().remove_reader(fd)
+            os.close(fd)
+            self._out_fd = None
 
     def _sample_memory(self) -> None:
         if self._status_fd is None:
