@@ -59,11 +59,11 @@ class Kiln:
         self.backend = backend or make_backend(settings.sandbox_backend,
                                                str(data / "sandboxes"))
         self.assignment = Assignment(self.backend, self.runtimes, self.code, settings)
-        self.counting = Counting(settings.account_concurrency)
         # Reserved concurrency is the control plane's; every invoke path (the Invoke route,
-        # the async queue, Step Functions tasks) shares this one Invoker, so it applies to all.
-        self.invoker = Invoker(self.assignment, self.counting, self.logs, settings.dedupe_seconds,
-                               reservations=self.functions.concurrency.reserved)
+        # the async queue, Step Functions tasks) takes its lease here, so it applies to all.
+        self.counting = Counting(settings.account_concurrency,
+                                 reservations=self.functions.concurrency.reserved)
+        self.invoker = Invoker(self.assignment, self.counting, self.logs, settings.dedupe_seconds)
         self.queue = AsyncQueue(self.db, self.functions, self.invoker, settings.async_workers)
         self.functions.listeners.append(self.assignment.retire)
         self.local = LocalInvoker(self.functions, self.invoker)

@@ -1,21 +1,27 @@
 """Concurrency as leases: a lease is held for exactly the life of one invocation.
 
-    with counting.lease("fn", reserved=None):
+    counting = Counting(account_limit=1000, reservations=functions.concurrency.reserved)
+    with counting.lease("fn"):
         ...   # released on every exit path, including crashes and cancellation
+
+A function with reserved concurrency runs within its reservation; the others share what the
+reservations leave of the account's limit.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from kiln.aws.errors import AwsError
 
 
 class Counting:
-    def __init__(self, account_limit: int) -> None:
+    def __init__(self, account_limit: int, reservations: Mapping[str, int] | None = None) -> None:
         self.account_limit = account_limit
+        #: Reserved concurrency per function name (the control plane's live mapping).
+        self.reservations: Mapping[str, int] = reservations if reservations is not None else {}
         self._in_use: Counter[str] = Counter()
         self._total = 0
 
@@ -27,12 +33,14 @@ class Counting:
         return self._in_use[name]
 
     @contextmanager
-    def lease(self, name: str, reserved: int | None = None) -> Iterator[None]:
+    def lease(self, name: str) -> Iterator[None]:
         """Take one unit of concurrency or raise TooManyRequestsException (429)."""
-        if reserved is not None and self._in_use[name] >= reserved:
-            raise AwsError.too_many_requests(
-                "Rate Exceeded.", "ReservedFunctionConcurrentInvocationLimitExceeded")
-        if self._total >= self.account_limit:
+        reserved = self.reservations.get(name)
+        if reserved is not None:
+            if self._in_use[name] >= reserved:
+                raise AwsError.too_many_requests(
+                    "Rate Exceeded.", "ReservedFunctionConcurrentInvocationLimitExceeded")
+        elif self._unreserved_in_use() >= self._unreserved_pool():
             raise AwsError.too_many_requests(
                 "Rate Exceeded.", "ConcurrentInvocationLimitExceeded")
         self._in_use[name] += 1
@@ -44,3 +52,13 @@ class Counting:
             self._in_use[name] -= 1
             if not self._in_use[name]:
                 del self._in_use[name]
+
+    def _unreserved_pool(self) -> int:
+        return self.account_limit - sum(self.reservations.values())
+
+    def _unreserved_in_use(self) -> int:
+        if not self.reservations:
+            return self._total
+        in_reservations = sum(min(self._in_use[other], share)
+                              for other, share in self.reservations.items())
+        return self._total - in_reservations

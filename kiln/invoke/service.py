@@ -15,11 +15,8 @@ import random
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
-from kiln.aws.errors import AwsError
 from kiln.functions.types import FunctionRecord
 from kiln.invoke.assignment import Assignment
 from kiln.invoke.counting import Counting
@@ -51,27 +48,24 @@ class InvokeOutcome:
 
 class Invoker:
     def __init__(self, assignment: Assignment, counting: Counting, logs: LogStore,
-                 dedupe_seconds: float, reservations: Mapping[str, int] | None = None) -> None:
+                 dedupe_seconds: float) -> None:
         self.assignment = assignment
         self.counting = counting
         self.logs = logs
         self.dedupe_seconds = dedupe_seconds
-        #: Reserved concurrency per function name (the control plane's live mapping).
-        self.reservations = reservations
         self._recent: OrderedDict[str, tuple[float, asyncio.Future[InvokeOutcome]]] = \
             OrderedDict()
 
-    async def invoke(self, record: FunctionRecord, request: InvokeRequest,
-                     reserved: int | None = None) -> InvokeOutcome:
+    async def invoke(self, record: FunctionRecord, request: InvokeRequest) -> InvokeOutcome:
         """Run once; raises AwsError (429) only before the function runs."""
         if request.dedupe_key is None:
-            with self._lease(record.name, reserved):
+            with self.counting.lease(record.name):
                 return await self._run(record, request)
         self._expire()
         known = self._recent.get(request.dedupe_key)
         if known is not None:
             return await asyncio.shield(known[1])
-        with self._lease(record.name, reserved):
+        with self.counting.lease(record.name):
             future: asyncio.Future[InvokeOutcome] = asyncio.get_running_loop().create_future()
             self._recent[request.dedupe_key] = (time.monotonic(), future)
             try:
@@ -83,22 +77,6 @@ class Invoker:
                 raise
             future.set_result(outcome)
             return outcome
-
-    def _lease(self, name: str, reserved: int | None) -> AbstractContextManager[None]:
-        """A function with reserved concurrency runs within its reservation; the others
-        share what reservations leave of the account's limit."""
-        reservations = self.reservations
-        if reserved is None and reservations:
-            reserved = reservations.get(name)
-            if reserved is None:
-                counting = self.counting
-                pool = counting.account_limit - sum(reservations.values())
-                in_reservations = sum(min(counting.function_in_use(other), share)
-                                      for other, share in reservations.items())
-                if counting.in_use - in_reservations >= pool:
-                    raise AwsError.too_many_requests(
-                        "Rate Exceeded.", "ConcurrentInvocationLimitExceeded")
-        return self.counting.lease(name, reserved)
 
     def _expire(self) -> None:
         horizon = time.monotonic() - self.dedupe_seconds
