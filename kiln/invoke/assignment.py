@@ -1,7 +1,7 @@
 """Warm-environment assignment: reuse an idle environment of the same function version and
 configuration, or create one; reap idle ones after the keep-alive; retire outdated ones.
 
-    env, cold, failure = await assignment.acquire(record)
+    env, failure = await assignment.acquire(record, request_id)
     ...
     await assignment.release(env)
 """
@@ -46,7 +46,8 @@ class Assignment:
     def environments(self) -> list[Environment]:
         return list(self._live)
 
-    async def acquire(self, record: FunctionRecord) -> tuple[Environment, InvocationResult | None]:
+    async def acquire(self, record: FunctionRecord,
+                      request_id: str) -> tuple[Environment, InvocationResult | None]:
         """A ready environment (warm if possible), or a failed one with its INIT failure."""
         idle = self._idle.get(_key(record))
         while idle:
@@ -55,7 +56,7 @@ class Assignment:
                 return env, None
             await self._destroy(env)  # died while idle: release what it still holds
         env = await self._create(record)
-        failure = await env.initialize(self.settings.init_timeout_seconds)
+        failure = await env.initialize(self.settings.init_timeout_seconds, request_id)
         if failure is not None:
             self._live.discard(env)
         return env, failure

@@ -1,7 +1,7 @@
 """One execution environment: a sandbox, its Runtime API, and Lambda's lifecycle around them.
 
     env = Environment(env_id, record, sandbox)
-    failure = await env.initialize(init_timeout)     # None once the runtime asked for work
+    failure = await env.initialize(init_timeout, request_id)  # None once the runtime waits
     result = await env.invoke(invocation, timeout)   # Sandbox.Timedout / Runtime.ExitError too
 """
 
@@ -78,7 +78,6 @@ class Environment:
         self.invocations = 0
         self.last_used = time.monotonic()
         self.retired = False
-        self._init_failure: InvocationResult | None = None
         self._exit: asyncio.Task[int] | None = None
         self._frozen = False
         self._freeze_timer: asyncio.TimerHandle | None = None
@@ -91,18 +90,20 @@ class Environment:
         exited = self._exit is not None and self._exit.done()
         return self.state is not State.DEAD and not exited
 
-    async def initialize(self, init_timeout: float) -> InvocationResult | None:
-        """Start the runtime and wait for its first /next; the failure result otherwise."""
+    async def initialize(self, init_timeout: float, request_id: str) -> InvocationResult | None:
+        """Start the runtime and wait for its first /next; otherwise the failure, as answered
+        to ``request_id`` (the invoke that met the cold start)."""
+        prefix = f"RequestId: {request_id} "
         await self.api.serve(self.sandbox.listener)
         started = time.perf_counter()
         try:
             await self.sandbox.start()
         except OSError as exc:  # no bootstrap, or one that cannot be executed
             self.init_duration_ms = (time.perf_counter() - started) * 1000
-            self._init_failure = InvocationResult.platform_error(
-                "Runtime.InvalidEntrypoint", _entrypoint_message(exc))
+            failure = InvocationResult.platform_error(
+                "Runtime.InvalidEntrypoint", prefix + _entrypoint_message(exc))
             await self.destroy()
-            return self._init_failure
+            return failure
         self._exit = asyncio.get_running_loop().create_task(self.sandbox.wait())
         ready = asyncio.ensure_future(self.api.ready.wait())
         init_error = asyncio.ensure_future(self.api.init_error_posted.wait())
@@ -121,11 +122,12 @@ class Environment:
         elif self._exit in done:
             failure = InvocationResult.platform_error(
                 "Runtime.ExitError",
-                f"Error: Runtime exited with error: {exit_description(self._exit.result())}")
+                f"{prefix}Error: Runtime exited with error: "
+                f"{exit_description(self._exit.result())}")
         else:
             failure = InvocationResult.platform_error(
-                "Sandbox.Timedout", f"Error: INIT phase timed out after {init_timeout:.2f} seconds")
-        self._init_failure = failure
+                "Sandbox.Timedout",
+                f"{prefix}Error: INIT phase timed out after {init_timeout:.2f} seconds")
         await self.destroy()
         return failure
 

@@ -88,12 +88,12 @@ class Invoker:
 
     async def _run(self, record: FunctionRecord, request: InvokeRequest) -> InvokeOutcome:
         request_id = request.request_id
-        env, failure = await self.assignment.acquire(record)
+        env, failure = await self.assignment.acquire(record, request_id)
         init_lines = env.output.take()
         init_duration = env.init_duration_ms if env.invocations == 0 else None
         started = time.perf_counter()
         if failure is not None:
-            result, status = _with_request_id(failure, request_id), "init"
+            result, status = failure, "init"
         else:
             invocation = Invocation(
                 request_id=request_id,
@@ -144,18 +144,6 @@ class Invoker:
             error_type=result.error_type if status in ("crash", "init") else None))
         self.logs.append(record.name, "\n".join(lines) + "\n")
         return lines
-
-
-def _with_request_id(failure: InvocationResult, request_id: str) -> InvocationResult:
-    """Platform INIT failures name the request that met them, as Lambda's do."""
-    error = failure.error_json()
-    message = str(error.get("errorMessage", ""))
-    if failure.error_type in ("Runtime.ExitError", "Runtime.InvalidEntrypoint",
-                              "Sandbox.Timedout") and message.startswith(
-            "Error:"):
-        return InvocationResult.platform_error(str(failure.error_type),
-                                               f"RequestId: {request_id} {message}")
-    return failure
 
 
 def new_request_id() -> str:
