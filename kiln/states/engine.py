@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from kiln.states import jsonata
 from kiln.states.callbacks import ActivityBroker, TaskTokens, new_token, wait_for_token
@@ -29,6 +29,8 @@ from kiln.states.jsonpath import Path
 from kiln.states.model import ROOT, Catcher, Machine, State
 from kiln.states.payload import Env, Expression, context_of, dumps, resolve_path
 from kiln.states.types import JSON, Clock, FunctionInvoker, PathFailure, StatesFailure
+
+T = TypeVar("T")
 
 UNCATCHABLE = ("States.Runtime", "States.DataLimitExceeded")
 MAX_PAYLOAD = 262144
@@ -700,7 +702,8 @@ class Interpreter:
                                              heartbeat, token, resume)
         raise PathFailure(f"The resource '{resource}' is not supported by Kiln")
 
-    async def guarded(self, work: Awaitable[JSON], timeout: float | None) -> JSON:
+    async def guarded(self, work: Awaitable[T], timeout: float | None) -> T:
+        """``work``'s result, or States.Timeout once ``timeout`` passes on the engine's clock."""
         if timeout is None:
             return await work
         task = asyncio.ensure_future(work)
@@ -773,19 +776,7 @@ class Interpreter:
 
     async def _lambda_result(self, function: str, payload: JSON,
                              timeout: float | None) -> tuple[JSON, str]:
-        if timeout is None:
-            return await self.call_lambda(function, payload)
-        task = asyncio.ensure_future(self.call_lambda(function, payload))
-        timer = asyncio.ensure_future(self.clock.sleep(timeout))
-        try:
-            await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            timer.cancel()
-            if not task.done():
-                task.cancel()
-        if task.done() and not task.cancelled():
-            return task.result()
-        raise StatesFailure("States.Timeout", None)
+        return await self.guarded(self.call_lambda(function, payload), timeout)
 
     async def invoke_service(self, state: State, service: str, action: str, value: JSON,
                              frame: Frame, timeout: float | None, heartbeat: float | None,
