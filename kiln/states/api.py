@@ -169,8 +169,9 @@ class StatesApi:
         return value
 
     @staticmethod
-    def _page(items: list[Any], body: dict[str, Any], default: int = 100) -> tuple[
-            list[Any], str | None]:
+    def _page(key: str, items: list[Any], body: dict[str, Any],
+              default: int = 100) -> dict[str, Any]:
+        """One page of a List*/Get*History answer: ``{key: [...], "nextToken"?: ...}``."""
         max_results = body.get("maxResults") or default
         if not isinstance(max_results, int) or not 0 <= max_results <= 1000:
             raise _validation(f"1 validation error detected: Value '{max_results}' at "
@@ -187,11 +188,11 @@ class StatesApi:
                 start = int(base64.urlsafe_b64decode(token.encode()).decode())
             except (ValueError, UnicodeDecodeError):
                 raise _err("InvalidToken", f"Invalid Token: '{token}'") from None
-        page = items[start:start + max_results]
-        nxt = None
+        out: dict[str, Any] = {key: items[start:start + max_results]}
         if start + max_results < len(items):
-            nxt = base64.urlsafe_b64encode(str(start + max_results).encode()).decode()
-        return page, nxt
+            out["nextToken"] = base64.urlsafe_b64encode(
+                str(start + max_results).encode()).decode()
+        return out
 
     # ------------------------------------------------------------------ state machines
 
@@ -300,11 +301,7 @@ class StatesApi:
     async def op_list_state_machines(self, body: dict[str, Any]) -> dict[str, Any]:
         items = [{"stateMachineArn": r["arn"], "name": r["name"], "type": r["type"],
                   "creationDate": r["created"]} for r in self.store.machines()]
-        page, nxt = self._page(items, body)
-        out: dict[str, Any] = {"stateMachines": page}
-        if nxt:
-            out["nextToken"] = nxt
-        return out
+        return self._page("stateMachines", items, body)
 
     async def op_validate_state_machine_definition(self, body: dict[str, Any]) -> dict[str, Any]:
         definition = body.get("definition")
@@ -345,11 +342,7 @@ class StatesApi:
         machine = self._machine(body.get("stateMachineArn"))
         items = [{"stateMachineVersionArn": v["arn"], "creationDate": v["created"]}
                  for v in self.store.versions(machine["arn"])]
-        page, nxt = self._page(items, body)
-        out: dict[str, Any] = {"stateMachineVersions": page}
-        if nxt:
-            out["nextToken"] = nxt
-        return out
+        return self._page("stateMachineVersions", items, body)
 
     async def op_delete_state_machine_version(self, body: dict[str, Any]) -> dict[str, Any]:
         arn = self._check_arn(body.get("stateMachineVersionArn"), "stateMachineVersion")
@@ -438,11 +431,7 @@ class StatesApi:
         machine = self._machine(body.get("stateMachineArn"))
         items = [{"stateMachineAliasArn": a["arn"], "creationDate": a["created"]}
                  for a in self.store.aliases(machine["arn"])]
-        page, nxt = self._page(items, body)
-        out: dict[str, Any] = {"stateMachineAliases": page}
-        if nxt:
-            out["nextToken"] = nxt
-        return out
+        return self._page("stateMachineAliases", items, body)
 
     # ------------------------------------------------------------------ executions
 
@@ -616,11 +605,7 @@ class StatesApi:
             if r["alias_arn"]:
                 item["stateMachineAliasArn"] = r["alias_arn"]
             items.append(item)
-        page, nxt = self._page(items, body)
-        out: dict[str, Any] = {"executions": page}
-        if nxt:
-            out["nextToken"] = nxt
-        return out
+        return self._page("executions", items, body)
 
     async def op_get_execution_history(self, body: dict[str, Any]) -> dict[str, Any]:
         row = self._execution(body.get("executionArn"))
@@ -633,11 +618,7 @@ class StatesApi:
                     if key.endswith("EventDetails") and isinstance(value, dict):
                         for field in ("input", "output", "parameters"):
                             value.pop(field, None)
-        page, nxt = self._page(events, body)
-        out: dict[str, Any] = {"events": page}
-        if nxt:
-            out["nextToken"] = nxt
-        return out
+        return self._page("events", events, body)
 
     async def op_redrive_execution(self, body: dict[str, Any]) -> dict[str, Any]:
         row = self._execution(body.get("executionArn"))
@@ -763,11 +744,7 @@ class StatesApi:
     async def op_list_activities(self, body: dict[str, Any]) -> dict[str, Any]:
         items = [{"activityArn": r["arn"], "name": r["name"], "creationDate": r["created"]}
                  for r in self.store.activities()]
-        page, nxt = self._page(items, body)
-        out: dict[str, Any] = {"activities": page}
-        if nxt:
-            out["nextToken"] = nxt
-        return out
+        return self._page("activities", items, body)
 
     async def op_get_activity_task(self, body: dict[str, Any]) -> dict[str, Any]:
         row = self._activity(body.get("activityArn"))
