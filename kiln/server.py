@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
@@ -18,11 +17,10 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from kiln.aws.arn import ArnBuilder
 from kiln.aws.errors import AwsError
-from kiln.aws.restjson import Endpoint
 from kiln.config import Settings
 from kiln.functions import api as functions_api
 from kiln.functions.code import CodeStore
@@ -107,30 +105,6 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
     return AwsError.service(f"Internal error: {type(exc).__name__}").to_response()
 
 
-_INVOKE_PATH = re.compile(r"^/2015-03-31/functions/([^/]+)/invocations/?$")
-
-
-class _InvokeFastPath:
-    """Send Invoke, the hot path, straight to its endpoint, past Starlette's middleware and
-    router (a measurable share of a warm invoke); everything else goes to ``app``."""
-
-    def __init__(self, app: Starlette, invoke: Endpoint) -> None:
-        self.app = app
-        self.invoke = invoke
-        self.state = app.state
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            match = _INVOKE_PATH.match(scope["path"])
-            if match:
-                scope["path_params"] = {"name": match[1]}
-                scope["app"] = self.app
-                response = await self.invoke(Request(scope, receive))
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
 def create_app(kiln: Kiln) -> ASGIApp:
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -152,7 +126,7 @@ def create_app(kiln: Kiln) -> ASGIApp:
                         400).to_response()
 
     routes = [
-        *invoke_api.routes(kiln),  # first: Invoke is the hot path
+        *invoke_api.routes(kiln),
         *functions_api.routes(kiln),
         Route("/kiln/v1/health", health, methods=["GET"]),
         Route("/", json_rpc, methods=["POST"]),
@@ -163,4 +137,4 @@ def create_app(kiln: Kiln) -> ASGIApp:
         exception_handlers={HTTPException: _unknown_route, Exception: _internal_error},
     )
     app.state.kiln = kiln
-    return _InvokeFastPath(app, invoke_api.invoke_endpoint(kiln))
+    return invoke_api.InvokeApp(kiln, app)

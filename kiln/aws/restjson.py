@@ -10,6 +10,7 @@ from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.types import Receive
 
 from kiln.aws.errors import AwsError
 
@@ -52,22 +53,34 @@ async def json_body(request: Request, limit: int) -> dict[str, Any]:
 
 async def read_body(request: Request, limit: int, message: str) -> bytes:
     """Read at most ``limit`` bytes; past it raise 413 without buffering the rest."""
-    declared = request.headers.get("content-length")
     op = str(request.scope.get("kiln.operation", "request"))
+    return await receive_body(request.receive, request.headers.get("content-length"), limit,
+                              message.replace("{op}", op))
+
+
+async def receive_body(receive: Receive, declared: str | None, limit: int,
+                       message: str) -> bytes:
+    """``read_body`` for a bare ASGI ``receive``; ``declared`` is the Content-Length header.
+    ``message`` may name ``{limit}`` and ``{size}``; a disconnect is ClientDisconnect."""
 
     def too_large(size: int) -> AwsError:
-        return AwsError.too_large(message.format(limit=limit, op=op, size=size))
+        return AwsError.too_large(message.format(limit=limit, size=size))
 
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_large(int(declared))
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        event = await receive()
+        if event["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = event.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise too_large(size)
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not event.get("more_body", False):
+            return b"".join(chunks)
 
 
 def aws_endpoint(operation: str) -> Callable[[Endpoint], Endpoint]:

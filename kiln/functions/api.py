@@ -29,8 +29,13 @@ LIST_OMITTED = frozenset({
 
 def function_id(kiln: Kiln, request: Request) -> FunctionId:
     """The function named in the path, with the ``Qualifier`` query parameter folded in."""
-    parsed = parse_function_id(request.path_params["name"], kiln.settings.account_id)
-    qualifier = request.query_params.get("Qualifier")
+    return qualified_function_id(kiln, request.path_params["name"],
+                                 request.query_params.get("Qualifier"))
+
+
+def qualified_function_id(kiln: Kiln, name: str, qualifier: str | None) -> FunctionId:
+    """``name`` (a name, partial or full ARN) with a ``Qualifier`` parameter folded in."""
+    parsed = parse_function_id(name, kiln.settings.account_id)
     if qualifier is not None and not QUALIFIER_RE.match(qualifier):
         raise AwsError.invalid_parameter(
             f"1 validation error detected: Value '{qualifier}' at 'qualifier' failed to satisfy "

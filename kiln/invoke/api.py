@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 import uuid
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kiln.aws.errors import AwsError
-from kiln.aws.restjson import Endpoint, aws_endpoint, json_response, read_body
-from kiln.functions.api import function_id
+from kiln.aws.restjson import aws_endpoint, json_response, receive_body
+from kiln.functions.api import function_id, qualified_function_id
 from kiln.invoke.service import InvokeRequest
 from kiln.runtime.api import decode_client_context
 
@@ -23,15 +27,56 @@ SYNC_PAYLOAD_LIMIT = 6_291_456
 ASYNC_PAYLOAD_LIMIT = 1_048_576
 CLIENT_CONTEXT_LIMIT = 3583
 INVOCATION_TYPES = ("RequestResponse", "Event", "DryRun")
+_INVOKE_PATH = re.compile(r"^/2015-03-31/functions/([^/]+)/invocations/?$")
+log = logging.getLogger("kiln")
 
 
-def invoke_endpoint(kiln: Kiln) -> Endpoint:
-    """The Invoke operation, also served by the server's fast path."""
+class InvokeApp:
+    """ASGI front of the whole Kiln app that answers Invoke itself.
 
-    @aws_endpoint("Invoke")
-    async def invoke(request: Request) -> Response:
-        fid = function_id(kiln, request)
-        headers = request.headers
+    Invoke is the hot path: it is served here on the bare ASGI scope, without Starlette's
+    middleware, router, Request and Response (together a measurable share of a warm invoke);
+    everything else goes on to ``app``.
+    """
+
+    def __init__(self, kiln: Kiln, app: ASGIApp) -> None:
+        self.kiln = kiln
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            match = _INVOKE_PATH.match(scope["path"])
+            if match:
+                await self.invoke(scope, receive, send, match[1])
+                return
+        await self.app(scope, receive, send)
+
+    async def invoke(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
+        try:
+            status, headers, body = await self._invoke(scope, receive, name)
+        except AwsError as exc:
+            await exc.to_response()(scope, receive, send)
+            return
+        except ClientDisconnect:  # nobody is left to answer; not a server fault
+            return
+        except Exception as exc:
+            # Answered rather than raised: uvicorn would drop the keep-alive connection.
+            log.exception("unhandled error in Invoke", exc_info=exc)
+            await AwsError.service(f"Internal error: {type(exc).__name__}").to_response()(
+                scope, receive, send)
+            return
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _invoke(self, scope: Scope, receive: Receive,
+                      name: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        kiln = self.kiln
+        headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in scope["headers"]}
+        query = scope["query_string"]
+        qualifier = (dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True))
+                     .get("Qualifier") if query else None)
+        fid = qualified_function_id(kiln, name, qualifier)
         invocation_type = headers.get("x-amz-invocation-type", "RequestResponse")
         if invocation_type not in INVOCATION_TYPES:
             raise AwsError.invalid_parameter(
@@ -44,14 +89,15 @@ def invoke_endpoint(kiln: Kiln) -> Endpoint:
                 f"1 validation error detected: Value '{log_type}' at 'logType' failed to "
                 "satisfy constraint: Member must satisfy enum value set: [None, Tail]")
         record = kiln.functions.resolve(fid.name, fid.qualifier)
+        declared = headers.get("content-length")
         if invocation_type == "Event":
-            payload = await read_body(
-                request, ASYNC_PAYLOAD_LIMIT,
+            payload = await receive_body(
+                receive, declared, ASYNC_PAYLOAD_LIMIT,
                 "{size} byte payload is too large for the Event invocation type "
                 "(limit {limit} bytes)")
         else:
-            payload = await read_body(
-                request, SYNC_PAYLOAD_LIMIT,
+            payload = await receive_body(
+                receive, declared, SYNC_PAYLOAD_LIMIT,
                 "Request must be smaller than {limit} bytes for the InvokeFunction operation")
         _check_json(payload)
         client_context = None
@@ -67,37 +113,36 @@ def invoke_endpoint(kiln: Kiln) -> Endpoint:
                     "Client context must be a valid Base64-encoded JSON object.") from None
         invoked_arn = kiln.arns.function(fid.name, fid.qualifier)
         if invocation_type == "DryRun":
-            return Response(b"", 204, headers={"x-amzn-RequestId": str(uuid.uuid4())})
+            return 204, [(b"x-amzn-requestid", str(uuid.uuid4()).encode())], b""
         if invocation_type == "Event":
             event = InvokeRequest(payload=payload, invoked_arn=invoked_arn)
             kiln.queue.enqueue(fid.name, fid.qualifier, event)
             # No X-Amz-Executed-Version: a weighted alias picks its version when the event runs.
-            return Response(b"", 202, headers={"x-amzn-RequestId": event.request_id})
+            return 202, [(b"x-amzn-requestid", event.request_id.encode())], b""
+        invocation_id = headers.get("amz-sdk-invocation-id")
         sync = InvokeRequest(
             payload=payload,
             invoked_arn=invoked_arn,
             client_context=client_context,
             tail=log_type == "Tail",
-            dedupe_key=_dedupe_key(request, invoked_arn),
+            # A retried request (same SDK invocation id) gets the first attempt's outcome.
+            dedupe_key=f"{invoked_arn}#{invocation_id}" if invocation_id else None,
         )
         outcome = await kiln.invoker.invoke(record, sync)
-        response_headers = {
-            "x-amzn-RequestId": outcome.request_id,
-            "X-Amz-Executed-Version": outcome.executed_version,
-        }
-        if outcome.result.error_type is not None:
-            response_headers["X-Amz-Function-Error"] = "Unhandled"
+        result = outcome.result
+        response_headers = [
+            (b"content-type", result.content_type.encode("latin-1")),
+            (b"x-amzn-requestid", outcome.request_id.encode()),
+            (b"x-amz-executed-version", outcome.executed_version.encode()),
+        ]
+        if result.error_type is not None:
+            response_headers.append((b"x-amz-function-error", b"Unhandled"))
         if outcome.log_tail is not None:
-            response_headers["X-Amz-Log-Result"] = outcome.log_tail
-        return Response(outcome.result.body, 200, headers=response_headers,
-                        media_type=outcome.result.content_type)
-
-    return invoke
+            response_headers.append((b"x-amz-log-result", outcome.log_tail.encode()))
+        return 200, response_headers, result.body
 
 
 def routes(kiln: Kiln) -> list[Route]:
-    invoke = invoke_endpoint(kiln)
-
     @aws_endpoint("KilnReadLogs")
     async def read_logs(request: Request) -> Response:
         """Kiln's own: ``GET /kiln/v1/functions/{name}/logs?offset=N`` (what `kiln logs` polls)."""
@@ -114,8 +159,6 @@ def routes(kiln: Kiln) -> list[Route]:
         return json_response({"text": text, "nextOffset": next_offset})
 
     return [
-        Route("/2015-03-31/functions/{name}/invocations", invoke, methods=["POST"]),
-        Route("/2015-03-31/functions/{name}/invocations/", invoke, methods=["POST"]),
         Route("/kiln/v1/functions/{name}/logs", read_logs, methods=["GET"]),
     ]
 
@@ -129,8 +172,3 @@ def _check_json(payload: bytes) -> None:
         raise AwsError.invalid_content(
             f"Could not parse request body into json: Could not parse payload into json: {exc}"
         ) from None
-
-
-def _dedupe_key(request: Request, invoked_arn: str) -> str | None:
-    invocation_id = request.headers.get("amz-sdk-invocation-id")
-    return f"{invoked_arn}#{invocation_id}" if invocation_id else None

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from kiln.functions.types import FunctionRecord
 from kiln.invoke.assignment import Assignment
 from kiln.invoke.counting import Counting
+from kiln.invoke.environment import Environment
 from kiln.invoke.logs import TAIL_BYTES, LogStore, report_line
 from kiln.runtime.types import Invocation, InvocationResult
 
@@ -110,15 +111,15 @@ class Invoker:
                 await self.assignment.release(env)
         duration = (time.perf_counter() - started) * 1000
         output = env.output.take()
-        max_memory = env.sandbox.max_memory_used_mb()
         if not request.tail:
-            # Nobody waits for the log: write it after the caller has its answer.
+            # Nobody waits for the log: write it (and read the memory peak for its REPORT,
+            # system calls) after the caller has its answer.
             asyncio.get_running_loop().call_soon(
-                self._log, record, request_id, result, status, init_lines, output, duration,
-                max_memory, init_duration)
+                self._log, record, env, request_id, result, status, init_lines, output,
+                duration, init_duration)
             return InvokeOutcome(request_id, result, record.version, status)
-        lines = self._log(record, request_id, result, status, init_lines, output, duration,
-                          max_memory, init_duration)
+        lines = self._log(record, env, request_id, result, status, init_lines, output, duration,
+                          init_duration)
         # This invocation's part only: init output belongs to the environment's log,
         # unless INIT failed and that output is the only account of why.
         shown = lines if status == "init" else lines[len(init_lines):]
@@ -126,10 +127,11 @@ class Invoker:
         tail = base64.b64encode(block[-TAIL_BYTES:]).decode()
         return InvokeOutcome(request_id, result, record.version, status, tail)
 
-    def _log(self, record: FunctionRecord, request_id: str, result: InvocationResult,
-             status: str, init_lines: list[str], output: list[str], duration: float,
-             max_memory: int, init_duration: float | None) -> list[str]:
+    def _log(self, record: FunctionRecord, env: Environment, request_id: str,
+             result: InvocationResult, status: str, init_lines: list[str], output: list[str],
+             duration: float, init_duration: float | None) -> list[str]:
         """Append the invocation's START ... REPORT block to the function's log."""
+        max_memory = env.sandbox.max_memory_used_mb()
         lines = [*init_lines, f"START RequestId: {request_id} Version: {record.version}"]
         lines.extend(output)
         if status in ("timeout", "crash", "init"):
