@@ -89,6 +89,20 @@ class Cgroup:
     """One environment's cgroup (in one or several hierarchies)."""
 
     version: int
+    #: Descriptors of files read after every invoke (the memory peak), kept open: one pread
+    #: instead of open, fstat, ioctl, lseek, read, read and close, costly on nested guests.
+    _held: dict[Path, int]
+
+    def _read_held(self, path: Path) -> str:
+        fd = self._held.get(path)
+        if fd is None:
+            fd = self._held[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        return os.pread(fd, 4096, 0).decode()
+
+    def _close_held(self) -> None:
+        for fd in self._held.values():
+            os.close(fd)
+        self._held.clear()
 
     def procs_files(self) -> list[str]:
         """``cgroup.procs`` files a process writes ``0`` to in order to join."""
@@ -132,6 +146,7 @@ class CgroupV1(Cgroup):
 
     def __init__(self, dirs: dict[str, Path]) -> None:
         self.dirs = dirs
+        self._held = {}
 
     def create(self, limits: Limits) -> None:
         for path in self.dirs.values():
@@ -178,7 +193,7 @@ class CgroupV1(Cgroup):
         return _read(self.dirs["freezer"] / "freezer.state").strip() == "FROZEN"
 
     def peak_bytes(self) -> int:
-        return int(_read(self.dirs["memory"] / "memory.max_usage_in_bytes"))
+        return int(self._read_held(self.dirs["memory"] / "memory.max_usage_in_bytes"))
 
     def reset_peak(self) -> None:
         with contextlib.suppress(OSError):
@@ -200,6 +215,7 @@ class CgroupV1(Cgroup):
         return not self.pids()
 
     def remove(self) -> bool:
+        self._close_held()
         return all([_rmdir(path) for path in self.dirs.values()])
 
     def exists(self) -> bool:
@@ -211,6 +227,7 @@ class CgroupV2(Cgroup):
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._held = {}
 
     def create(self, limits: Limits) -> None:
         self.path.mkdir(exist_ok=True)
@@ -248,7 +265,7 @@ class CgroupV2(Cgroup):
     def peak_bytes(self) -> int:
         for name in ("memory.peak", "memory.current"):
             with contextlib.suppress(FileNotFoundError):
-                return int(_read(self.path / name))
+                return int(self._read_held(self.path / name))
         return 0
 
     def oom_kills(self) -> int:
@@ -270,6 +287,7 @@ class CgroupV2(Cgroup):
         return populated == 0 if populated is not None else not self.pids()
 
     def remove(self) -> bool:
+        self._close_held()
         return _rmdir(self.path)
 
     def exists(self) -> bool:

@@ -346,14 +346,18 @@ class IsolatedSandbox:
             self._out_fd = None
 
     def _sample(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            self._peak_bytes = max(self._peak_bytes, self.cgroup.peak_bytes())
+        self._sample_peak()
         with contextlib.suppress(OSError, ValueError):
             self._oom_kills = max(self._oom_kills, self.cgroup.oom_kills())
 
+    def _sample_peak(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._peak_bytes = max(self._peak_bytes, self.cgroup.peak_bytes())
+
     def max_memory_used_mb(self) -> int:
+        # Read after every invoke: the peak only (OOM kills matter once the runtime exits).
         if not self._destroyed:
-            self._sample()
+            self._sample_peak()
         return max(1, -(-self._peak_bytes // (1024 * 1024)))
 
     def oom_killed(self) -> bool:
