@@ -45,14 +45,17 @@ class UsageError(Exception):
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from kiln.gateway._ws_protocol import ApiGatewayWebSocketProtocol
     from kiln.server import Kiln, create_app
 
-    settings = Settings.from_env(host=args.host, port=args.port, data_dir=args.data_dir)
+    settings = Settings.from_env(host=args.host, port=args.port, data_dir=args.data_dir,
+                                 alb_targets=" ".join(args.alb_target or ()) or None)
     app = create_app(Kiln(settings))
     print(f"kiln: serving on http://{settings.host}:{settings.port} "
           f"(data in {settings.data_dir})", file=sys.stderr, flush=True)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, loop="uvloop",
-                            http="httptools", log_level=settings.log_level,
+                            http="httptools", ws=ApiGatewayWebSocketProtocol,
+                            log_level=settings.log_level,
                             timeout_graceful_shutdown=30, access_log=False)
 
     class Server(uvicorn.Server):
@@ -360,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to listen on (default 8900)")
     serve.add_argument("--data-dir", type=Path, help="state directory "
                        "(default ~/.local/share/kiln)")
+    serve.add_argument("--alb-target", action="append", metavar="PORT=FUNCTION[,multi]",
+                       help="an ALB-style listener on PORT for FUNCTION (repeatable; options "
+                       "',multi' and ',health=/PATH'; see `kiln settings`: alb_targets)")
     serve.set_defaults(func=_serve)
     settings = commands.add_parser("settings", help="print every setting with its value")
     settings.set_defaults(func=_settings)
