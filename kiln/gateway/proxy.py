@@ -1,0 +1,197 @@
+"""The HTTP data plane: HTTP API requests and Function URL requests run Kiln functions.
+
+Answers as API Gateway does: 404 ``{"message":"Not Found"}`` with no matching stage or route,
+502 ``{"message":"Internal Server Error"}`` when the function fails or answers a malformed
+response, 500 when it cannot be invoked at all, 504 when the integration's TimeoutInMillis
+passes (the function keeps running, as on AWS), 413 past the 10 MB payload limit (6 MB for
+Function URLs, Lambda's synchronous limit).
+
+    proxy = HttpProxy(kiln.gateway, kiln.function_urls, kiln.local, settings)
+    await proxy.api(scope, receive, send, api, stage, path)
+    await proxy.function_url(scope, receive, send, url_id, path)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+from starlette.types import Receive, Scope, Send
+
+from kiln.config import Settings
+from kiln.gateway.cors import is_preflight, preflight_headers, with_cors
+from kiln.gateway.events import (
+    Context,
+    Headers,
+    HttpRequest,
+    Malformed,
+    event_v1,
+    event_v2,
+    response_v1,
+    response_v2,
+)
+from kiln.gateway.store import DEFAULT_STAGE, GatewayStore
+from kiln.gateway.types import Api, Cors
+from kiln.gateway.urls import FunctionUrls, sigv4_access_key
+from kiln.invoke.local import InvokeFailed, LocalInvoker
+
+log = logging.getLogger("kiln")
+API_PAYLOAD_MAX = 10 * 1024 * 1024
+URL_PAYLOAD_MAX = 6 * 1024 * 1024
+URL_TIMEOUT_MS = 900_000  # a Function URL waits for the function's own timeout
+_NOT_FOUND = (404, {"message": "Not Found"})
+_FAILED = (502, {"message": "Internal Server Error"})
+_UNINVOKABLE = (500, {"message": "Internal Server Error"})
+_TIMED_OUT = (504, {"message": "Endpoint request timed out"})
+_TOO_LARGE = (413, {"message": "Request Entity Too Large"})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class HttpProxy:
+    def __init__(self, store: GatewayStore, urls: FunctionUrls, local: LocalInvoker,
+                 settings: Settings) -> None:
+        self.store = store
+        self.urls = urls
+        self.local = local
+        self.account_id = settings.account_id
+        # Invocations that outlived their integration timeout, kept until they finish.
+        self._overdue: set[asyncio.Task[tuple[bytes, str | None]]] = set()
+
+    async def api(self, scope: Scope, receive: Receive, send: Send, api: Api | None,
+                  stage_name: str, path: str) -> None:
+        """One request to an HTTP API (``api`` None: no such API)."""
+        stage = api.stages.get(stage_name) if api is not None else None
+        if api is None or stage is None:
+            await send_json(send, *_NOT_FOUND)
+            return
+        try:
+            request = HttpRequest.from_scope(scope, await _read(receive, API_PAYLOAD_MAX))
+        except _TooLarge:
+            await send_json(send, *_TOO_LARGE)
+            return
+        if api.cors is not None and is_preflight(request):
+            await send_raw(send, 204, preflight_headers(api.cors, request), b"")
+            return
+        found = stage.table.match(request.method, path)
+        integration = found[0].integration if found is not None else None
+        if found is None or integration is None:
+            await send_json(send, *_NOT_FOUND, cors=api.cors, request=request)
+            return
+        route, params = found
+        host = f"{api.api_id}.execute-api.localhost"
+        raw_path = path if stage_name == DEFAULT_STAGE else f"/{stage_name}{path}"
+        context = Context(api_id=api.api_id, domain_name=host, stage=stage_name,
+                          route_key=route.route_key, raw_path=raw_path, path=path,
+                          resource_id=route.route_id, path_parameters=params,
+                          stage_variables=stage.variables, account_id=self.account_id)
+        version = integration.payload_format_version
+        event = event_v2(request, context) if version == "2.0" else event_v1(request, context)
+        await self._run(send, request, integration.function_arn, event,
+                        integration.timeout_ms, version, api.cors,
+                        [("apigw-requestid", context.request_id)])
+
+    async def function_url(self, scope: Scope, receive: Receive, send: Send, url_id: str,
+                           path: str) -> None:
+        config = self.urls.by_id(url_id)
+        if config is None:
+            await send_json(send, *_NOT_FOUND)
+            return
+        try:
+            request = HttpRequest.from_scope(scope, await _read(receive, URL_PAYLOAD_MAX))
+        except _TooLarge:
+            await send_json(send, *_TOO_LARGE)
+            return
+        if config.cors is not None and is_preflight(request):
+            await send_raw(send, 200, preflight_headers(config.cors, request), b"")
+            return
+        authorizer = None
+        if config.auth_type == "AWS_IAM":
+            access_key = sigv4_access_key(request.header("authorization"),
+                                          request.header("x-amz-date"))
+            if access_key is None:
+                await send_json(send, 403, {"Message": "Forbidden"})
+                return
+            authorizer = {"iam": {"accessKey": access_key, "accountId": self.account_id,
+                                  "callerId": access_key, "cognitoIdentity": None,
+                                  "principalOrgId": None,
+                                  "userArn": f"arn:aws:iam::{self.account_id}:user/kiln",
+                                  "userId": access_key}}
+        context = Context(api_id=url_id, domain_name=f"{url_id}.lambda-url.localhost",
+                          stage=DEFAULT_STAGE, route_key=DEFAULT_STAGE, raw_path=path,
+                          path=path, account_id=self.account_id, authorizer=authorizer)
+        await self._run(send, request, config.function_arn, event_v2(request, context),
+                        URL_TIMEOUT_MS, "2.0", config.cors,
+                        [("x-amzn-requestid", context.request_id)])
+
+    async def _run(self, send: Send, request: HttpRequest, function_arn: str,
+                   event: dict[str, object], timeout_ms: int, version: str, cors: Cors | None,
+                   extra: Headers) -> None:
+        """Invoke, map the result, answer."""
+        task = asyncio.ensure_future(self.local.invoke(function_arn, json.dumps(event).encode()))
+        done, _ = await asyncio.wait((task,), timeout=timeout_ms / 1000)
+        if not done:
+            self._overdue.add(task)
+            task.add_done_callback(self._finished)
+            await send_json(send, *_TIMED_OUT, cors=cors, request=request)
+            return
+        try:
+            body, error_type = task.result()
+        except InvokeFailed as exc:
+            log.warning("gateway could not invoke %s: %s", function_arn, exc)
+            await send_json(send, *_UNINVOKABLE, cors=cors, request=request)
+            return
+        if error_type is not None:
+            await send_json(send, *_FAILED, cors=cors, request=request)
+            return
+        try:
+            status, headers, payload = (response_v2 if version == "2.0" else response_v1)(body)
+        except Malformed as exc:
+            log.warning("malformed response from %s: %s", function_arn, exc)
+            await send_json(send, *_FAILED, cors=cors, request=request)
+            return
+        if cors is not None:
+            headers = with_cors(cors, request, headers)
+        await send_raw(send, status, [*headers, *extra], payload)
+
+    def _finished(self, task: asyncio.Task[tuple[bytes, str | None]]) -> None:
+        self._overdue.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("overdue gateway invocation failed: %s", task.exception())
+
+
+async def _read(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+async def send_json(send: Send, status: int, body: dict[str, str], cors: Cors | None = None,
+                request: HttpRequest | None = None) -> None:
+    """A gateway-made JSON answer (errors), with CORS headers when configured."""
+    headers: Headers = [("content-type", "application/json")]
+    if cors is not None and request is not None:
+        headers = with_cors(cors, request, headers)
+    await send_raw(send, status, headers, json.dumps(body, separators=(",", ":")).encode())
+
+
+async def send_raw(send: Send, status: int, headers: Headers, body: bytes) -> None:
+    raw = [(k.lower().encode("latin-1"), v.encode("latin-1", "replace")) for k, v in headers
+           if k.lower() != "content-length"]
+    raw.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
