@@ -1,22 +1,47 @@
-"""The durable queue behind Event (async) invokes.
+"""The durable queue behind Event (async) invokes, with AWS's retries and destinations.
 
-An event is committed to SQLite before the caller gets its 202 and deleted only after a run
-finished, so every accepted event runs at least once, even across ``kill -9`` and restart.
+An event is committed to SQLite before the caller gets its 202, and leaves the queue only in
+the transaction that also queues what its outcome produces (a destination's invocation record
+or a dead letter).  So every accepted event runs at least once and its outcome is delivered
+exactly once, even across ``kill -9`` and restart.
 
-    queue.enqueue(record, request)   # -> request id
-    await queue.start()              # also picks up events left by a previous process
+What happens to an event follows its function's event invoke config
+(kiln/functions/event_config.py), for the qualifier it was invoked with:
+
+- a function error or timeout is retried MaximumRetryAttempts times (default 2), after
+  ``async_retry_base_seconds`` and then twice that (AWS: about 1 and 2 minutes), with the
+  same request id;
+- a throttled event (or one Kiln failed to start) is retried with exponential backoff from
+  ``async_throttle_base_seconds`` up to 5 minutes, for as long as it is younger than
+  MaximumEventAgeInSeconds (default 6 hours);
+- then its invocation record goes to the OnSuccess or OnFailure destination (condition
+  Success, RetriesExhausted or EventAgeExceeded), or, for a failure with no OnFailure
+  destination, the original event goes to the function's DeadLetterConfig target.  Kiln
+  delivers to Lambda functions, as Event invokes through this same queue; a target it cannot
+  deliver to (missing, or a queue, topic or bus) is reported in the function's log.
+
+    queue.enqueue(name, qualifier, request)   # -> request id
+    await queue.start()                       # also picks up events left by a previous process
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import sqlite3
 import time
+from collections.abc import Callable
 
+from kiln.aws.arn import parse_function_id
 from kiln.aws.errors import AwsError
+from kiln.config import Settings
+from kiln.functions.event_config import EventInvokeConfigs
 from kiln.functions.service import FunctionService
-from kiln.invoke.service import Invoker, InvokeRequest
+from kiln.functions.types import FunctionRecord
+from kiln.invoke import destinations
+from kiln.invoke.service import InvokeOutcome, Invoker, InvokeRequest, new_request_id
 from kiln.store import Database
 
 log = logging.getLogger(__name__)
@@ -28,29 +53,41 @@ SCHEMA = [
         invoked_arn TEXT NOT NULL,
         payload BLOB NOT NULL,
         enqueued REAL NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0
+        attempts INTEGER NOT NULL DEFAULT 0,
+        throttles INTEGER NOT NULL DEFAULT 0,
+        not_before REAL NOT NULL DEFAULT 0
     )""",
 ]
-_THROTTLE_RETRY_SECONDS = 1.0
+#: Columns added since the first schema, for queues a previous Kiln left behind.
+_ADDED_COLUMNS = {"throttles": "INTEGER NOT NULL DEFAULT 0",
+                  "not_before": "REAL NOT NULL DEFAULT 0"}
+#: AWS's longest wait between two tries of a throttled event.
+MAX_BACKOFF_SECONDS = 300.0
 
 
 class AsyncQueue:
-    def __init__(self, db: Database, functions: FunctionService, invoker: Invoker,
-                 workers: int) -> None:
+    def __init__(self, db: Database, functions: FunctionService, configs: EventInvokeConfigs,
+                 invoker: Invoker, settings: Settings,
+                 clock: Callable[[], float] = time.time) -> None:
         self.db = db
         self.functions = functions
+        self.configs = configs
         self.invoker = invoker
-        self.workers = workers
+        self.settings = settings
+        #: Wall-clock seconds: event ages and retry times outlive the process.
+        self.clock = clock
         db.migrate(SCHEMA)
+        present = {row["name"] for row in db.query("PRAGMA table_info(async_events)")}
+        for column, declaration in _ADDED_COLUMNS.items():
+            if column not in present:
+                db.execute(f"ALTER TABLE async_events ADD COLUMN {column} {declaration}")
         self._ready: asyncio.Queue[str] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
 
     def enqueue(self, name: str, qualifier: str | None, request: InvokeRequest) -> str:
-        self.db.execute(
-            "INSERT INTO async_events (request_id, function, qualifier, invoked_arn, payload, "
-            "enqueued) VALUES (?, ?, ?, ?, ?, ?)",
-            (request.request_id, name, qualifier, request.invoked_arn, request.payload,
-             time.time()))
+        with self.db.transaction() as tx:
+            self._insert(tx, request.request_id, name, qualifier, request.invoked_arn,
+                         request.payload)
         self._ready.put_nowait(request.request_id)
         return request.request_id
 
@@ -59,10 +96,11 @@ class AsyncQueue:
         return int(row["n"]) if row else 0
 
     async def start(self) -> None:
-        for row in self.db.query("SELECT request_id FROM async_events ORDER BY enqueued"):
-            self._ready.put_nowait(row["request_id"])
+        for row in self.db.query(
+                "SELECT request_id, not_before FROM async_events ORDER BY enqueued"):
+            self._schedule(row["request_id"], row["not_before"])
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._work()) for _ in range(self.workers)]
+        self._tasks = [loop.create_task(self._work()) for _ in range(self.settings.async_workers)]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -88,20 +126,108 @@ class AsyncQueue:
             return
         try:
             record = self.functions.resolve(row["function"], row["qualifier"])
-        except AwsError:
-            # The function was deleted after the event was accepted: nothing left to run.
+        except AwsError as exc:
+            # Deleted after the event was accepted: nothing is left to run it.
+            log.warning("dropped async invocation %s: %s", request_id, exc.message)
             self.db.execute("DELETE FROM async_events WHERE request_id = ?", (request_id,))
+            return
+        max_age = self.configs.effective(row["function"], row["qualifier"]).max_age
+        expires = row["enqueued"] + max_age
+        if self.clock() >= expires:
+            self._finish(row, record, "EventAgeExceeded", row["attempts"], None)
             return
         request = InvokeRequest(payload=bytes(row["payload"]), invoked_arn=row["invoked_arn"],
                                 request_id=request_id)
-        self.db.execute("UPDATE async_events SET attempts = attempts + 1 WHERE request_id = ?",
-                        (request_id,))
         try:
-            await self.invoker.invoke(record, request)
+            outcome = await self.invoker.invoke(record, request)
+        except Exception as exc:
+            # Throttled (429), or Kiln could not start it: it did not run; try again later.
+            if not (isinstance(exc, AwsError) and exc.status == 429):
+                log.warning("async invocation %s did not start", request_id, exc_info=exc)
+            backoff = min(self.settings.async_throttle_base_seconds * 2 ** row["throttles"],
+                          MAX_BACKOFF_SECONDS)
+            self._retry(request_id, row["attempts"], row["throttles"] + 1,
+                        min(self.clock() + backoff, expires))
+            return
+        attempts = row["attempts"] + 1
+        if outcome.result.error_type is None:
+            self._finish(row, record, "Success", attempts, outcome)
+        elif attempts <= self.configs.effective(row["function"], row["qualifier"]).retries:
+            delay = self.settings.async_retry_base_seconds * attempts
+            self._retry(request_id, attempts, row["throttles"], min(self.clock() + delay, expires))
+        else:
+            self._finish(row, record, "RetriesExhausted", attempts, outcome)
+
+    def _retry(self, request_id: str, attempts: int, throttles: int, at: float) -> None:
+        self.db.execute(
+            "UPDATE async_events SET attempts = ?, throttles = ?, not_before = ? "
+            "WHERE request_id = ?", (attempts, throttles, at, request_id))
+        self._schedule(request_id, at)
+
+    def _schedule(self, request_id: str, at: float) -> None:
+        delay = at - self.clock()
+        if delay <= 0:
+            self._ready.put_nowait(request_id)
+        else:
+            asyncio.get_running_loop().call_later(delay, self._ready.put_nowait, request_id)
+
+    def _finish(self, row: sqlite3.Row, record: FunctionRecord, condition: str, attempts: int,
+                outcome: InvokeOutcome | None) -> None:
+        """Remove the event and, in the same transaction, queue what its outcome produces."""
+        delivery = self._delivery(row, record, condition, attempts, outcome)
+        target = self._deliverable(row["function"], row["request_id"], delivery[0]) \
+            if delivery else None
+        delivered = new_request_id()
+        with self.db.transaction() as tx:
+            tx.execute("DELETE FROM async_events WHERE request_id = ?", (row["request_id"],))
+            if delivery and target:
+                self._insert(tx, delivered, target[0], target[1], delivery[0], delivery[1])
+        if target:
+            self._ready.put_nowait(delivered)
+
+    def _delivery(self, row: sqlite3.Row, record: FunctionRecord, condition: str, attempts: int,
+                  outcome: InvokeOutcome | None) -> tuple[str, bytes] | None:
+        """(target ARN, payload) of what a finished event produces, if anything."""
+        request_id = row["request_id"]
+        config = self.configs.effective(row["function"], row["qualifier"])
+        destination = config.on_success if condition == "Success" else config.on_failure
+        payload = bytes(row["payload"])
+        if destination:
+            function_arn = row["invoked_arn"] if row["qualifier"] else \
+                f"{row['invoked_arn']}:$LATEST"
+            return destination, json.dumps(destinations.invocation_record(
+                condition, request_id, function_arn, attempts, payload, outcome)).encode()
+        target = record.config.get("DeadLetterConfig", {}).get("TargetArn")
+        if condition == "Success" or not target:
+            return None
+        if outcome is not None:
+            code, message = "200", destinations.error_message(outcome)
+        else:  # never ran to an end: 429 if it never ran at all
+            code = "200" if attempts else "429"
+            message = f"Event age exceeded MaximumEventAgeInSeconds ({config.max_age})"
+        return target, json.dumps(destinations.dead_letter_event(
+            payload, request_id, code, message, target, self.settings.region)).encode()
+
+    def _deliverable(self, source: str, request_id: str,
+                     arn: str) -> tuple[str, str | None] | None:
+        """The function (name, qualifier) at ``arn``, or None after logging, in the source
+        function's log, why Kiln cannot deliver there."""
+        try:
+            if arn.split(":")[2:3] != ["lambda"]:
+                raise AwsError.invalid_parameter("Kiln delivers to Lambda functions only")
+            target = parse_function_id(arn, self.settings.account_id)
+            self.functions.get(target.name, target.qualifier)
         except AwsError as exc:
-            if exc.status == 429:  # throttled: nothing ran; try again shortly
-                asyncio.get_running_loop().call_later(
-                    _THROTTLE_RETRY_SECONDS, self._ready.put_nowait, request_id)
-                return
-            raise
-        self.db.execute("DELETE FROM async_events WHERE request_id = ?", (request_id,))
+            line = (f"{destinations.iso_now()} {request_id} Kiln could not deliver the "
+                    f"async invocation's outcome to {arn}: {exc.message}")
+            log.warning("%s: %s", source, line)
+            self.invoker.logs.append(source, line + "\n")
+            return None
+        return target.name, target.qualifier
+
+    def _insert(self, tx: sqlite3.Connection, request_id: str, name: str,
+                qualifier: str | None, invoked_arn: str, payload: bytes) -> None:
+        tx.execute(
+            "INSERT INTO async_events (request_id, function, qualifier, invoked_arn, payload, "
+            "enqueued) VALUES (?, ?, ?, ?, ?, ?)",
+            (request_id, name, qualifier, invoked_arn, payload, self.clock()))
