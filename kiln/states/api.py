@@ -22,6 +22,7 @@ from starlette.responses import Response
 
 from kiln.aws.errors import AwsError
 from kiln.states.definition import DefinitionError, valid_name, validate_definition
+from kiln.states.maprun import MapRun
 from kiln.states.payload import dumps
 from kiln.states.service import ExecutionService
 from kiln.states.store import StatesStore
@@ -580,19 +581,22 @@ class StatesApi:
         return {"stopDate": stopped}
 
     async def op_list_executions(self, body: dict[str, Any]) -> dict[str, Any]:
-        if body.get("mapRunArn"):
-            raise _err("ResourceNotFound", "Map runs are not recorded by Kiln")
+        status = body.get("statusFilter")
+        if status is not None and status not in _STATUSES:
+            raise _validation(f"1 validation error detected: Value '{status}' at 'statusFilter' "
+                              "failed to satisfy constraint: Member must satisfy enum value set: "
+                              f"[{', '.join(_STATUSES)}]")
+        if body.get("mapRunArn") is not None:
+            if body.get("stateMachineArn") is not None:
+                raise _validation("Only one of stateMachineArn or mapRunArn may be specified")
+            run = self._map_run(body["mapRunArn"])
+            return self._page("executions", run.executions(status), body)
         target = self._resolve(body.get("stateMachineArn"))
         machine = self._machine(target["arn"])
         qualified = target["alias_arn"] or target["version_arn"]
         if machine["type"] == "EXPRESS":
             raise _err("StateMachineTypeNotSupported",
                        "This operation is not supported by this type of state machine")
-        status = body.get("statusFilter")
-        if status is not None and status not in _STATUSES:
-            raise _validation(f"1 validation error detected: Value '{status}' at 'statusFilter' "
-                              "failed to satisfy constraint: Member must satisfy enum value set: "
-                              f"[{', '.join(_STATUSES)}]")
         items = []
         for r in self.store.executions(machine["arn"], status, qualified):
             item = {"executionArn": r["arn"], "stateMachineArn": r["machine_arn"],
@@ -659,6 +663,51 @@ class StatesApi:
         if body.get("inspectionLevel") in ("DEBUG", "TRACE"):
             result["inspectionData"]["variables"] = dumps(variables)
         return result
+
+    # ------------------------------------------------------------------ map runs
+
+    def _map_run(self, value: Any) -> MapRun:
+        arn = self._check_arn(value, "mapRun")
+        if arn.split(":")[5] != "mapRun":
+            raise _err("InvalidArn", "Invalid Arn: 'Resource type not valid in this context: "
+                       f"{arn.split(':')[5]}'")
+        run = self.executions.map_run(arn)
+        if run is None:
+            raise _err("ResourceNotFound", f"Resource not found: '{arn}'")
+        return run
+
+    async def op_describe_map_run(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._map_run(body.get("mapRunArn")).describe()
+
+    async def op_list_map_runs(self, body: dict[str, Any]) -> dict[str, Any]:
+        row = self._execution(body.get("executionArn"))
+        live = self.executions.services.map_runs.live
+        runs = [live.get(r["arn"]) or MapRun.from_json(r)
+                for r in self.store.map_runs(row["arn"])]
+        return self._page("mapRuns", [run.summary() for run in runs], body)
+
+    async def op_update_map_run(self, body: dict[str, Any]) -> dict[str, Any]:
+        run = self._map_run(body.get("mapRunArn"))
+        values: dict[str, Any] = {}
+        for key, percentage in (("maxConcurrency", False), ("toleratedFailureCount", False),
+                                ("toleratedFailurePercentage", True)):
+            value = body.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or (
+                    not percentage and not float(value).is_integer()) or (
+                    percentage and value > 100):
+                bound = "between 0 and 100" if percentage else "greater than or equal to 0"
+                raise _validation(f"1 validation error detected: Value '{value}' at '{key}' "
+                                  f"failed to satisfy constraint: Member must have value {bound}")
+            values[key] = float(value) if percentage else int(value)
+        if not values:
+            raise _validation("At least one of maxConcurrency, toleratedFailureCount or "
+                              "toleratedFailurePercentage must be specified")
+        self.executions.services.map_runs.update(
+            run, values.get("maxConcurrency"), values.get("toleratedFailureCount"),
+            values.get("toleratedFailurePercentage"))
+        return {}
 
     # ------------------------------------------------------------------ callbacks
 
@@ -785,7 +834,7 @@ _OPERATIONS = (
     "UntagResource", "ListTagsForResource", "PublishStateMachineVersion",
     "ListStateMachineVersions", "DeleteStateMachineVersion", "CreateStateMachineAlias",
     "DescribeStateMachineAlias", "UpdateStateMachineAlias", "DeleteStateMachineAlias",
-    "ListStateMachineAliases",
+    "ListStateMachineAliases", "DescribeMapRun", "ListMapRuns", "UpdateMapRun",
 )
 
 

@@ -16,6 +16,7 @@ from kiln.states.intrinsics import IntrinsicSyntaxError
 from kiln.states.jsonpath import Path, PathSyntaxError, compile_path
 from kiln.states.model import ROOT, Catcher, Choice, Machine, Retrier, State
 from kiln.states.payload import Expression, TemplateError, compile_expression, compile_template
+from kiln.states.types import JSON
 
 STATE_TYPES = ("Pass", "Task", "Choice", "Wait", "Succeed", "Fail", "Parallel", "Map")
 
@@ -55,6 +56,9 @@ _JSONATA_FORBIDDEN = {
     "HeartbeatSecondsPath",
 }
 _JSONPATH_FORBIDDEN = {"Arguments", "Output", "Items"}
+_READER_RESOURCES = ("arn:aws:states:::s3:getObject", "arn:aws:states:::s3:listObjectsV2")
+_WRITER_RESOURCE = "arn:aws:states:::s3:putObject"
+MAX_BATCH_BYTES = 262144
 _NAME_FORBIDDEN = set(' \t\n\r<>{}[]?*"#%\\^|~`$&,;:/')
 
 
@@ -639,12 +643,25 @@ class _Compiler:
             self.error("The value for the field 'Mode' must be one of [INLINE, DISTRIBUTED]",
                        f"{loc}/{key}/ProcessorConfig/Mode")
         state.distributed = mode == "DISTRIBUTED"
-        for io_key in ("ItemReader", "ResultWriter"):
-            if io_key in raw and (not isinstance(raw[io_key], dict)
-                                  or not isinstance(raw[io_key].get("Resource"), str)):
-                self.error("These fields are required: [Resource]", f"{loc}/{io_key}")
-        state.item_reader = raw.get("ItemReader")
-        state.result_writer = raw.get("ResultWriter")
+        if state.distributed:
+            child_type = config.get("ExecutionType")
+            if child_type not in ("STANDARD", "EXPRESS"):
+                self.error("The value for the field 'ExecutionType' must be one of [STANDARD, "
+                           "EXPRESS] when 'Mode' is DISTRIBUTED",
+                           f"{loc}/{key}/ProcessorConfig/ExecutionType")
+            else:
+                state.child_type = child_type
+        else:
+            for dist_key in ("ItemReader", "ItemBatcher", "ResultWriter"):
+                if dist_key in raw:
+                    self.error(f"The field '{dist_key}' is only supported for a Map state in "
+                               "DISTRIBUTED mode", f"{loc}/{dist_key}")
+        if "ItemReader" in raw:
+            self.item_reader(raw["ItemReader"], f"{loc}/ItemReader", state.jsonata)
+            state.item_reader = raw["ItemReader"]
+        if "ResultWriter" in raw:
+            self.result_writer(raw["ResultWriter"], f"{loc}/ResultWriter", state.jsonata)
+            state.result_writer = raw["ResultWriter"]
         state.processor = self.machine(processor, f"{loc}/{key}", top=False,
                                        jsonata=state.jsonata)
         if not state.jsonata:
@@ -676,12 +693,110 @@ class _Compiler:
                                f"{loc}/{field}")
             setattr(state, attr + "_path", self.optional_path(raw, field + "Path", loc))
         if "ItemBatcher" in raw:
-            if isinstance(raw["ItemBatcher"], dict):
-                state.batcher = raw["ItemBatcher"]
-            else:
-                self.error("The field 'ItemBatcher' must be an object", f"{loc}/ItemBatcher")
+            state.batcher = self.item_batcher(raw["ItemBatcher"], f"{loc}/ItemBatcher",
+                                              state.jsonata)
         if "Label" in raw:
             state.label = str(raw["Label"])
+
+    # ------------------------------------------------------------------ Distributed Map
+
+    def fields(self, raw: dict[str, Any], loc: str, allowed: set[str]) -> None:
+        for key in raw:
+            if key not in allowed:
+                self.error(f"Field '{key}' is not supported", loc)
+
+    def enum(self, raw: dict[str, Any], key: str, values: tuple[str, ...], loc: str) -> None:
+        if key in raw and raw[key] not in values:
+            self.error(f"The value for the field '{key}' must be one of [{', '.join(values)}]",
+                       f"{loc}/{key}")
+
+    def count_field(self, raw: dict[str, Any], key: str, loc: str, jsonata: bool,
+                    limit: int | None = None) -> None:
+        """``Key`` (a non-negative integer, or ``{% %}`` in JSONata) or ``KeyPath``."""
+        if key in raw and key + "Path" in raw:
+            self.error(f"Only one of '{key}' or '{key}Path' may be present", loc)
+        if key in raw:
+            value = raw[key]
+            if not (jsonata and isinstance(value, str)) and not (
+                    _int(value) and value >= 0 and (limit is None or value <= limit)):
+                bound = f" no greater than {limit}" if limit is not None else ""
+                self.error(f"The value for the field '{key}' must be a non-negative "
+                           f"integer{bound}", f"{loc}/{key}")
+        if key + "Path" in raw:
+            if jsonata:
+                self.error(f"The field '{key}Path' is not supported for JSONata",
+                           f"{loc}/{key}Path")
+            else:
+                self.compile_path_value(raw[key + "Path"], f"{loc}/{key}Path", key + "Path")
+
+    def item_reader(self, raw: Any, loc: str, jsonata: bool) -> None:
+        if not isinstance(raw, dict):
+            self.error("The field 'ItemReader' must be an object", loc)
+            return
+        self.fields(raw, loc, {"Resource", "ReaderConfig",
+                               "Arguments" if jsonata else "Parameters"})
+        if raw.get("Resource") not in _READER_RESOURCES:
+            self.error(f"The value for the field 'Resource' must be one of "
+                       f"[{', '.join(_READER_RESOURCES)}]", f"{loc}/Resource")
+        config = raw.get("ReaderConfig", {})
+        if not isinstance(config, dict):
+            self.error("The field 'ReaderConfig' must be an object", f"{loc}/ReaderConfig")
+            return
+        where = f"{loc}/ReaderConfig"
+        self.fields(config, where, {"InputType", "CSVHeaderLocation", "CSVHeaders",
+                                    "CSVDelimiter", "MaxItems", "MaxItemsPath",
+                                    "ManifestType", "ItemsPointer"})
+        self.enum(config, "InputType", ("CSV", "JSON", "JSONL", "MANIFEST", "PARQUET"), where)
+        self.enum(config, "CSVHeaderLocation", ("FIRST_ROW", "GIVEN"), where)
+        self.enum(config, "CSVDelimiter", ("COMMA", "PIPE", "SEMICOLON", "SPACE", "TAB"), where)
+        if config.get("CSVHeaderLocation") == "GIVEN" and not (
+                isinstance(config.get("CSVHeaders"), list) and config["CSVHeaders"]):
+            self.error("These fields are required: [CSVHeaders]", where)
+        self.count_field(config, "MaxItems", where, jsonata, limit=100_000_000)
+
+    def result_writer(self, raw: Any, loc: str, jsonata: bool) -> None:
+        if not isinstance(raw, dict) or not raw:
+            self.error("The field 'ResultWriter' must be a non-empty object", loc)
+            return
+        self.fields(raw, loc, {"Resource", "WriterConfig",
+                               "Arguments" if jsonata else "Parameters"})
+        if "Resource" in raw and raw["Resource"] != _WRITER_RESOURCE:
+            self.error(f"The value for the field 'Resource' must be {_WRITER_RESOURCE}",
+                       f"{loc}/Resource")
+        if "WriterConfig" not in raw and "Resource" not in raw:
+            self.error("These fields are required: [Resource | WriterConfig]", loc)
+        config = raw.get("WriterConfig")
+        if config is None:
+            return
+        if not isinstance(config, dict):
+            self.error("The field 'WriterConfig' must be an object", f"{loc}/WriterConfig")
+            return
+        where = f"{loc}/WriterConfig"
+        self.fields(config, where, {"OutputType", "Transformation"})
+        self.enum(config, "OutputType", ("JSON", "JSONL"), where)
+        self.enum(config, "Transformation", ("NONE", "COMPACT", "FLATTEN"), where)
+
+    def item_batcher(self, raw: Any, loc: str, jsonata: bool) -> JSON:
+        if not isinstance(raw, dict):
+            self.error("The field 'ItemBatcher' must be an object", loc)
+            return None
+        self.fields(raw, loc, {"MaxItemsPerBatch", "MaxItemsPerBatchPath",
+                               "MaxInputBytesPerBatch", "MaxInputBytesPerBatchPath",
+                               "BatchInput"})
+        if not any(k in raw for k in ("MaxItemsPerBatch", "MaxItemsPerBatchPath",
+                                      "MaxInputBytesPerBatch", "MaxInputBytesPerBatchPath")):
+            self.error("At least one of 'MaxItemsPerBatch', 'MaxItemsPerBatchPath', "
+                       "'MaxInputBytesPerBatch' or 'MaxInputBytesPerBatchPath' must be present",
+                       loc)
+        self.count_field(raw, "MaxItemsPerBatch", loc, jsonata)
+        self.count_field(raw, "MaxInputBytesPerBatch", loc, jsonata, limit=MAX_BATCH_BYTES)
+        batch_input = raw.get("BatchInput")
+        if batch_input is not None and not jsonata:
+            if not isinstance(batch_input, dict):
+                self.error("The field 'BatchInput' must be an object", f"{loc}/BatchInput")
+            else:
+                self.template(batch_input, f"{loc}/BatchInput")
+        return raw
 
 
 def _fail_field(expr: Expression, key: str, source: str) -> Expression:

@@ -24,10 +24,19 @@ from typing import Any, TypeVar
 from kiln.states import jsonata
 from kiln.states.callbacks import ActivityBroker, TaskTokens, new_token, wait_for_token
 from kiln.states.choice import parse_timestamp
+from kiln.states.definition import MAX_BATCH_BYTES
 from kiln.states.history import History
 from kiln.states.jsonpath import Path
+from kiln.states.maprun import Child, MapRun, MapRuns, exceeds_tolerance
 from kiln.states.model import ROOT, Catcher, Machine, State
-from kiln.states.payload import Env, Expression, context_of, dumps, resolve_path
+from kiln.states.payload import (
+    Env,
+    Expression,
+    compile_template,
+    context_of,
+    dumps,
+    resolve_path,
+)
 from kiln.states.types import JSON, Clock, FunctionInvoker, PathFailure, StatesFailure
 
 T = TypeVar("T")
@@ -57,6 +66,7 @@ class Services:
     activities: ActivityBroker = field(default_factory=ActivityBroker)
     activity_exists: Callable[[str], bool] = lambda arn: True
     start_child: Callable[[str, JSON, str | None, str], Awaitable[JSON]] | None = None
+    map_runs: MapRuns = field(default_factory=MapRuns)
     background: set[asyncio.Future[Any]] = field(default_factory=set)
 
 
@@ -1013,12 +1023,14 @@ class Interpreter:
     async def map_attempt(self, state: State, data: JSON, frame: Frame, entered: int,
                           entered_time: float, retry: int) -> JSON:
         assert state.processor is not None
-        for conf, error in ((state.item_reader, "States.ItemReaderFailed"),
-                            (state.result_writer, "States.ResultWriterFailed")):
-            if isinstance(conf, dict):
-                raise StatesFailure(error, f"The resource '{conf.get('Resource')}' is not "
-                                    "available in Kiln: there is no S3 service to read from or "
-                                    "write to yet")
+        # Kiln has no S3: a reader or writer naming an S3 resource fails like an unreachable
+        # bucket, before any child runs (AWS would run the children, then fail the write).
+        if isinstance(state.item_reader, dict):
+            raise StatesFailure("States.ItemReaderFailed", _NO_S3.format(
+                state.item_reader.get("Resource")))
+        if isinstance(state.result_writer, dict) and "Resource" in state.result_writer:
+            raise StatesFailure("States.ResultWriterFailed", _NO_S3.format(
+                state.result_writer.get("Resource")))
         b: dict[str, Any] = {}
         env = Env(data, self.lazy_context(state, entered_time, retry), frame.variables)
         if state.jsonata:
@@ -1049,13 +1061,27 @@ class Interpreter:
                                         "ToleratedFailurePercentage", percentage=True)
         inputs = self.map_inputs(state, items, value, env, b)
         frame.prev = self.add("MapStateStarted", frame.prev, lambda: {"length": len(inputs)})
-        started = frame.prev
         if state.distributed:
-            run_arn = (f"arn:aws:states:{self.services.region}:{self.services.account_id}:"
-                       f"mapRun:{self.info.machine_name}/{state.label or state.name}:"
-                       f"{uuid.uuid4()}")
-            frame.prev = self.add("MapRunStarted", frame.prev, lambda: {"mapRunArn": run_arn})
-            started = frame.prev
+            try:
+                output: JSON = await self.map_run(
+                    state, inputs, frame, int(concurrency),
+                    None if tolerated_count is None else int(tolerated_count), tolerated_pct)
+            except StatesFailure:
+                frame.prev = self.add("MapStateFailed", frame.prev)
+                raise
+        else:
+            output = await self.inline_map(state, inputs, frame, int(concurrency),
+                                           tolerated_count, tolerated_pct)
+        frame.prev = self.add("MapStateSucceeded", frame.prev)
+        if not state.jsonata and state.result_selector is not None:
+            output = state.result_selector(env.with_input(output))
+        return output
+
+    async def inline_map(self, state: State, inputs: list[JSON], frame: Frame,
+                         concurrency: int, tolerated_count: float | None,
+                         tolerated_pct: float | None) -> list[JSON]:
+        """Iterations inside this execution's history (MapIteration* events)."""
+        started = frame.prev
         results: list[JSON] = [None] * len(inputs)
         failures: list[StatesFailure] = []
         tolerant = tolerated_count is not None or tolerated_pct is not None
@@ -1063,49 +1089,93 @@ class Interpreter:
 
         async def iteration(index: int) -> None:
             child = Frame(started, dict(frame.variables), False)
-            if not state.distributed:
-                child.prev = self.add("MapIterationStarted", started, lambda: {
-                    "name": state.name, "index": index})
+            child.prev = self.add("MapIterationStarted", started, lambda: {
+                "name": state.name, "index": index})
             try:
                 results[index] = await self.run_machine(state.processor,  # type: ignore[arg-type]
                                                         inputs[index], child)
             except StatesFailure as failure:
-                if not state.distributed:
-                    last[0] = self.add("MapIterationFailed", child.prev, lambda: {
-                        "name": state.name, "index": index})
+                last[0] = self.add("MapIterationFailed", child.prev, lambda: {
+                    "name": state.name, "index": index})
                 if not tolerant:
                     raise
                 failures.append(failure)
                 results[index] = _error_details_obj(failure)
                 return
-            if not state.distributed:
-                last[0] = self.add("MapIterationSucceeded", child.prev, lambda: {
-                    "name": state.name, "index": index})
+            last[0] = self.add("MapIterationSucceeded", child.prev, lambda: {
+                "name": state.name, "index": index})
 
         try:
-            await _run_bounded(iteration, len(inputs), int(concurrency))
+            await _run_bounded(iteration, len(inputs), concurrency)
         except StatesFailure:
-            if state.distributed:
-                self.add("MapRunFailed", last[0], lambda: {})
             frame.prev = self.add("MapStateFailed", last[0])
             raise
-        if tolerant and failures:
-            limit_count = tolerated_count if tolerated_count is not None else float("inf")
-            pct = 100.0 * len(failures) / max(1, len(inputs))
-            limit_pct = tolerated_pct if tolerated_pct is not None else 100.0
-            if len(failures) > limit_count or pct > limit_pct:
-                if state.distributed:
-                    self.add("MapRunFailed", last[0], lambda: {})
-                frame.prev = self.add("MapStateFailed", last[0])
-                raise StatesFailure("States.ExceedToleratedFailureThreshold",
-                                    "The specified tolerated failure threshold was exceeded")
-        if state.distributed:
-            last[0] = self.add("MapRunSucceeded", last[0])
-        frame.prev = self.add("MapStateSucceeded", last[0])
-        output: JSON = results
-        if not state.jsonata and state.result_selector is not None:
-            output = state.result_selector(env.with_input(results))
-        return output
+        frame.prev = last[0]
+        if exceeds_tolerance(len(failures), len(inputs), tolerated_count, tolerated_pct) and (
+                tolerant):
+            frame.prev = self.add("MapStateFailed", last[0])
+            raise StatesFailure("States.ExceedToleratedFailureThreshold", _THRESHOLD)
+        return results
+
+    async def map_run(self, state: State, inputs: list[JSON], frame: Frame, concurrency: int,
+                      tolerated_count: int | None, tolerated_pct: float | None) -> JSON:
+        """A Distributed Map: child workflow executions with their own (unkept) histories."""
+        assert state.processor is not None
+        prefix = f"arn:aws:states:{self.services.region}:{self.services.account_id}"
+        base = f"{self.info.machine_name}/{state.label or state.name}"
+        express = state.child_type == "EXPRESS"
+        children = []
+        for item in inputs:
+            name = str(uuid.uuid4())
+            arn = (f"{prefix}:express:{base}:{name}:{uuid.uuid4()}" if express
+                   else f"{prefix}:execution:{base}:{name}")
+            children.append(Child(arn, name, len(item["Items"]) if state.batcher else 1))
+        run = self.services.map_runs.start(MapRun(
+            f"{prefix}:mapRun:{base}:{uuid.uuid4()}", self.info.arn,
+            f"{prefix}:stateMachine:{base}", self.clock.now(), concurrency, tolerated_count,
+            tolerated_pct, children))
+        frame.prev = self.add("MapRunStarted", frame.prev, lambda: {"mapRunArn": run.arn})
+        self.persist(frame)
+        results: list[JSON] = [None] * len(inputs)
+
+        async def child_execution(index: int) -> None:
+            child = run.children[index]
+            child.status, child.started = "RUNNING", self.clock.now()
+            info = ExecutionInfo(child.arn, child.name, run.machine_arn, base,
+                                 self.info.role_arn, inputs[index], child.started,
+                                 express=express)
+            interp = Interpreter(self.services, self.machine, info, History(self.clock, keep=False),
+                                 self.rng)
+            try:
+                # Distributed children cannot see the parent's variables.
+                output = await interp.run_machine(state.processor,  # type: ignore[arg-type]
+                                                  inputs[index], Frame(0, {}, False))
+            except StatesFailure as failure:
+                child.stopped = self.clock.now()
+                child.status = "TIMED_OUT" if failure.error == "States.Timeout" else "FAILED"
+                results[index] = _child_record(run, child, inputs[index], failure=failure)
+                if run.over_tolerance():
+                    raise StatesFailure("States.ExceedToleratedFailureThreshold",
+                                        _THRESHOLD) from None
+                return
+            child.stopped = self.clock.now()
+            child.status = "SUCCEEDED"
+            results[index] = output
+
+        try:
+            await _run_adaptive(child_execution, len(inputs), run)
+        except StatesFailure as failure:
+            self.services.map_runs.finish(run, "FAILED", self.clock.now(), failure.error,
+                                          failure.cause)
+            frame.prev = self.add("MapRunFailed", frame.prev,
+                                  partial(_error_details, failure))
+            raise
+        except asyncio.CancelledError:
+            self.services.map_runs.finish(run, "ABORTED", self.clock.now())
+            raise
+        self.services.map_runs.finish(run, "SUCCEEDED", self.clock.now())
+        frame.prev = self.add("MapRunSucceeded", frame.prev)
+        return _transform(state.result_writer, run, inputs, results)
 
     def map_inputs(self, state: State, items: list[JSON], value: JSON, env: Env,
                    b: dict[str, Any]) -> list[JSON]:
@@ -1130,33 +1200,33 @@ class Interpreter:
 
     def batch(self, state: State, items: list[JSON], value: JSON, env: Env,
               b: dict[str, Any]) -> list[JSON]:
+        """ItemBatcher: ``{"Items": [...], "BatchInput": ...}`` per child, within both limits.
+
+        MaxInputBytesPerBatch bounds the whole batch document (Items and BatchInput).
+        """
         conf = state.batcher
         assert isinstance(conf, dict)
-        size = conf.get("MaxItemsPerBatch")
-        if "MaxItemsPerBatchPath" in conf:
-            size = resolve_path(_path(conf["MaxItemsPerBatchPath"]), env.with_input(value))
-        max_bytes = conf.get("MaxInputBytesPerBatch")
+        size = self.batch_limit(state, conf, "MaxItemsPerBatch", env.with_input(value), b)
+        max_bytes = self.batch_limit(state, conf, "MaxInputBytesPerBatch",
+                                     env.with_input(value), b)
         batch_input = conf.get("BatchInput")
         if isinstance(batch_input, dict) and not state.jsonata:
-            from kiln.states.payload import compile_template
-
             batch_input = compile_template(batch_input, "")(env.with_input(value))
         elif batch_input is not None and state.jsonata:
             batch_input = jsonata.evaluate_template(batch_input, b)
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int)
-                                 or size <= 0):
-            raise PathFailure(f"The MaxItemsPerBatch field refers to value \"{size}\" which is "
-                              "not a valid integer")
+        # '{"Items":[' ']}' and ',"BatchInput":<json>'; each item adds its JSON and a comma
+        # (the comma counted for the first item pays for the closing ']').
+        empty = 11 + (0 if batch_input is None else 14 + len(dumps(batch_input).encode()))
         batches: list[list[JSON]] = []
         current: list[JSON] = []
-        current_bytes = 0
+        current_bytes = empty
         for item in items:
-            item_bytes = len(dumps(item).encode()) if max_bytes else 0
+            item_bytes = len(dumps(item).encode()) + 1 if max_bytes else 0
             full = (size is not None and len(current) >= size) or (
                 max_bytes is not None and current and current_bytes + item_bytes > max_bytes)
             if full:
                 batches.append(current)
-                current, current_bytes = [], 0
+                current, current_bytes = [], empty
             current.append(item)
             current_bytes += item_bytes
         if current:
@@ -1168,6 +1238,64 @@ class Interpreter:
                 entry["BatchInput"] = batch_input
             out.append(entry)
         return out
+
+    def batch_limit(self, state: State, conf: dict[str, Any], key: str, env: Env,
+                    b: dict[str, Any]) -> int | None:
+        path = _path(conf[key + "Path"]) if key + "Path" in conf else None
+        value = self.map_number(state, conf.get(key), path, env, b, key)
+        if value is None:
+            return None
+        limit = MAX_BATCH_BYTES if key == "MaxInputBytesPerBatch" else None
+        if value <= 0 or (limit is not None and value > limit):
+            source = f"{key}Path" if path is not None else key
+            raise PathFailure(f"The {source} field refers to value \"{int(value)}\" which is "
+                              "not a valid integer" if limit is None else
+                              f"The {source} field refers to value \"{int(value)}\" which "
+                              f"is not between 1 and {limit}")
+        return int(value)
+
+
+_NO_S3 = ("The resource '{}' is not available in Kiln: there is no S3 service to read from or "
+          "write to")
+_THRESHOLD = "The specified tolerated failure threshold was exceeded"
+
+
+def _child_record(run: MapRun, child: Child, item: JSON, output: JSON = None,
+                  failure: StatesFailure | None = None) -> dict[str, JSON]:
+    """A child execution as ResultWriter's NONE transformation reports it."""
+    record: dict[str, JSON] = {
+        "ExecutionArn": child.arn, "Input": dumps(item), "InputDetails": {"Included": True},
+        "Name": child.name, "RedriveCount": 0, "RedriveStatus": "NOT_REDRIVABLE",
+        "StartDate": iso(child.started or run.started), "StateMachineArn": run.machine_arn,
+        "Status": child.status, "StopDate": iso(child.stopped or run.started),
+    }
+    if failure is None:
+        record.update(Output=dumps(output), OutputDetails={"Included": True})
+    else:
+        record.update(_error_details_obj(failure))
+    return record
+
+
+def _transform(writer: JSON, run: MapRun, inputs: list[JSON], results: list[JSON]) -> JSON:
+    """ResultWriter.WriterConfig.Transformation over the children's results (default COMPACT).
+
+    Failed children keep their full record under every transformation.
+    """
+    config = writer.get("WriterConfig") if isinstance(writer, dict) else None
+    mode = config.get("Transformation", "COMPACT") if isinstance(config, dict) else "COMPACT"
+    if mode == "NONE":
+        return [result if child.status != "SUCCEEDED" else
+                _child_record(run, child, item, output=result)
+                for child, item, result in zip(run.children, inputs, results, strict=True)]
+    if mode == "FLATTEN":
+        flat: list[JSON] = []
+        for child, result in zip(run.children, results, strict=True):
+            if child.status == "SUCCEEDED" and isinstance(result, list):
+                flat.extend(result)
+            else:
+                flat.append(result)
+        return flat
+    return results
 
 
 def _path(text: str) -> Path:
@@ -1216,6 +1344,44 @@ async def _gather_fail_fast(work: Sequence[Awaitable[JSON]]) -> list[JSON]:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+async def _run_adaptive(fn: Callable[[int], Awaitable[None]], count: int, run: MapRun) -> None:
+    """Like _run_bounded, but the limit is ``run.limit()``, re-read when UpdateMapRun sets
+    ``run.changed``: more workers start at once, surplus ones retire after their current child.
+    """
+    assert run.changed is not None
+    wake = run.changed
+    cursor = [0]
+    workers: set[asyncio.Future[None]] = set()
+
+    async def worker() -> None:
+        try:
+            while cursor[0] < count:
+                index = cursor[0]
+                cursor[0] += 1
+                await fn(index)
+                if len(workers) > run.limit():
+                    return
+        finally:
+            wake.set()
+
+    try:
+        while True:
+            wake.clear()
+            for task in [t for t in workers if t.done()]:
+                workers.discard(task)
+                task.result()  # the first failure wins
+            if not workers and cursor[0] >= count:
+                return
+            while cursor[0] < count and len(workers) < run.limit():
+                workers.add(asyncio.ensure_future(worker()))
+            await wake.wait()
+    except BaseException:
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
         raise
 
 

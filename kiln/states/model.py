@@ -93,6 +93,7 @@ class State:
     tolerated_percentage: JSON = None
     tolerated_percentage_path: Path | None = None
     distributed: bool = False
+    child_type: str = "STANDARD"  # ProcessorConfig.ExecutionType of Distributed children
     batcher: JSON = None
     item_reader: JSON = None
     result_writer: JSON = None

@@ -25,6 +25,7 @@ from kiln.states.engine import (
     iso,
 )
 from kiln.states.history import Event, History
+from kiln.states.maprun import MapRun, MapRuns
 from kiln.states.model import Machine
 from kiln.states.payload import dumps
 from kiln.states.store import StatesStore
@@ -62,9 +63,23 @@ class ExecutionService:
             invoker=invoker, clock=clock, region=region, account_id=account_id,
             activity_exists=lambda arn: store.activity(arn) is not None,
             start_child=self.start_child,
+            map_runs=MapRuns(save=self._save_map_run),
         )
         self.running: dict[str, Running] = {}
         self._machines: dict[tuple[str, bool], Machine] = {}
+
+    def _save_map_run(self, run: MapRun) -> None:
+        # Express executions live in memory only; so do their Map Runs.
+        if run.execution_arn.split(":")[5] == "execution":
+            self.store.put_map_run(run.arn, run.execution_arn, run.status, run.to_json())
+
+    def map_run(self, arn: str) -> MapRun | None:
+        """A live Map Run, else the stored record."""
+        live = self.services.map_runs.live.get(arn)
+        if live is not None:
+            return live
+        stored = self.store.map_run(arn)
+        return None if stored is None else MapRun.from_json(stored)
 
     def compile(self, definition: str, express: bool) -> Machine:
         key = (definition, express)
@@ -191,6 +206,9 @@ class ExecutionService:
     # ------------------------------------------------------------------ resume
 
     def resume_all(self) -> int:
+        # A Map Run cut off by the restart is over: its Map state runs again with a new one.
+        for stored in self.store.running_map_runs():
+            self.services.map_runs.finish(MapRun.from_json(stored), "ABORTED", self.clock.now())
         resumed = 0
         for row in self.store.running():
             arn = row["arn"]

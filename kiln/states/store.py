@@ -79,6 +79,15 @@ SCHEMA = [
         created REAL NOT NULL,
         updated REAL
     )""",
+    # Distributed Map runs: the MapRun record as JSON (children summaries included).
+    """CREATE TABLE IF NOT EXISTS states_map_runs (
+        arn TEXT PRIMARY KEY,
+        execution_arn TEXT NOT NULL,
+        status TEXT NOT NULL,
+        body TEXT NOT NULL,
+        seq INTEGER NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS states_map_runs_execution ON states_map_runs (execution_arn)",
     """CREATE TABLE IF NOT EXISTS states_tags (
         arn TEXT NOT NULL,
         key TEXT NOT NULL,
@@ -254,6 +263,34 @@ class StatesStore:
         row = self.db.query_one(
             "SELECT MAX(last_id) AS id FROM states_events WHERE execution_arn = ?", (arn,))
         return int(row["id"]) if row is not None and row["id"] is not None else 0
+
+    # ------------------------------------------------------------------ map runs
+
+    def map_run(self, arn: str) -> dict[str, Any] | None:
+        row = self.db.query_one("SELECT body FROM states_map_runs WHERE arn = ?", (arn,))
+        return None if row is None else dict(json.loads(row["body"]))
+
+    def map_runs(self, execution_arn: str) -> list[dict[str, Any]]:
+        rows = self.db.query("SELECT body FROM states_map_runs WHERE execution_arn = ? "
+                             "ORDER BY seq DESC", (execution_arn,))
+        return [json.loads(r["body"]) for r in rows]
+
+    def put_map_run(self, arn: str, execution_arn: str, status: str,
+                    body: dict[str, Any]) -> None:
+        with self.db.transaction() as tx:
+            updated = tx.execute(
+                "UPDATE states_map_runs SET status = ?, body = ? WHERE arn = ?",
+                (status, _dumps(body), arn)).rowcount
+            if not updated:
+                seq = tx.execute(
+                    "SELECT COALESCE(MAX(seq), 0) + 1 FROM states_map_runs").fetchone()[0]
+                tx.execute("INSERT INTO states_map_runs (arn, execution_arn, status, body, seq) "
+                           "VALUES (?, ?, ?, ?, ?)",
+                           (arn, execution_arn, status, _dumps(body), seq))
+
+    def running_map_runs(self) -> list[dict[str, Any]]:
+        rows = self.db.query("SELECT body FROM states_map_runs WHERE status = 'RUNNING'")
+        return [json.loads(r["body"]) for r in rows]
 
     # ------------------------------------------------------------------ activities
 

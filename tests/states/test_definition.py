@@ -71,6 +71,14 @@ def test_catch_and_choice_targets_checked() -> None:
                                      "/"]
 
 
+_DIST = {"Mode": "DISTRIBUTED", "ExecutionType": "EXPRESS"}
+
+
+def _map(config: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    return {"Type": "Map", "End": True, **fields, "ItemProcessor": {
+        "ProcessorConfig": config, "StartAt": "I", "States": {"I": {"Type": "Succeed"}}}}
+
+
 @pytest.mark.parametrize(("state", "message"), [
     ({"Type": "Nope", "End": True}, "The value for the field 'Type' must be one of"),
     ({"End": True}, "These fields are required: [Type]"),
@@ -122,6 +130,36 @@ def test_catch_and_choice_targets_checked() -> None:
      "The variable name 'bad-name' is not valid"),
     ({"Type": "Task", "Resource": "arn:x", "End": True, "Arguments": {}},
      "The field 'Arguments' is only supported for JSONata"),
+    (_map({"Mode": "DISTRIBUTED"}),
+     "The value for the field 'ExecutionType' must be one of [STANDARD, EXPRESS]"),
+    (_map({"Mode": "INLINE"}, ItemBatcher={"MaxItemsPerBatch": 2}),
+     "The field 'ItemBatcher' is only supported for a Map state in DISTRIBUTED mode"),
+    (_map(_DIST, ItemReader={"Resource": "arn:aws:states:::s3:putObject"}),
+     "The value for the field 'Resource' must be one of [arn:aws:states:::s3:getObject"),
+    (_map(_DIST, ItemReader={"Resource": "arn:aws:states:::s3:getObject",
+                             "ReaderConfig": {"InputType": "XML"}}),
+     "The value for the field 'InputType' must be one of [CSV, JSON, JSONL, MANIFEST, "
+     "PARQUET]"),
+    (_map(_DIST, ItemReader={"Resource": "arn:aws:states:::s3:getObject",
+                             "ReaderConfig": {"InputType": "CSV",
+                                              "CSVHeaderLocation": "GIVEN"}}),
+     "These fields are required: [CSVHeaders]"),
+    (_map(_DIST, ItemReader={"Resource": "arn:aws:states:::s3:getObject",
+                             "ReaderConfig": {"MaxItems": -1}}),
+     "The value for the field 'MaxItems' must be a non-negative integer"),
+    (_map(_DIST, ResultWriter={}), "The field 'ResultWriter' must be a non-empty object"),
+    (_map(_DIST, ResultWriter={"WriterConfig": {"Transformation": "SQUASH"}}),
+     "The value for the field 'Transformation' must be one of [NONE, COMPACT, FLATTEN]"),
+    (_map(_DIST, ResultWriter={"Resource": "arn:aws:states:::s3:getObject"}),
+     "The value for the field 'Resource' must be arn:aws:states:::s3:putObject"),
+    (_map(_DIST, ItemBatcher={"BatchInput": {}}),
+     "At least one of 'MaxItemsPerBatch', 'MaxItemsPerBatchPath', 'MaxInputBytesPerBatch' or "
+     "'MaxInputBytesPerBatchPath' must be present"),
+    (_map(_DIST, ItemBatcher={"MaxInputBytesPerBatch": 262145}),
+     "The value for the field 'MaxInputBytesPerBatch' must be a non-negative integer no "
+     "greater than 262144"),
+    (_map(_DIST, ItemBatcher={"MaxItemsPerBatch": 1, "MaxItemsPerBatchPath": "$.n"}),
+     "Only one of 'MaxItemsPerBatch' or 'MaxItemsPerBatchPath' may be present"),
 ])
 def test_state_errors(state: dict[str, Any], message: str) -> None:
     diags = _diag(_one({"A": state}))
