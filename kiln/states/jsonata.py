@@ -4,7 +4,8 @@
 
 Covers paths with JSONata's sequence semantics, predicates, wildcards, operators, conditionals,
 blocks and ``:=`` bindings, lambdas, ``~>`` chains, ``^()`` sorting, array/object constructors,
-ranges, regular expressions and the standard function library (minus ``$eval``), plus AWS's
+ranges, regular expressions and the standard function library (``$eval`` fails, as on AWS;
+picture strings live in ``jsonata_pictures``), plus AWS's
 ``$partition``, ``$range``, ``$hash``, ``$random``, ``$uuid`` and ``$parse``.
 """
 
@@ -20,10 +21,16 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 from functools import cmp_to_key, lru_cache
 from typing import Any
 
+from kiln.states.jsonata_pictures import (
+    PictureError,
+    format_datetime,
+    format_integer,
+    parse_datetime,
+    parse_integer,
+)
 from kiln.states.types import JSON
 
 
@@ -1134,28 +1141,54 @@ def _functions(ev: _Evaluator) -> dict[str, Any]:
             raise JsonataError("The sqrt function cannot be applied to a negative number")
         return _norm(math.sqrt(n))
 
-    def f_now() -> Any:
-        return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + \
-            f"{datetime.now(UTC).microsecond // 1000:03d}Z"
+    def picture_call(fn: Callable[..., str | int], *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except PictureError as exc:
+            raise JsonataError(str(exc)) from None
+
+    def optional_text(value: Any) -> str | None:
+        return None if value is UNDEF or value is None else str(value)
+
+    def f_now(picture: Any = UNDEF, tz: Any = UNDEF) -> Any:
+        millis = int(time.time() * 1000)
+        return picture_call(format_datetime, millis, optional_text(picture), optional_text(tz))
 
     def f_millis() -> Any:
         return int(time.time() * 1000)
 
-    def f_from_millis(value: Any) -> Any:
+    def f_from_millis(value: Any, picture: Any = UNDEF, tz: Any = UNDEF) -> Any:
         if value is UNDEF:
             return UNDEF
-        dt = datetime.fromtimestamp(_num_arg("fromMillis", value) / 1000, UTC)
-        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+        return picture_call(format_datetime, _num_arg("fromMillis", value),
+                            optional_text(picture), optional_text(tz))
 
-    def f_to_millis(value: Any) -> Any:
+    def f_to_millis(value: Any, picture: Any = UNDEF) -> Any:
         if value is UNDEF:
             return UNDEF
+        if picture is not UNDEF:
+            return picture_call(parse_datetime, text("toMillis", value), str(picture))
         from kiln.states.choice import parse_timestamp
 
         parsed = parse_timestamp(value)
         if parsed is None:
             raise JsonataError(f"Unable to parse timestamp: {value}")
         return round(parsed.timestamp() * 1000)
+
+    def f_format_integer(value: Any, picture: Any) -> Any:
+        if value is UNDEF:
+            return UNDEF
+        return picture_call(format_integer, int(_num_arg("formatInteger", value)),
+                            str(picture))
+
+    def f_parse_integer(value: Any, picture: Any) -> Any:
+        if value is UNDEF:
+            return UNDEF
+        return picture_call(parse_integer, text("parseInteger", value), str(picture))
+
+    def f_eval(*_: Any) -> Any:
+        # Step Functions leaves $eval out of its JSONata; $parse covers reading JSON text.
+        raise JsonataError("The function $eval is not supported by AWS Step Functions")
 
     def f_base64encode(value: Any) -> Any:
         return UNDEF if value is UNDEF else base64.b64encode(value.encode()).decode()
@@ -1279,7 +1312,9 @@ def _functions(ev: _Evaluator) -> dict[str, Any]:
         "decodeUrlComponent": lambda v: urllib.parse.unquote(v),
         "decodeUrl": lambda v: urllib.parse.unquote(v),
         "error": f_error, "assert": f_assert, "formatNumber": f_format_number,
-        "formatBase": f_format_base, "clone": lambda v: json.loads(json.dumps(_to_json(v))),
+        "formatBase": f_format_base, "formatInteger": f_format_integer,
+        "parseInteger": f_parse_integer, "eval": f_eval,
+        "clone": lambda v: json.loads(json.dumps(_to_json(v))),
         "partition": f_partition, "range": f_range, "hash": f_hash, "random": f_random,
         "uuid": f_uuid, "parse": f_parse,
     }
