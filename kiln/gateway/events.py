@@ -245,7 +245,9 @@ def _structured(parsed: dict[str, Any]) -> tuple[int, Headers, bytes]:
         status = int(status)
     if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
         raise Malformed("statusCode must be an HTTP status code")
-    raw_headers = parsed.get("headers") or {}
+    raw_headers = parsed.get("headers")
+    if raw_headers is None:
+        raw_headers = {}
     if not isinstance(raw_headers, dict):
         raise Malformed("headers must be an object")
     headers: Headers = [(str(k), _scalar(v)) for k, v in raw_headers.items()]
