@@ -93,7 +93,13 @@ def routes(kiln: Kiln) -> list[Route]:
 
     @aws_endpoint("ListFunctions")
     async def list_functions(request: Request) -> Response:
-        records, marker = functions.list(request.query_params.get("Marker"), max_items(request))
+        version = request.query_params.get("FunctionVersion")
+        if version is not None and version != "ALL":
+            raise AwsError.invalid_parameter(
+                f"1 validation error detected: Value '{version}' at 'functionVersion' failed to "
+                "satisfy constraint: Member must satisfy enum value set: [ALL]")
+        records, marker = functions.list(request.query_params.get("Marker"), max_items(request),
+                                         all_versions=version == "ALL")
         return page("Functions", [listed(r) for r in records], marker)
 
     @aws_endpoint("GetFunction")

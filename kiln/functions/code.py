@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import contextlib
 import hashlib
 import io
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from kiln.aws.errors import AwsError
+from kiln.aws.restjson import Fields
 
 MAX_UNZIPPED_BYTES = 262_144_000  # 250 MB, AWS's limit for code plus layers
 _UNZIP_ERROR = "Could not unzip uploaded file. Please check your file, then try to upload again."
@@ -71,7 +73,7 @@ class CodeStore:
             with zipfile.ZipFile(io.BytesIO(data)) as archive:
                 for member in archive.infolist():
                     _extract(archive, member, staging)
-            _make_read_only(staging)
+            make_read_only(staging)
             os.rename(staging, self.task_root(sha_hex))
         except OSError as exc:
             if self.task_root(sha_hex).is_dir():  # a concurrent save won the race
@@ -83,10 +85,41 @@ class CodeStore:
             remove_tree(staging)
             raise AwsError.invalid_parameter(_UNZIP_ERROR) from None
 
+    def unzipped_size(self, sha_hex: str) -> int:
+        """The stored zip's unzipped size (from its central directory: nothing is inflated)."""
+        with zipfile.ZipFile(self.zip_path(sha_hex)) as archive:
+            return sum(member.file_size for member in archive.infolist())
+
     def remove(self, sha_hex: str) -> None:
         remove_tree(self.task_root(sha_hex))
         with contextlib.suppress(FileNotFoundError):
             self.zip_path(sha_hex).unlink()
+
+
+def uploaded_zip(fields: Fields) -> bytes:
+    """The zip of a ``Code``/``Content`` request member: base64 ``ZipFile`` (Kiln keeps no
+    S3 buckets or images)."""
+    if fields.string("S3Bucket") or fields.string("S3Key") or fields.string("ImageUri"):
+        raise AwsError.invalid_parameter(
+            "Kiln stores code you upload directly: pass the zip as ZipFile "
+            "(S3 and image code locations are not supported).")
+    encoded = fields.string("ZipFile")
+    if encoded is None:
+        raise AwsError.invalid_parameter("ZipFile is required: upload the code as a zip file.")
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise AwsError.invalid_content(
+            "Could not parse request body into json: ZipFile is not valid base64") from None
+
+
+def declared_size(data: bytes) -> int:
+    """The unzipped size a zip declares (its central directory only: nothing is inflated)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            return sum(member.file_size for member in archive.infolist())
+    except (zipfile.BadZipFile, ValueError, EOFError):
+        raise AwsError.invalid_parameter(_UNZIP_ERROR) from None
 
 
 def _check_zip(data: bytes, max_unzipped: int) -> int:
@@ -143,7 +176,7 @@ def _extract(archive: zipfile.ZipFile, member: zipfile.ZipInfo, root: Path) -> N
     os.chmod(target, 0o555 if executable else 0o444)
 
 
-def _make_read_only(root: Path) -> None:
+def make_read_only(root: Path) -> None:
     for directory, _dirs, _files in os.walk(root):
         os.chmod(directory, 0o555)
 

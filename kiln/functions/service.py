@@ -12,8 +12,6 @@ cache kept coherent by this service (the only writer on a node).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import builtins
 import json
 import time
@@ -26,8 +24,11 @@ from kiln.aws.errors import AwsError
 from kiln.aws.restjson import Fields
 from kiln.functions import validation
 from kiln.functions.aliases import Alias, AliasStore
-from kiln.functions.code import CodeInfo, CodeStore
+from kiln.functions.code import CodeInfo, CodeStore, declared_size, uploaded_zip
 from kiln.functions.concurrency import Reservations
+from kiln.functions.layers import LayerStore
+from kiln.functions.paging import decode_marker as decode_marker  # re-exported: other List*
+from kiln.functions.paging import encode_marker as encode_marker  # operations page alike
 from kiln.functions.types import FunctionRecord
 from kiln.runtime.runtimes import RuntimeCatalog
 from kiln.store import Database
@@ -72,6 +73,8 @@ class FunctionService:
         db.migrate(SCHEMA)
         self.aliases = AliasStore(db)
         self.concurrency = Reservations(db)
+        self.layers = LayerStore(db, code, arns, self._configs, self._collect_code)
+        self.listeners.append(self.layers.function_changed)
         self._cache: dict[tuple[str, str], FunctionRecord] = {}
 
     # -- reads --------------------------------------------------------------------------------
@@ -118,16 +121,26 @@ class FunctionService:
         next_marker = encode_marker(page[-1]) if len(versions) > max_items else None
         return [self.get(name, v) for v in page], next_marker
 
-    def list(self, marker: str | None, max_items: int) -> tuple[list[FunctionRecord], str | None]:
+    def list(self, marker: str | None, max_items: int,
+             all_versions: bool = False) -> tuple[list[FunctionRecord], str | None]:
+        """Functions by name ($LATEST; with ``all_versions`` every published version after
+        it, as ``FunctionVersion=ALL`` lists them)."""
         after = decode_marker(marker) if marker else ""
+        name, _, version = after.partition(":")
         rows = self.db.query(
-            "SELECT config, code_sha_hex FROM functions WHERE version = ? AND name > ? "
-            "ORDER BY name LIMIT ?", (LATEST, after, max_items + 1))
-        records = [FunctionRecord(json.loads(r["config"]), r["code_sha_hex"]) for r in rows]
+            "SELECT config, code_sha_hex FROM functions WHERE name >= ? "
+            + ("" if all_versions else "AND version = '$LATEST' ") + "ORDER BY name", (name,))
+        records = sorted((FunctionRecord(json.loads(r["config"]), r["code_sha_hex"])
+                          for r in rows), key=_list_order)
+        if marker:
+            start = (name, _version_order(version) if all_versions else 1 << 62)
+            records = [r for r in records if _list_order(r) > start]
         next_marker = None
         if len(records) > max_items:
             records = records[:max_items]
-            next_marker = encode_marker(records[-1].name)
+            last = records[-1]
+            next_marker = encode_marker(f"{last.name}:{last.version}" if all_versions
+                                        else last.name)
         return records, next_marker
 
     def usage(self) -> tuple[int, int]:
@@ -162,7 +175,7 @@ class FunctionService:
             raise AwsError.invalid_parameter("Code is a required parameter.")
         if self.db.query_one("SELECT 1 FROM functions WHERE name = ?", (name,)):
             raise AwsError.conflict(f"Function already exist: {name}")
-        info = self._save_code(Fields(code))
+        info, layers = self._save_code(Fields(code), changes.get("Layers", []))
         config: dict[str, Any] = {
             "FunctionName": name,
             "FunctionArn": self.arns.function(name),
@@ -190,6 +203,8 @@ class FunctionService:
         }
         if "DeadLetterConfig" in changes:
             config["DeadLetterConfig"] = changes["DeadLetterConfig"]
+        if layers:
+            config["Layers"] = layers
         record = FunctionRecord(config, info.sha_hex)
         with self.db.transaction():
             self._write(record)
@@ -204,7 +219,9 @@ class FunctionService:
         architectures = validation.architectures(fields)
         dry_run = fields.boolean("DryRun")
         publish = fields.boolean("Publish")
-        info = self._save_code(fields, store=not dry_run)
+        info, _layers = self._save_code(
+            fields, [layer["Arn"] for layer in current.config.get("Layers", [])],
+            store=not dry_run)
         config = {**current.config, "CodeSize": info.size, "CodeSha256": info.sha256}
         if architectures:
             config["Architectures"] = architectures
@@ -240,7 +257,12 @@ class FunctionService:
         changes = validation.configuration_changes(fields)
         if "Runtime" in changes:
             self.runtimes.check(changes["Runtime"])
+        if "Layers" in changes:
+            changes["Layers"] = self.layers.attach(
+                changes["Layers"], self.code.unzipped_size(current.code_sha_hex))
         config = {**current.config, **changes}
+        if not config.get("Layers"):
+            config.pop("Layers", None)  # AWS leaves the member out when there are none
         if "LoggingConfig" in changes:
             config["LoggingConfig"] = {**current.config["LoggingConfig"],
                                        **changes["LoggingConfig"]}
@@ -440,21 +462,14 @@ class FunctionService:
                                        latest.code_sha_hex))
         return record, True
 
-    def _save_code(self, fields: Fields, store: bool = True) -> CodeInfo:
-        if fields.string("S3Bucket") or fields.string("S3Key") or fields.string("ImageUri"):
-            raise AwsError.invalid_parameter(
-                "Kiln stores code you upload directly: pass the zip as ZipFile "
-                "(S3 and image code locations are not supported).")
-        encoded = fields.string("ZipFile")
-        if encoded is None:
-            raise AwsError.invalid_parameter("ZipFile is required: upload the function's code "
-                                             "as a zip file.")
-        try:
-            data = base64.b64decode(encoded, validate=True)
-        except (binascii.Error, ValueError):
-            raise AwsError.invalid_content(
-                "Could not parse request body into json: ZipFile is not valid base64") from None
-        return self.code.save(data) if store else self.code.inspect(data)
+    def _save_code(self, fields: Fields, layer_arns: builtins.list[str],
+                   store: bool = True) -> tuple[CodeInfo, builtins.list[dict[str, Any]]]:
+        """Store (with ``store=False`` only check) uploaded code, checked with the layers it
+        will run with against the unzipped limit before anything is written; and the
+        configuration's ``Layers`` value."""
+        data = uploaded_zip(fields)
+        layers = self.layers.attach(layer_arns, declared_size(data))
+        return (self.code.save(data) if store else self.code.inspect(data)), layers
 
     def _check_revision(self, current: FunctionRecord, revision_id: str | None) -> None:
         if revision_id is not None and revision_id != current.revision_id:
@@ -482,9 +497,14 @@ class FunctionService:
         self._cache[(record.name, record.version)] = record
 
     def _collect_code(self, sha_hex: str) -> None:
-        """Remove code no function references any more."""
-        if not self.db.query_one("SELECT 1 FROM functions WHERE code_sha_hex = ?", (sha_hex,)):
+        """Remove code no function or layer references any more."""
+        if (not self.db.query_one("SELECT 1 FROM functions WHERE code_sha_hex = ?", (sha_hex,))
+                and not self.layers.code_in_use(sha_hex)):
             self.code.remove(sha_hex)
+
+    def _configs(self) -> builtins.list[dict[str, Any]]:
+        """Every function version's configuration."""
+        return [json.loads(row["config"]) for row in self.db.query("SELECT config FROM functions")]
 
     async def _notify(self, name: str) -> None:
         for listener in self.listeners:
@@ -500,23 +520,13 @@ def _version_order(version: str) -> int:
     return 0 if version == LATEST else int(version) if version.isdigit() else -1
 
 
+def _list_order(record: FunctionRecord) -> tuple[str, int]:
+    return record.name, _version_order(record.version)
+
+
 def _same_version(a: FunctionRecord, b: FunctionRecord) -> bool:
     """Same code and same configuration, whatever their ARNs, dates and revisions."""
     def essence(record: FunctionRecord) -> dict[str, Any]:
         return {k: v for k, v in record.config.items() if k not in _VOLATILE}
 
     return a.code_sha_hex == b.code_sha_hex and essence(a) == essence(b)
-
-
-def encode_marker(key: str) -> str:
-    return base64.urlsafe_b64encode(key.encode()).decode()
-
-
-def decode_marker(marker: str) -> str:
-    try:
-        key = base64.b64decode(marker.encode(), altchars=b"-_", validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        key = ""
-    if not key:
-        raise AwsError.invalid_parameter(f"Invalid marker: {marker}")
-    return key

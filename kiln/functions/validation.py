@@ -100,6 +100,9 @@ def configuration_changes(fields: Fields) -> dict[str, Any]:
     runtime = fields.string("Runtime")
     if runtime is not None:
         changes["Runtime"] = runtime
+    layers = fields.array("Layers")
+    if layers is not None:  # layer version ARNs, checked against the layers by LayerStore
+        changes["Layers"] = layers
     for key in ("TracingConfig", "LoggingConfig", "DeadLetterConfig"):
         value = fields.mapping(key)
         if value is not None:

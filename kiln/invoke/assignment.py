@@ -14,6 +14,8 @@ import os
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
 
 from kiln.config import Settings
 from kiln.functions.code import CodeStore
@@ -30,11 +32,14 @@ def _key(record: FunctionRecord) -> tuple[str, str, str]:
 
 class Assignment:
     def __init__(self, backend: SandboxBackend, runtimes: RuntimeCatalog, code: CodeStore,
-                 settings: Settings) -> None:
+                 settings: Settings,
+                 opt_dir: Callable[[FunctionRecord], Path | None] = lambda _record: None) -> None:
+        """``opt_dir(record)``: the host directory holding the version's merged layers."""
         self.backend = backend
         self.runtimes = runtimes
         self.code = code
         self.settings = settings
+        self.opt_dir = opt_dir
         self._idle: dict[tuple[str, str, str], list[Environment]] = defaultdict(list)
         self._live: set[Environment] = set()
         self._reaper: asyncio.Task[None] | None = None
@@ -112,12 +117,15 @@ class Assignment:
     async def _create(self, record: FunctionRecord) -> Environment:
         env_id = uuid.uuid4().hex
         task_root = self.code.task_root(record.code_sha_hex)
+        opt = self.opt_dir(record)
+        layers = [opt] if opt is not None else []
         output = Output()
         spec = SandboxSpec(
             env_id=env_id,
-            argv=self.runtimes.command(record.runtime, task_root, []),
-            env=self._environment(record, task_root, env_id),
+            argv=self.runtimes.command(record.runtime, task_root, layers),
+            env=self._environment(record, task_root, env_id, opt),
             task_root=task_root,
+            layers=layers,
             memory_mb=record.memory_size,
             ephemeral_mb=record.ephemeral_storage,
             on_output=output.feed,
@@ -128,9 +136,12 @@ class Assignment:
         return env
 
     def _environment(self, record: FunctionRecord, task_root: os.PathLike[str] | str,
-                     env_id: str) -> dict[str, str]:
-        """The runtime's environment: the user's variables, then Lambda's reserved ones."""
+                     env_id: str, opt: Path | None) -> dict[str, str]:
+        """The runtime's environment: the user's variables, then Lambda's reserved ones.
+        Paths name the host's directories (an isolating backend rewrites them)."""
         settings = self.settings
+        paths = self.runtimes.search_paths(record.runtime, str(task_root),
+                                           None if opt is None else str(opt))
         stream = time.strftime("%Y/%m/%d", time.gmtime()) + f"/[{record.version}]{env_id}"
         env = dict(record.environment)
         env.update({
@@ -152,12 +163,12 @@ class Assignment:
             "LAMBDA_RUNTIME_DIR": str(self.runtimes.runtime_dir),
             "TZ": ":UTC",
             "LANG": env.get("LANG", "en_US.UTF-8"),
-            "PATH": env.get("PATH", "/usr/local/bin:/usr/bin/:/bin:/opt/bin"),
-            "LD_LIBRARY_PATH": env.get(
-                "LD_LIBRARY_PATH",
-                f"/lib64:/usr/lib64:{task_root}:{task_root}/lib:/opt/lib"),
+            "PATH": env.get("PATH", paths.pop("PATH")),
+            "LD_LIBRARY_PATH": env.get("LD_LIBRARY_PATH", paths.pop("LD_LIBRARY_PATH")),
             "PYTHONUNBUFFERED": "1",
         })
+        for key, layer_paths in paths.items():  # the function's own entries come first
+            env[key] = f"{env[key]}:{layer_paths}" if env.get(key) else layer_paths
         logging_config = record.config.get("LoggingConfig", {})
         if logging_config.get("LogFormat") == "JSON":
             # AWS filters application logs only in JSON format, at INFO unless configured.

@@ -106,6 +106,24 @@ class RuntimeCatalog:
                 return [str(bootstrap)]
         return [str(task_root / "bootstrap")]
 
+    def search_paths(self, runtime: str, task_root: str, opt: str | None) -> dict[str, str]:
+        """PATH, LD_LIBRARY_PATH and the language's module path with the layers' directories
+        (merged at ``opt``; None when there are no layers) where Lambda puts them."""
+        opt_root = opt or "/opt"
+        paths = {
+            "PATH": f"/usr/local/bin:/usr/bin/:/bin:{opt_root}/bin",
+            "LD_LIBRARY_PATH": f"/lib64:/usr/lib64:{task_root}:{task_root}/lib:{opt_root}/lib",
+        }
+        if opt is None:
+            return paths
+        if runtime in PYTHON_RUNTIMES:
+            paths["PYTHONPATH"] = f"{opt}/python/lib/{runtime}/site-packages:{opt}/python"
+        elif runtime in NODE_RUNTIMES:
+            major = runtime[len("nodejs"):-len(".x")]
+            paths["NODE_PATH"] = (f"{opt}/nodejs/node{major}/node_modules:"
+                                  f"{opt}/nodejs/node_modules")
+        return paths
+
     def execution_env(self, runtime: str) -> str | None:
         """``AWS_EXECUTION_ENV`` (unset for provided runtimes)."""
         if runtime in PROVIDED:
