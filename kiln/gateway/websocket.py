@@ -23,6 +23,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
@@ -108,7 +109,8 @@ class WebSocketApis:
         if api is None or deployed is None:
             await _deny(send, 403, b'{"message":"Forbidden"}')
             return
-        headers, multi = _header_maps(scope)
+        headers, multi = _maps((name.decode("latin-1"), value.decode("latin-1"))
+                               for name, value in scope.get("headers", ()))
         lower = {name.lower(): value for name, value in headers.items()}
         client = scope.get("client") or ("127.0.0.1", 0)
         conn = Connection(opaque_id(), api_id, stage, str(client[0]),
@@ -132,7 +134,8 @@ class WebSocketApis:
         accept_headers: dict[str, str] = {}
         if route is not None:
             request_id = opaque_id()
-            query, multi_query = _query_maps(scope)
+            query, multi_query = _maps(parse_qsl(scope.get("query_string", b"").decode("latin-1"),
+                                                 keep_blank_values=True))
             event: dict[str, Any] = {
                 "headers": session.headers, "multiValueHeaders": session.multi_headers,
                 "requestContext": session.context("$connect", "CONNECT", request_id),
@@ -378,22 +381,11 @@ def _stringify(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-def _header_maps(scope: Scope) -> tuple[dict[str, str], dict[str, list[str]]]:
-    """The handshake's headers as 1.0-style single (last value) and multi-value maps."""
+def _maps(pairs: Iterable[tuple[str, str]]) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """REST-style single (last value wins) and multi-value maps of headers or query keys."""
     single: dict[str, str] = {}
     multi: dict[str, list[str]] = {}
-    for raw_name, raw_value in scope.get("headers", ()):
-        name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
-        single[name] = value
-        multi.setdefault(name, []).append(value)
-    return single, multi
-
-
-def _query_maps(scope: Scope) -> tuple[dict[str, str], dict[str, list[str]]]:
-    single: dict[str, str] = {}
-    multi: dict[str, list[str]] = {}
-    for name, value in parse_qsl(scope.get("query_string", b"").decode("latin-1"),
-                                 keep_blank_values=True):
+    for name, value in pairs:
         single[name] = value
         multi.setdefault(name, []).append(value)
     return single, multi

@@ -41,7 +41,11 @@ def handler(event, context):
         if "crash" in query:
             raise RuntimeError("connect crashed")
         seen = base64.b64encode(json.dumps(event).encode()).decode()
-        return {"statusCode": 200, "headers": {"X-Connect-Event": seen}}
+        headers = {"X-Connect-Event": seen}
+        offered = {k.lower(): v for k, v in event["headers"].items()}.get("sec-websocket-protocol")
+        if offered:
+            headers["Sec-WebSocket-Protocol"] = offered.split(",")[0].strip()
+        return {"statusCode": 200, "headers": headers}
     if route == "$disconnect":
         headers = {k.lower(): v for k, v in event["headers"].items()}
         if "x-watcher" in headers:
@@ -65,6 +69,14 @@ def handler(event, context):
     return {"statusCode": 200, "body": json.dumps({"route": route, "event": event})}
 """
 
+SLOW = """
+import time
+
+def handler(event, context):
+    time.sleep(1)
+    return {"statusCode": 200, "body": "too late"}
+"""
+
 
 class Chat:
     def __init__(self, server: KilnServer, api_id: str) -> None:
@@ -76,16 +88,17 @@ class Chat:
 
 
 def make_api(server: KilnServer, function: str | None, routes: dict[str, bool],
-             **api: Any) -> str:
+             timeout_ms: int = 29_000) -> str:
     """A deployed WebSocket API (stage ``prod``); ``routes`` maps route key to two-way."""
     gateway = server.client("apigatewayv2")
     api_id = gateway.create_api(Name="chat", ProtocolType="WEBSOCKET",
-                                RouteSelectionExpression="$request.body.action", **api)["ApiId"]
+                                RouteSelectionExpression="$request.body.action")["ApiId"]
     target = {}
     if function is not None:
         arn = server.client().get_function(FunctionName=function)["Configuration"]["FunctionArn"]
         integration = gateway.create_integration(ApiId=api_id, IntegrationType="AWS_PROXY",
-                                                 IntegrationUri=arn)
+                                                 IntegrationUri=arn,
+                                                 TimeoutInMillis=timeout_ms)
         target = {"Target": f"integrations/{integration['IntegrationId']}"}
     for key, two_way in routes.items():
         extra = {"RouteResponseSelectionExpression": "$default"} if two_way else {}
@@ -179,6 +192,24 @@ async def test_connect_event_and_message_event(chat: Chat) -> None:
         assert isinstance(info["ConnectedAt"], datetime)
         assert isinstance(info["LastActiveAt"], datetime)
         assert info["Identity"] == {"SourceIp": "127.0.0.1", "UserAgent": "chat-test/1.0"}
+
+
+async def test_subprotocol_chosen_by_connect(chat: Chat) -> None:
+    async with connect(chat.ws_url, subprotocols=["chat.v2", "chat.v1"]) as ws:
+        assert ws.subprotocol == "chat.v2"
+
+
+async def test_integration_timeouts(chat: Chat) -> None:
+    slow = create_python_function(chat.server.client(), SLOW, Timeout=10)
+    connect_api = make_api(chat.server, slow, {"$connect": False}, timeout_ms=50)
+    with pytest.raises(InvalidStatus) as timed_out:
+        await connect(f"ws://127.0.0.1:{chat.server.port}/_aws/execute-api/{connect_api}/prod")
+    assert timed_out.value.response.status_code == 504
+    message_api = make_api(chat.server, slow, {"$default": True}, timeout_ms=50)
+    async with connect(f"ws://127.0.0.1:{chat.server.port}/_aws/execute-api/{message_api}/prod"
+                       ) as ws:
+        await ws.send("hello")
+        assert (await _json(ws))["message"] == "Endpoint request timed out"
 
 
 async def test_route_selection_and_binary_frames(chat: Chat) -> None:
