@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kiln.gateway.addressing import api_address, function_url_address, is_gateway
-from kiln.gateway.proxy import send_json
 from kiln.gateway.types import WEBSOCKET
 
 if TYPE_CHECKING:
@@ -55,6 +54,6 @@ class GatewayDispatch:
         """THE spot for WebSocket APIs: every ``websocket`` scope, and every HTTP request to a
         WEBSOCKET API (the ``@connections`` API), lands here."""
         if scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1008})
+            await self.kiln.websockets.handle_websocket(scope, receive, send, api_id, stage)
             return
-        await send_json(send, 404, {"message": "Not Found"})
+        await self.kiln.websockets.handle_http(scope, receive, send, api_id, stage, path)
