@@ -82,6 +82,11 @@ def routes(kiln: Kiln) -> list[Route]:
         store.delete_api(api_id(request))
         return empty_response(204)
 
+    @aws_endpoint("DeleteCorsConfiguration")
+    async def delete_cors(request: Request) -> Response:
+        store.delete_cors(api_id(request))
+        return empty_response(204)
+
     creators: dict[str, Callable[[str, dict[str, Any]], dict[str, Any]]] = {
         INTEGRATION: store.create_integration, ROUTE: store.create_route,
         STAGE: store.create_stage, DEPLOYMENT: store.create_deployment}
@@ -138,6 +143,7 @@ def routes(kiln: Kiln) -> list[Route]:
         Route("/v2/apis/{apiId}", get_api, methods=["GET"]),
         Route("/v2/apis/{apiId}", update_api, methods=["PATCH"]),
         Route("/v2/apis/{apiId}", delete_api, methods=["DELETE"]),
+        Route("/v2/apis/{apiId}/cors", delete_cors, methods=["DELETE"]),
         *child_routes(INTEGRATION, "integrations", "integrationId"),
         *child_routes(ROUTE, "routes", "routeId"),
         *child_routes(STAGE, "stages", "stageName"),

@@ -168,15 +168,18 @@ class GatewayStore:
         self.arns = arns
         self.endpoint = endpoint
         db.migrate(SCHEMA)
-        self._deployed: dict[str, Api | None] = {}
+        self._deployed: dict[str, Api] = {}
 
     # -- data-plane reads ---------------------------------------------------------------------
 
     def deployed(self, api_id: str) -> Api | None:
         """The API with each stage's deployed routes; cached until the API changes."""
-        if api_id not in self._deployed:
-            self._deployed[api_id] = self._build(api_id)
-        return self._deployed[api_id]
+        api = self._deployed.get(api_id)
+        if api is None:
+            api = self._build(api_id)
+            if api is not None:  # unknown ids are not remembered: requests choose them
+                self._deployed[api_id] = api
+        return api
 
     def has_stage(self, api_id: str, stage: str) -> bool:
         api = self.deployed(api_id)
@@ -260,6 +263,13 @@ class GatewayStore:
                        (json.dumps(wire), api_id))
         self._deployed.pop(api_id, None)
         return wire
+
+    def delete_cors(self, api_id: str) -> None:
+        wire = self.get_api(api_id)
+        wire.pop("corsConfiguration", None)
+        self.db.execute("UPDATE gateway_apis SET body = ? WHERE api_id = ?",
+                        (json.dumps(wire), api_id))
+        self._deployed.pop(api_id, None)
 
     def delete_api(self, api_id: str) -> None:
         self.get_api(api_id)

@@ -78,16 +78,18 @@ class FunctionUrls:
         self.arns = arns
         self.endpoint = endpoint
         db.migrate(SCHEMA)
-        self._by_id: dict[str, UrlConfig | None] = {}
+        self._by_id: dict[str, UrlConfig] = {}
         functions.listeners.append(self._function_changed)
 
     def by_id(self, url_id: str) -> UrlConfig | None:
-        if url_id not in self._by_id:
+        config = self._by_id.get(url_id)
+        if config is None:
             row = self.db.query_one("SELECT body FROM function_urls WHERE url_id = ?",
                                     (url_id,))
-            self._by_id[url_id] = None if row is None else _config(url_id,
-                                                                   json.loads(row["body"]))
-        return self._by_id[url_id]
+            if row is None:
+                return None  # unknown ids are not remembered: requests choose them
+            config = self._by_id[url_id] = _config(url_id, json.loads(row["body"]))
+        return config
 
     def create(self, name: str, qualifier: str | None, body: dict[str, Any]) -> dict[str, Any]:
         arn = self._function_arn(name, qualifier)

@@ -459,3 +459,7 @@ def test_cors(gw: Any, function_arn: str, http: httpx.Client) -> None:
     assert actual.headers["access-control-expose-headers"] == "x-out"
     plain = http.get(url(api_id, "/x"))
     assert "access-control-allow-origin" not in plain.headers
+    gw.delete_cors_configuration(ApiId=api_id)
+    assert "CorsConfiguration" not in gw.get_api(ApiId=api_id)
+    after = http.get(url(api_id, "/x"), headers={"Origin": "https://app.example"})
+    assert "access-control-allow-origin" not in after.headers
