@@ -79,8 +79,11 @@ class Environment:
         self.last_used = time.monotonic()
         self.retired = False
         self._exit: asyncio.Task[int] | None = None
+        # Held: on Python 3.11 every asyncio.get_running_loop() is a getpid() system call.
+        self._loop = asyncio.get_running_loop()
         self._frozen = False
         self._freeze_timer: asyncio.TimerHandle | None = None
+        self._freeze_delay = 0.0
         self._freezing: asyncio.Task[None] | None = None
 
     @property
@@ -104,7 +107,7 @@ class Environment:
                 "Runtime.InvalidEntrypoint", prefix + _entrypoint_message(exc))
             await self.destroy()
             return failure
-        self._exit = asyncio.get_running_loop().create_task(self.sandbox.wait())
+        self._exit = self._loop.create_task(self.sandbox.wait())
         ready = asyncio.ensure_future(self.api.ready.wait())
         init_error = asyncio.ensure_future(self.api.init_error_posted.wait())
         done, pending = await asyncio.wait(
@@ -136,9 +139,6 @@ class Environment:
         assert self._exit is not None and self.state is State.IDLE
         self.state = State.BUSY
         self.invocations += 1
-        if self._freeze_timer is not None:
-            self._freeze_timer.cancel()
-            self._freeze_timer = None
         if self._frozen:
             await self.sandbox.thaw()
             self._frozen = False
@@ -163,7 +163,7 @@ class Environment:
                 status = "timeout"
 
         self._exit.add_done_callback(on_exit)
-        timer = asyncio.get_running_loop().call_later(timeout, on_timeout)
+        timer = self._loop.call_later(timeout, on_timeout)
         self.api.submit(invocation)
         try:
             result = await invocation.result
@@ -179,14 +179,22 @@ class Environment:
         return result, "ok" if result.error_type is None else "error"
 
     def schedule_freeze(self, delay: float) -> None:
-        """Freeze the idle environment after ``delay`` seconds unless work arrives first."""
-        loop = asyncio.get_running_loop()
+        """Freeze the idle environment ``delay`` seconds after its last use unless work arrives
+        first.  One timer serves a run of invokes: when it fires early it re-arms for the rest,
+        rather than being cancelled and created again on every invoke (the hot path)."""
+        self._freeze_delay = delay
+        if self._freeze_timer is None:
+            self._freeze_timer = self._loop.call_later(delay, self._freeze_due)
 
-        def fire() -> None:
-            self._freeze_timer = None
-            self._freezing = loop.create_task(self.freeze())
-
-        self._freeze_timer = loop.call_later(delay, fire)
+    def _freeze_due(self) -> None:
+        self._freeze_timer = None
+        if self.state is not State.IDLE or self._frozen:
+            return  # busy: its release schedules the freeze again
+        remaining = self.last_used + self._freeze_delay - time.monotonic()
+        if remaining > 0:
+            self._freeze_timer = self._loop.call_later(remaining, self._freeze_due)
+            return
+        self._freezing = self._loop.create_task(self.freeze())
 
     async def freeze(self) -> None:
         if self.state is State.IDLE and not self._frozen:

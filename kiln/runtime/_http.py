@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -49,7 +49,12 @@ class HttpResponse:
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + self.body
 
 
-Handler = Callable[[HttpRequest], Awaitable[HttpResponse]]
+#: Answers a parked request later; False when its connection is gone (nothing was sent).
+Responder = Callable[[HttpResponse], bool]
+#: Answers a request now, or returns None having kept the responder to answer it later (the
+#: Runtime API's /next waits for an event). Called from the protocol callbacks, so an answer goes
+#: out in the same event-loop step that its request (or the event that completes it) came in.
+Handler = Callable[[HttpRequest, Responder], "HttpResponse | None"]
 
 
 class _Protocol(asyncio.Protocol):
@@ -62,8 +67,7 @@ class _Protocol(asyncio.Protocol):
         self._body: list[bytes] = []
         self._pending: list[HttpRequest] = []
         self._held: list[bytes] = []
-        self._busy = False
-        self._task: asyncio.Task[None] | None = None
+        self._parked = False
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -79,8 +83,6 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
-        if self._task is not None:
-            self._task.cancel()
 
     # httptools callbacks
     def on_message_begin(self) -> None:
@@ -101,31 +103,39 @@ class _Protocol(asyncio.Protocol):
         method = self._parser.get_method().decode()
         path = httptools.parse_url(self._url).path.decode()
         self._pending.append(HttpRequest(method, path, self._headers, b"".join(self._body)))
-        if not self._busy:
-            self._busy = True
-            self._task = asyncio.get_running_loop().create_task(self._drain())
+        if not self._parked:
+            self._serve_pending()
 
-    async def _drain(self) -> None:
-        try:
-            while self._pending and self._transport is not None:
-                request = self._pending.pop(0)
-                try:
-                    response = await self._handler(request)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the runtime
-                    body = {"errorType": "InternalServerError",
-                            "errorMessage": type(exc).__name__}
-                    response = HttpResponse(500, json.dumps(body).encode(), "application/json")
-                if self._pending:
-                    # The client pipelined its next request (Kiln's runtimes send /response
-                    # and /next together): hold this answer and send both in one write.
-                    self._held.append(response.encode(keep_alive=True))
-                else:
-                    self._write(response, keep_alive=True)
-        finally:
-            self._busy = False
-            self._task = None
+    def _serve_pending(self) -> None:
+        """Answer queued requests in order until one is parked."""
+        while self._pending and self._transport is not None:
+            request = self._pending.pop(0)
+            try:
+                response = self._handler(request, self._resume)
+            except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the runtime
+                body = {"errorType": "InternalServerError", "errorMessage": type(exc).__name__}
+                response = HttpResponse(500, json.dumps(body).encode(), "application/json")
+            if response is None:
+                self._parked = True
+                return
+            self._answer(response)
+
+    def _answer(self, response: HttpResponse) -> None:
+        if self._pending:
+            # The client pipelined its next request (Kiln's runtimes send /response and /next
+            # together): hold this answer and send both in one write.
+            self._held.append(response.encode(keep_alive=True))
+        else:
+            self._write(response, keep_alive=True)
+
+    def _resume(self, response: HttpResponse) -> bool:
+        """The parked request's answer; then the requests queued behind it."""
+        if not self._parked or self._transport is None or self._transport.is_closing():
+            return False
+        self._parked = False
+        self._answer(response)
+        self._serve_pending()
+        return True
 
     def _write(self, response: HttpResponse, keep_alive: bool) -> None:
         if self._transport is None or self._transport.is_closing():

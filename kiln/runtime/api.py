@@ -19,7 +19,7 @@ import json
 import re
 import socket
 
-from kiln.runtime._http import HttpRequest, HttpResponse, serve_http
+from kiln.runtime._http import HttpRequest, HttpResponse, Responder, serve_http
 from kiln.runtime.types import Invocation, InvocationResult
 
 PREFIX = "/2018-06-01"
@@ -53,7 +53,8 @@ class RuntimeApi:
         self.init_error_posted = asyncio.Event()
         self._queued: Invocation | None = None
         self._current: Invocation | None = None
-        self._waiter: asyncio.Future[None] | None = None
+        #: The runtime's /next, parked until there is an event to answer it with.
+        self._next_waiting: Responder | None = None
         self._server: asyncio.Server | None = None
 
     async def serve(self, listener: socket.socket) -> None:
@@ -63,23 +64,24 @@ class RuntimeApi:
         if self._server is not None:
             self._server.close()
             self._server = None
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.cancel()
+        self._next_waiting = None
 
     def submit(self, invocation: Invocation) -> None:
-        """Queue the next event; the runtime's pending /next (or its next one) receives it."""
+        """Queue the next event; the runtime's pending /next (or its next one) receives it,
+        the pending one right now: written before this returns."""
         if self._queued is not None:
             raise RuntimeError("an invocation is already queued for this environment")
         self._queued = invocation
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        respond, self._next_waiting = self._next_waiting, None
+        if respond is not None and respond(self._hand_out(invocation)):
+            self._queued = None
 
     # -- the HTTP side ------------------------------------------------------------------------
 
-    async def handle(self, request: HttpRequest) -> HttpResponse:
+    def handle(self, request: HttpRequest, respond: Responder) -> HttpResponse | None:
         path = request.path
         if path == f"{PREFIX}/runtime/invocation/next" and request.method == "GET":
-            return await self._next()
+            return self._next(respond)
         match = _INVOCATION_RE.match(path)
         if match and request.method == "POST":
             if match[2] == "response":
@@ -94,17 +96,20 @@ class RuntimeApi:
             return _error(202, f"{kind}.NotSupported", f"{kind} API is not supported")
         return _error(404, "NotFound", f"{request.method} {path} is not part of the Runtime API")
 
-    async def _next(self) -> HttpResponse:
+    def _next(self, respond: Responder) -> HttpResponse | None:
         if self._current is not None and not self._current.result.done():
             return _error(403, "InvalidStateTransition", "State transition from Invoke to Next "
                           "failed: the current invocation has no response yet")
         self._current = None
         self.ready.set()
-        while self._queued is None:
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
-            self._waiter = None
+        if self._queued is None:
+            # A runtime that reconnected replaces its earlier, abandoned /next.
+            self._next_waiting = respond
+            return None
         invocation, self._queued = self._queued, None
+        return self._hand_out(invocation)
+
+    def _hand_out(self, invocation: Invocation) -> HttpResponse:
         self._current = invocation
         headers = {
             "Lambda-Runtime-Aws-Request-Id": invocation.request_id,
