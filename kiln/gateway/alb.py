@@ -82,6 +82,7 @@ class _Request:
     headers: list[tuple[str, str]]  # lower-case names, in order
     body: bytes
     client: str
+    keep_alive: bool = True
 
 
 @dataclass(frozen=True)
@@ -91,13 +92,15 @@ class _Answer:
     headers: list[tuple[str, str]]
     body: bytes
 
-    def encode(self, keep_alive: bool) -> bytes:
+    def encode(self, keep_alive: bool, head: bool = False) -> bytes:
+        """The response on the wire (``head``: without the body, for a HEAD request)."""
         lines = [f"HTTP/1.1 {self.status} {self.reason}",
                  f"Date: {formatdate(usegmt=True)}", "Server: awselb/2.0",
                  f"Content-Length: {len(self.body)}"]
         lines.extend(f"{name}: {value}" for name, value in self.headers)
         lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + self.body
+        head_bytes = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        return head_bytes if head else head_bytes + self.body
 
 
 def _error_page(status: int) -> _Answer:
@@ -331,6 +334,13 @@ class _Protocol(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
 
+    def on_headers_complete(self) -> None:
+        length = next((v for n, v in self.headers if n == "content-length"), "")
+        if length.isdigit() and int(length) > BODY_LIMIT:
+            self._fail(413)  # before the body arrives
+        elif ("expect", "100-continue") in self.headers and self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
     def on_body(self, body: bytes) -> None:
         self.size += len(body)
         if self.size <= BODY_LIMIT:
@@ -342,21 +352,24 @@ class _Protocol(asyncio.Protocol):
         if self.size > BODY_LIMIT:
             self._fail(413)
             return
+        if self.transport is None or self.transport.is_closing():
+            return
         self.pending.append(_Request(self.parser.get_method().decode("latin-1"),
                                      self.url.decode("latin-1"), self.headers,
-                                     b"".join(self.body), self.client))
+                                     b"".join(self.body), self.client,
+                                     self.parser.should_keep_alive()))
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
-        keep_alive = self.parser.should_keep_alive()
         try:
             while self.pending and self.transport is not None:
-                answer = await self.listener.answer(self.pending.pop(0))
-                keep_alive = self.parser.should_keep_alive()
+                request = self.pending.pop(0)
+                answer = await self.listener.answer(request)
                 if self.transport is not None:
-                    self.transport.write(answer.encode(keep_alive))
-                    if not keep_alive:
+                    self.transport.write(answer.encode(request.keep_alive,
+                                                      head=request.method == "HEAD"))
+                    if not request.keep_alive:
                         self.transport.close()
         finally:
             self.task = None

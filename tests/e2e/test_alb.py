@@ -149,9 +149,14 @@ def test_limits(alb: tuple[KilnServer, dict[str, str]]) -> None:
     _server, urls = alb
     too_big = httpx.post(f"{urls['single']}/big", content=b"x" * (1024 * 1024 + 1), timeout=60)
     assert too_big.status_code == 413
-    # The listener keeps serving, on the same client, after refusals.
+    chunked = httpx.post(f"{urls['single']}/big", timeout=60,
+                         content=iter([b"x" * 512 * 1024, b"x" * 512 * 1024, b"x"]))
+    assert chunked.status_code == 413
+    # The listener keeps serving, on the same client, after refusals; HEAD has no body.
     with httpx.Client(timeout=60) as client:
-        assert client.get(f"{urls['single']}/a").status_code == 201
+        head = client.head(f"{urls['single']}/a")
+        assert head.status_code == 201 and head.content == b""
+        assert int(head.headers["content-length"]) > 0
         assert client.get(f"{urls['single']}/b").status_code == 201
 
 
