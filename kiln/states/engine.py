@@ -93,14 +93,20 @@ class Outcome:
 
 
 class Frame:
-    """One thread of control: the top level, a Parallel branch or a Map iteration."""
+    """One thread of control: the top level, a Parallel branch or a Map iteration.
 
-    __slots__ = ("prev", "top", "variables")
+    ``cp`` is where the frame resumes after a restart (its state, input, event ids...); the top
+    frame's lives in the execution row, a nested frame's under ``path`` (``/P[0]/M[3]``).
+    """
 
-    def __init__(self, prev: int, variables: dict[str, JSON], top: bool) -> None:
+    __slots__ = ("cp", "path", "prev", "top", "variables")
+
+    def __init__(self, prev: int, variables: dict[str, JSON], top: bool, path: str = "") -> None:
         self.prev = prev
         self.variables = variables
         self.top = top
+        self.path = path
+        self.cp: dict[str, Any] = {}
 
 
 def error_matches(errors: tuple[str, ...], failure: StatesFailure) -> bool:
@@ -150,6 +156,12 @@ class Interpreter:
         self.machine_context = {"Id": info.machine_arn, "Name": info.machine_name}
         self.checkpoint: dict[str, Any] = {}
         self.checkpoint_dirty = False  # rewrite the checkpoint only when it changed
+        # Standard executions also checkpoint nested frames, so a restart resumes inside a
+        # Parallel/Map: pending writes in order (a frame to save, a finished frame's record,
+        # or None to drop a state's sub-frames), and the frames a restart hands back.
+        self.durable = history.sink is not None
+        self.frame_writes: list[tuple[str, Frame | dict[str, Any] | None]] = []
+        self.saved_frames: dict[str, dict[str, Any]] = {}
         self._dumped: tuple[JSON, str] = (None, "null")
 
     # ------------------------------------------------------------------ execution
@@ -230,17 +242,42 @@ class Interpreter:
         return text
 
     def persist(self, frame: Frame, **checkpoint: Any) -> None:
-        """Flush events; at the top level also record where to resume."""
-        if frame.top:
-            self.checkpoint.update(checkpoint)
-            self.checkpoint["variables"] = frame.variables
-            self.checkpoint_dirty = True
-        # Inside a Parallel/Map the top-level checkpoint still names the enclosing state.
+        """Flush events with the frames' checkpoints (where each resumes)."""
+        if frame.top or self.durable:
+            frame.cp.update(checkpoint)
+            frame.cp["variables"] = frame.variables
+            self.mark(frame)
+        top = None
         if self.checkpoint_dirty and self.checkpoint:
             self.checkpoint_dirty = False
-            self.history.flush(dict(self.checkpoint))
-        else:
-            self.history.flush()
+            top = dict(self.checkpoint)
+        writes: list[tuple[str, dict[str, Any] | None]] = []
+        for path, value in self.frame_writes:
+            writes.append((path, value.cp if isinstance(value, Frame) else value))
+        self.frame_writes = []
+        self.history.flush(top, writes)
+
+    def mark(self, frame: Frame) -> None:
+        """``frame.cp`` changed: write it with the next flush."""
+        if frame.top:
+            self.checkpoint_dirty = True
+        elif self.durable:
+            self.frame_writes.append((frame.path, frame))
+
+    def sub_path(self, frame: Frame, state: State, index: int) -> str:
+        return f"{frame.path}/{state.name}[{index}]" if self.durable else ""
+
+    def drop_sub_frames(self, frame: Frame, state: State) -> None:
+        """A Parallel/Map state ended (or will retry): its branches' checkpoints go."""
+        if not self.durable:
+            return
+        prefix = f"{frame.path}/{state.name}["
+        self.frame_writes.append((prefix, None))
+        frame.cp.pop("started", None)
+        self.mark(frame)
+        if self.saved_frames:
+            self.saved_frames = {k: v for k, v in self.saved_frames.items()
+                                 if not k.startswith(prefix)}
 
     # ------------------------------------------------------------------ machine / states
 
@@ -250,18 +287,19 @@ class Interpreter:
         name = start or machine.start_at
         while True:
             state = machine.states[name]
-            if frame.top:
+            if frame.top or self.durable:
                 if resume is None:
-                    self.checkpoint = {"state": name, "input": data, "prev": frame.prev,
-                                       "variables": frame.variables}
-                    self.checkpoint_dirty = True
-                    # Pure transitions are replayable: commit in batches, and always before
-                    # any side effect (tasks, waits, callbacks call persist()).
-                    if len(self.history.pending) >= FLUSH_EVERY:
-                        self.persist(frame)
+                    frame.cp = {"state": name, "input": data, "prev": frame.prev,
+                                "variables": frame.variables}
                 else:
-                    self.checkpoint = dict(resume)
-                    self.checkpoint_dirty = True
+                    frame.cp = dict(resume)
+                if frame.top:
+                    self.checkpoint = frame.cp
+                self.mark(frame)
+                # Pure transitions are replayable: commit in batches, and always before
+                # any side effect (tasks, waits, callbacks call persist()).
+                if resume is None and frame.top and len(self.history.pending) >= FLUSH_EVERY:
+                    self.persist(frame)
             nxt, data = await self.run_state(state, data, frame, resume)
             resume = None
             if nxt is None:
@@ -309,9 +347,9 @@ class Interpreter:
                 "name": state.name, "input": self.dump(data), "inputDetails": _NO_DETAIL,
             })
             entered_time = self.clock.now()
-            if frame.top:
-                self.checkpoint.update(entered=entered, entered_time=entered_time)
-                self.checkpoint_dirty = True
+            if frame.top or self.durable:
+                frame.cp.update(entered=entered, entered_time=entered_time)
+                self.mark(frame)
         frame.prev = entered
         run = _HANDLERS[state.type]
         try:
@@ -852,10 +890,10 @@ class Interpreter:
         finally:
             if token:
                 self.services.tokens.discard(token)
-            if frame.top:
-                self.checkpoint.pop("token", None)
-                self.checkpoint.pop("submitted", None)
-                self.checkpoint_dirty = True
+            if frame.top or self.durable:
+                frame.cp.pop("token", None)
+                frame.cp.pop("submitted", None)
+                self.mark(frame)
 
     async def call_service(self, service: str, action: str, pattern: str, value: JSON) -> JSON:
         if service == "lambda" and action == "invoke":
@@ -954,6 +992,8 @@ class Interpreter:
     async def run_parallel(self, state: State, data: JSON, frame: Frame, entered: int,
                            entered_time: float, resume: dict[str, Any] | None) -> tuple[
                                str | None, JSON]:
+        restart = [resume] if resume is not None and resume.get("started") else []
+
         async def attempt(retry: int) -> JSON:
             if state.jsonata:
                 b = self.jsonata_bindings(state, data, frame, entered_time, retry)
@@ -964,17 +1004,27 @@ class Interpreter:
                 value = self.select(state.input_path, data, env)
                 if state.parameters is not None:
                     value = state.parameters(env.with_input(value))
-            frame.prev = self.add("ParallelStateStarted", frame.prev)
-            started = frame.prev
-            branches = [
-                self.run_machine(branch, value, Frame(started, dict(frame.variables), False))
-                for branch in state.branches
-            ]
+            resuming = bool(restart and restart.pop())
+            started = self.started_event(frame, "ParallelStateStarted", resume, resuming)
+
+            async def branch(index: int, machine: Machine) -> JSON:
+                path = self.sub_path(frame, state, index)
+                saved = self.saved_frames.pop(path, None) if resuming else None
+                if saved is not None and saved.get("done"):
+                    return saved["output"]
+                child = self.child_frame(frame, started, path, saved)
+                output = await self.run_frame(machine, value, child, saved)
+                self.record_done(path, {"done": True, "output": output})
+                return output
+
             try:
-                results = await _gather_fail_fast(branches)
+                results = await _gather_fail_fast(
+                    [branch(i, machine) for i, machine in enumerate(state.branches)])
             except StatesFailure:
+                self.drop_sub_frames(frame, state)
                 frame.prev = self.add("ParallelStateFailed", frame.prev)
                 raise
+            self.drop_sub_frames(frame, state)
             frame.prev = self.add("ParallelStateSucceeded", frame.prev)
             if not state.jsonata and state.result_selector is not None:
                 return state.result_selector(env.with_input(results))
@@ -982,6 +1032,38 @@ class Interpreter:
 
         result = await self.with_retry(state, frame, resume, attempt)
         return state.next, self.complete(state, data, result, frame, entered_time)
+
+    def started_event(self, frame: Frame, event_type: str, resume: dict[str, Any] | None,
+                      resuming: bool, details: Callable[[], dict[str, Any]] | None = None) -> int:
+        """A Parallel/Map attempt's ``…Started`` event: the one recorded before a restart when
+        resuming, else a new one that the frame's checkpoint remembers."""
+        if resuming:
+            assert resume is not None
+            frame.prev = int(resume["started"])
+            return frame.prev
+        frame.prev = self.add(event_type, frame.prev, details)
+        if frame.top or self.durable:
+            frame.cp["started"] = frame.prev
+            self.mark(frame)
+        return frame.prev
+
+    def child_frame(self, parent: Frame, prev: int, path: str,
+                    saved: dict[str, Any] | None) -> Frame:
+        if saved is None:
+            return Frame(prev, dict(parent.variables), False, path)
+        return Frame(int(saved["prev"]), dict(saved.get("variables", {})), False, path)
+
+    async def run_frame(self, machine: Machine, value: JSON, child: Frame,
+                        saved: dict[str, Any] | None) -> JSON:
+        """A branch or iteration from its start, or from its checkpoint after a restart."""
+        if saved is None:
+            return await self.run_machine(machine, value, child)
+        return await self.run_machine(machine, saved["input"], child, saved["state"], saved)
+
+    def record_done(self, path: str, record: dict[str, Any]) -> None:
+        """A finished branch/iteration: a restart takes its result instead of rerunning it."""
+        if self.durable:
+            self.frame_writes.append((path, record))
 
     def complete(self, state: State, data: JSON, result: JSON, frame: Frame,
                  entered_time: float) -> JSON:
@@ -995,8 +1077,12 @@ class Interpreter:
     async def run_map(self, state: State, data: JSON, frame: Frame, entered: int,
                       entered_time: float, resume: dict[str, Any] | None) -> tuple[
                           str | None, JSON]:
+        restart = [resume] if resume is not None and resume.get("started") else []
+
         async def attempt(retry: int) -> JSON:
-            return await self.map_attempt(state, data, frame, entered, entered_time, retry)
+            resuming = bool(restart and restart.pop())
+            return await self.map_attempt(state, data, frame, entered, entered_time, retry,
+                                          resume if resuming else None)
 
         result = await self.with_retry(state, frame, resume, attempt)
         return state.next, self.complete(state, data, result, frame, entered_time)
@@ -1021,7 +1107,8 @@ class Interpreter:
         return float(value)
 
     async def map_attempt(self, state: State, data: JSON, frame: Frame, entered: int,
-                          entered_time: float, retry: int) -> JSON:
+                          entered_time: float, retry: int,
+                          resume: dict[str, Any] | None = None) -> JSON:
         assert state.processor is not None
         # Kiln has no S3: a reader or writer naming an S3 resource fails like an unreachable
         # bucket, before any child runs (AWS would run the children, then fail the write).
@@ -1060,8 +1147,10 @@ class Interpreter:
                                         env.with_input(value), b,
                                         "ToleratedFailurePercentage", percentage=True)
         inputs = self.map_inputs(state, items, value, env, b)
-        frame.prev = self.add("MapStateStarted", frame.prev, lambda: {"length": len(inputs)})
         if state.distributed:
+            # A restart runs a Distributed Map again with a new Map Run.
+            frame.prev = self.add("MapStateStarted", frame.prev, lambda: {
+                "length": len(inputs)})
             try:
                 output: JSON = await self.map_run(
                     state, inputs, frame, int(concurrency),
@@ -1070,8 +1159,10 @@ class Interpreter:
                 frame.prev = self.add("MapStateFailed", frame.prev)
                 raise
         else:
+            self.started_event(frame, "MapStateStarted", resume, resume is not None,
+                               lambda: {"length": len(inputs)})
             output = await self.inline_map(state, inputs, frame, int(concurrency),
-                                           tolerated_count, tolerated_pct)
+                                           tolerated_count, tolerated_pct, resume is not None)
         frame.prev = self.add("MapStateSucceeded", frame.prev)
         if not state.jsonata and state.result_selector is not None:
             output = state.result_selector(env.with_input(output))
@@ -1079,8 +1170,10 @@ class Interpreter:
 
     async def inline_map(self, state: State, inputs: list[JSON], frame: Frame,
                          concurrency: int, tolerated_count: float | None,
-                         tolerated_pct: float | None) -> list[JSON]:
+                         tolerated_pct: float | None, resuming: bool) -> list[JSON]:
         """Iterations inside this execution's history (MapIteration* events)."""
+        assert state.processor is not None
+        processor = state.processor
         started = frame.prev
         results: list[JSON] = [None] * len(inputs)
         failures: list[StatesFailure] = []
@@ -1088,12 +1181,20 @@ class Interpreter:
         last = [started]
 
         async def iteration(index: int) -> None:
-            child = Frame(started, dict(frame.variables), False)
-            child.prev = self.add("MapIterationStarted", started, lambda: {
-                "name": state.name, "index": index})
+            path = self.sub_path(frame, state, index)
+            saved = self.saved_frames.pop(path, None) if resuming else None
+            if saved is not None and saved.get("done"):
+                results[index] = saved["output"]
+                last[0] = max(last[0], int(saved["last"]))
+                if saved.get("failed"):
+                    failures.append(StatesFailure(saved["output"]["Error"],
+                                                  saved["output"].get("Cause")))
+                return
+            prev = started if saved is not None else self.add(
+                "MapIterationStarted", started, lambda: {"name": state.name, "index": index})
+            child = self.child_frame(frame, prev, path, saved)
             try:
-                results[index] = await self.run_machine(state.processor,  # type: ignore[arg-type]
-                                                        inputs[index], child)
+                results[index] = await self.run_frame(processor, inputs[index], child, saved)
             except StatesFailure as failure:
                 last[0] = self.add("MapIterationFailed", child.prev, lambda: {
                     "name": state.name, "index": index})
@@ -1101,15 +1202,20 @@ class Interpreter:
                     raise
                 failures.append(failure)
                 results[index] = _error_details_obj(failure)
+                self.record_done(path, {"done": True, "output": results[index],
+                                        "failed": True, "last": last[0]})
                 return
             last[0] = self.add("MapIterationSucceeded", child.prev, lambda: {
                 "name": state.name, "index": index})
+            self.record_done(path, {"done": True, "output": results[index], "last": last[0]})
 
         try:
             await _run_bounded(iteration, len(inputs), concurrency)
         except StatesFailure:
+            self.drop_sub_frames(frame, state)
             frame.prev = self.add("MapStateFailed", last[0])
             raise
+        self.drop_sub_frames(frame, state)
         frame.prev = last[0]
         if exceeds_tolerance(len(failures), len(inputs), tolerated_count, tolerated_pct) and (
                 tolerant):

@@ -1,8 +1,9 @@
 """Execution history events in GetExecutionHistory's shape, buffered until persisted.
 
 Events get increasing ids; ``previousEventId`` is the causal predecessor on the same branch.
-``flush`` hands buffered events (and the interpreter's checkpoint) to the sink in one call, so
-the service can write them in one transaction before the engine acts on them.
+``flush`` hands buffered events (and the interpreter's checkpoints: the top-level one, and nested
+frames' as ``(path, checkpoint)``, or ``(prefix, None)`` to drop frames) to the sink in one call,
+so the service can write them in one transaction before the engine acts on them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Any
 from kiln.states.types import Clock
 
 Event = dict[str, Any]
-Sink = Callable[[list[Event], dict[str, Any] | None], None]
+FrameWrites = list[tuple[str, dict[str, Any] | None]]
+Sink = Callable[[list[Event], dict[str, Any] | None, FrameWrites], None]
 
 _NO_DETAILS = {
     "LambdaFunctionStarted", "ParallelStateStarted", "ParallelStateSucceeded",
@@ -61,10 +63,11 @@ class History:
                 self.pending.append(event)
         return event_id
 
-    def flush(self, checkpoint: dict[str, Any] | None = None) -> None:
-        if self.sink is not None and (self.pending or checkpoint is not None):
+    def flush(self, checkpoint: dict[str, Any] | None = None,
+              frames: FrameWrites | None = None) -> None:
+        if self.sink is not None and (self.pending or checkpoint is not None or frames):
             pending, self.pending = self.pending, []
-            self.sink(pending, checkpoint)
+            self.sink(pending, checkpoint, frames or [])
 
     def types(self) -> list[str]:
         return [e["type"] for e in self.events]

@@ -24,7 +24,7 @@ from kiln.states.engine import (
     error_matches,
     iso,
 )
-from kiln.states.history import Event, History
+from kiln.states.history import Event, FrameWrites, History
 from kiln.states.maprun import MapRun, MapRuns
 from kiln.states.model import Machine
 from kiln.states.payload import dumps
@@ -112,8 +112,9 @@ class ExecutionService:
                 resume: dict[str, Any] | None, first_id: int) -> Running:
         arn = info.arn
 
-        def sink(events: list[Event], checkpoint: dict[str, Any] | None) -> None:
-            self.store.append(arn, events, checkpoint)
+        def sink(events: list[Event], checkpoint: dict[str, Any] | None,
+                 frames: FrameWrites) -> None:
+            self.store.append(arn, events, checkpoint, frames)
 
         history = History(self.clock, sink=sink, keep=False, first_id=first_id)
         interp = Interpreter(self.services, machine, info, history)
@@ -183,7 +184,7 @@ class ExecutionService:
             details["cause"] = cause
         last = self.store.last_event_id(arn)
         if history is None:
-            history = History(self.clock, sink=lambda ev, cp: self.store.append(arn, ev, cp),
+            history = History(self.clock, sink=lambda ev, cp, fr: self.store.append(arn, ev, cp),
                               keep=False, first_id=last + 1)
         else:
             history.next_id = max(history.next_id, last + 1)
@@ -230,7 +231,8 @@ class ExecutionService:
             if checkpoint is None and events:
                 checkpoint = {"state": machine.start_at, "input": info.input,
                               "prev": events[-1]["id"]}
-            self._launch(machine, info, row["input"], checkpoint, first_id)
+            running = self._launch(machine, info, row["input"], checkpoint, first_id)
+            running.interpreter.saved_frames = self.store.frames(arn)
             resumed += 1
         return resumed
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 from typing import Any
 
 from kiln.store import Database
@@ -79,6 +80,14 @@ SCHEMA = [
         created REAL NOT NULL,
         updated REAL
     )""",
+    # Checkpoints of frames inside Parallel/Map states (path: /State[index]/...), so a restart
+    # resumes each branch or iteration where it was.
+    """CREATE TABLE IF NOT EXISTS states_frames (
+        execution_arn TEXT NOT NULL,
+        path TEXT NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (execution_arn, path)
+    ) WITHOUT ROWID""",
     # Distributed Map runs: the MapRun record as JSON (children summaries included).
     """CREATE TABLE IF NOT EXISTS states_map_runs (
         arn TEXT PRIMARY KEY,
@@ -218,9 +227,17 @@ class StatesStore:
             )
 
     def append(self, arn: str, events: list[dict[str, Any]],
-               checkpoint: dict[str, Any] | None) -> None:
-        """Write events and the resume checkpoint in one transaction."""
+               checkpoint: dict[str, Any] | None,
+               frames: Sequence[tuple[str, dict[str, Any] | None]] = ()) -> None:
+        """Write events and the resume checkpoints in one transaction (frames in order)."""
         with self.db.transaction() as tx:
+            for path, body in frames:
+                if body is None:
+                    tx.execute("DELETE FROM states_frames WHERE execution_arn = ? AND "
+                               "substr(path, 1, ?) = ?", (arn, len(path), path))
+                else:
+                    tx.execute("INSERT OR REPLACE INTO states_frames (execution_arn, path, body) "
+                               "VALUES (?, ?, ?)", (arn, path, _dumps(body)))
             if events:
                 tx.execute(
                     "INSERT OR REPLACE INTO states_events (execution_arn, first_id, last_id, "
@@ -240,6 +257,12 @@ class StatesStore:
             "WHERE arn = ?",
             (status, stopped, output, error, cause, status, arn),
         )
+        self.db.execute("DELETE FROM states_frames WHERE execution_arn = ?", (arn,))
+
+    def frames(self, arn: str) -> dict[str, dict[str, Any]]:
+        rows = self.db.query("SELECT path, body FROM states_frames WHERE execution_arn = ?",
+                             (arn,))
+        return {r["path"]: json.loads(r["body"]) for r in rows}
 
     def redrive(self, arn: str, when: float) -> int:
         with self.db.transaction() as tx:

@@ -247,7 +247,7 @@ def test_kill_9_during_wait(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
-def test_parallel_is_rerun_after_restart(tmp_path: Path) -> None:
+def test_parallel_resumes_inside_its_branches(tmp_path: Path) -> None:
     async def scenario() -> None:
         clock, functions = FakeClock(), FakeFunctions()
         node = Node(tmp_path / "db", clock, functions)
@@ -265,15 +265,82 @@ def test_parallel_is_rerun_after_restart(tmp_path: Path) -> None:
         await node.api.start()
         done = await _finish(node, clock, arn)
         assert json.loads(done["output"]) == {"a": "a", "p": [{"a": "a"}, "x"]}
-        assert clock.now() - START == 60  # inner waits restart with the Parallel state
-        # Events flushed before the crash stay; the Parallel state runs again from its start
-        # (X's unflushed events from the first run were never persisted).
+        assert clock.now() - START == 50  # the branch's Wait kept its deadline
+        # The Parallel state is not entered or started again; branch X's events from before
+        # the crash were never persisted, so X runs once in the history.
         assert _types(await _history(node, arn)) == [
             "ExecutionStarted", "PassStateEntered", "PassStateExited", "ParallelStateEntered",
-            "ParallelStateStarted", "WaitStateEntered",
             "ParallelStateStarted", "WaitStateEntered", "PassStateEntered", "PassStateExited",
             "WaitStateExited", "ParallelStateSucceeded", "ParallelStateExited",
             "ExecutionSucceeded"]
+        await node.crash()
+
+    asyncio.run(scenario())
+
+
+def test_map_iterations_finished_before_a_restart_are_not_run_again(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        clock, functions = FakeClock(), FakeFunctions()
+        node = Node(tmp_path / "db", clock, functions)
+        arn = await _create_and_start(node.api, {"StartAt": "M", "States": {"M": {
+            "Type": "Map", "MaxConcurrency": 1, "ItemsPath": "$.xs", "End": True,
+            "ItemProcessor": {"StartAt": "T", "States": {
+                "T": {"Type": "Task", "InputPath": "$.n", "ResultPath": "$.d",
+                      "Resource": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:double",
+                      "Next": "W"},
+                "W": {"Type": "Wait", "Seconds": 100, "End": True}}}}}},
+            {"xs": [{"n": 1}, {"n": 2}, {"n": 3}]})
+        running = node.api.executions.running[arn]
+        await clock.drive(asyncio.shield(running.done),
+                          until=lambda: functions.counts.get("double") == 2)
+        await clock.settle()  # iteration 1 waits; iteration 0's result is committed
+        await node.crash()
+        node = Node(tmp_path / "db", clock, functions)
+        await node.api.start()
+        done = await _finish(node, clock, arn)
+        assert json.loads(done["output"]) == [{"n": 1, "d": 2}, {"n": 2, "d": 4},
+                                              {"n": 3, "d": 6}]
+        assert functions.counts["double"] == 3  # no iteration invoked its task twice
+        assert clock.now() - START == 300
+        types = _types(await _history(node, arn))
+        assert types.count("MapIterationStarted") == 3
+        assert types.count("LambdaFunctionScheduled") == 3
+        assert types.count("MapStateStarted") == 1
+        assert types[-3:] == ["MapStateSucceeded", "MapStateExited", "ExecutionSucceeded"]
+        await node.crash()
+
+    asyncio.run(scenario())
+
+
+def test_nested_parallel_in_map_resumes_at_depth(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        clock, functions = FakeClock(), FakeFunctions()
+        node = Node(tmp_path / "db", clock, functions)
+        arn = await _create_and_start(node.api, {"StartAt": "M", "States": {"M": {
+            "Type": "Map", "End": True, "ItemProcessor": {"StartAt": "P", "States": {"P": {
+                "Type": "Parallel", "End": True, "Branches": [
+                    {"StartAt": "W", "States": {"W": {"Type": "Wait", "SecondsPath": "$",
+                                                        "End": True}}},
+                    {"StartAt": "V", "States": {"V": {"Type": "Pass", "Assign": {"v.$": "$"},
+                                                        "Next": "U"},
+                                                "U": {"Type": "Wait", "Seconds": 30,
+                                                      "Next": "R"},
+                                                "R": {"Type": "Pass", "Parameters": {
+                                                    "v.$": "$v"}, "End": True}}}]}}}}}},
+            [20, 40])
+        running = node.api.executions.running[arn]
+        await clock.drive(asyncio.shield(running.done), until=lambda: clock.now() - START >= 20)
+        await clock.settle()  # inner Waits pending: U until 30 (after $v was assigned), W1 40
+        await node.crash()
+        node = Node(tmp_path / "db", clock, functions)
+        await node.api.start()
+        done = await _finish(node, clock, arn)
+        # $v, assigned inside each branch before the crash, is read back after it.
+        assert json.loads(done["output"]) == [[20, {"v": 20}], [40, {"v": 40}]]
+        assert clock.now() - START == 40
+        types = _types(await _history(node, arn))
+        assert types.count("ParallelStateStarted") == 2
+        assert types.count("MapIterationStarted") == 2
         await node.crash()
 
     asyncio.run(scenario())
