@@ -284,7 +284,7 @@ class WebSocketApis:
                 await conn.push(data)
                 return empty_response(200)
             if method == "DELETE":
-                await conn.close(_NORMAL)
+                await conn.close(_NORMAL, "Connection Closed Normally")  # as AWS reports it
                 return empty_response(204)
         except Gone:
             raise AwsError("GoneException", f"Connection {connection_id} is gone", 410) from None

@@ -50,7 +50,7 @@ def handler(event, context):
         headers = {k.lower(): v for k, v in event["headers"].items()}
         if "x-watcher" in headers:
             note = {"bye": ctx["connectionId"], "code": ctx["disconnectStatusCode"],
-                    "eventType": ctx["eventType"]}
+                    "reason": ctx["disconnectReason"], "eventType": ctx["eventType"]}
             _mgmt(ctx).post_to_connection(ConnectionId=headers["x-watcher"],
                                           Data=json.dumps(note).encode())
         return {"statusCode": 200}
@@ -145,8 +145,9 @@ async def test_chat_room(chat: Chat) -> None:
             chat.mgmt.post_to_connection(ConnectionId=target, Data=b"from outside")
         assert [await ws.recv() for ws in members] == ["from outside"] * 3
         # A member leaves: $disconnect runs (and tells the watcher); broadcasts report it gone.
-        await members[2].close()
-        assert await _json(watcher) == {"bye": ids[2], "code": 1000, "eventType": "DISCONNECT"}
+        await members[2].close(reason="gotta go")
+        assert await _json(watcher) == {"bye": ids[2], "code": 1000, "reason": "gotta go",
+                                        "eventType": "DISCONNECT"}
         await members[1].send(json.dumps({"action": "broadcast", "to": ids, "text": "still?"}))
         assert await _json(members[0]) == {"from": ids[1], "text": "still?"}
         assert await _json(members[1]) == {"from": ids[1], "text": "still?"}
@@ -156,7 +157,9 @@ async def test_chat_room(chat: Chat) -> None:
         with pytest.raises(ConnectionClosed):
             await asyncio.wait_for(members[0].recv(), 60)
         assert members[0].close_code == 1000
-        assert await _json(watcher) == {"bye": ids[0], "code": 1000, "eventType": "DISCONNECT"}
+        assert await _json(watcher) == {"bye": ids[0], "code": 1000,
+                                        "reason": "Connection Closed Normally",
+                                        "eventType": "DISCONNECT"}
         await members[1].close()
 
 
