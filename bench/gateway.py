@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.invoke import percentile, run_load
+from bench.invoke import percentile, row, run_load
 from tests.conftest import create_python_function, start_server
 
 ROUNDS = 10
@@ -33,11 +33,6 @@ def handler(event, context):
         return {"statusCode": 200, "body": event["body"]}
     return event
 """
-
-
-def row(label: str, value: float, base: float, unit: str, target: str = "") -> str:
-    return f"{label:<36} {value:>9.2f} {unit:<4} invoke {base:>9.2f} {unit:<4} " \
-           f"ratio {value / base:>5.2f}x {target}"
 
 
 async def main() -> None:
@@ -59,6 +54,7 @@ async def main() -> None:
             targets = {"invoke": f"/2015-03-31/functions/{name}/invocations",
                        "http api": f"/_aws/execute-api/{api_id}/echo",
                        "function url": f"/_aws/lambda-url/{url_id}/"}
+            print("baseline ('floor') = direct Invoke of the same function")
             for clients in (1, 8):
                 latencies: dict[str, list[float]] = {k: [] for k in targets}
                 rates: dict[str, list[float]] = {k: [] for k in targets}
@@ -78,8 +74,7 @@ async def main() -> None:
                     print(row(f"{label} p99, {clients} client(s)", percentile(lat, 0.99),
                               percentile(base, 0.99), "ms"))
                     rps = statistics.mean(rates[label])
-                    print(f"{f'{label} req/s, {clients} client(s)':<36} {rps:>9.0f} {'/s':<4} "
-                          f"invoke {base_rps:>9.0f} {'/s':<4} ratio {rps / base_rps:>5.2f}x")
+                    print(row(f"{label} req/s, {clients} client(s)", rps, base_rps, "/s"))
         finally:
             server.stop()
 

@@ -17,10 +17,12 @@ import asyncio
 import json
 import logging
 
+from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 from kiln.aws.arn import parse_function_id
 from kiln.aws.errors import AwsError
+from kiln.aws.restjson import receive_body
 from kiln.config import Settings
 from kiln.functions.service import is_version
 from kiln.gateway.cors import is_preflight, preflight_headers, with_cors
@@ -50,10 +52,6 @@ _TIMED_OUT = (504, {"message": "Endpoint request timed out"})
 _TOO_LARGE = (413, {"message": "Request Entity Too Large"})
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class HttpProxy:
     def __init__(self, store: GatewayStore, urls: FunctionUrls, local: LocalInvoker,
                  settings: Settings) -> None:
@@ -72,13 +70,8 @@ class HttpProxy:
         if api is None or stage is None:
             await send_json(send, *_NOT_FOUND)
             return
-        try:
-            request = HttpRequest.from_scope(scope, await _read(receive, API_PAYLOAD_MAX))
-        except _TooLarge:
-            await send_json(send, *_TOO_LARGE)
-            return
-        if api.cors is not None and is_preflight(request):
-            await send_raw(send, 204, preflight_headers(api.cors, request), b"")
+        request = await _request(scope, receive, send, API_PAYLOAD_MAX, api.cors, 204)
+        if request is None:
             return
         found = stage.table.match(request.method, path)
         integration = found[0].integration if found is not None else None
@@ -104,13 +97,8 @@ class HttpProxy:
         if config is None:
             await send_json(send, *_NOT_FOUND)
             return
-        try:
-            request = HttpRequest.from_scope(scope, await _read(receive, URL_PAYLOAD_MAX))
-        except _TooLarge:
-            await send_json(send, *_TOO_LARGE)
-            return
-        if config.cors is not None and is_preflight(request):
-            await send_raw(send, 200, preflight_headers(config.cors, request), b"")
+        request = await _request(scope, receive, send, URL_PAYLOAD_MAX, config.cors, 200)
+        if request is None:
             return
         authorizer = None
         if config.auth_type == "AWS_IAM":
@@ -185,21 +173,30 @@ class HttpProxy:
             log.warning("overdue gateway invocation failed: %s", task.exception())
 
 
-async def _read(receive: Receive, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
+async def _request(scope: Scope, receive: Receive, send: Send, limit: int, cors: Cors | None,
+                   preflight_status: int) -> HttpRequest | None:
+    """The request with its body; None when it has been answered here already (too large,
+    a CORS preflight) or the client left."""
+    try:
+        body = await receive_body(receive, _header(scope, b"content-length"), limit, "")
+    except AwsError:
+        await send_json(send, *_TOO_LARGE)
+        return None
+    except ClientDisconnect:
+        return None
+    request = HttpRequest.from_scope(scope, body)
+    if cors is not None and is_preflight(request):
+        await send_raw(send, preflight_status, preflight_headers(cors, request), b"")
+        return None
+    return request
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            text: str = value.decode("latin-1")
+            return text
+    return None
 
 
 async def send_json(send: Send, status: int, body: dict[str, str], cors: Cors | None = None,

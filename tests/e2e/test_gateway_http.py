@@ -365,6 +365,9 @@ def test_not_found(gw: Any, function_arn: str, http: httpx.Client) -> None:
         assert response.status_code == 404, (method, path)
         assert response.json() == {"message": "Not Found"}
     assert http.get(url(api_id, "/only", "prod")).status_code == 200
+    too_large = http.post(url(api_id, "/only", "prod"), content=b"x" * (10 * 1024 * 1024 + 1))
+    assert (too_large.status_code, too_large.json()) == (413,
+                                                         {"message": "Request Entity Too Large"})
 
 
 def test_deployments_snapshot_routes(gw: Any, function_arn: str, http: httpx.Client) -> None:
