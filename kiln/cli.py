@@ -75,6 +75,26 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _microvm_build_image(args: argparse.Namespace) -> int:
+    from kiln.vmm.guest.image import ImageError, build_image, images_dir
+
+    started = time.monotonic()
+
+    def progress(step: str) -> None:
+        print(f"kiln microvm build-image: {time.monotonic() - started:6.1f}s {step}",
+              file=sys.stderr, flush=True)
+
+    try:
+        image = build_image(images_dir(Settings.from_env(data_dir=args.data_dir).data_dir),
+                            progress)
+    except ImageError as exc:
+        print(f"kiln microvm build-image: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    progress(f"ready: {image.path}")
+    print(image.path)
+    return EXIT_OK
+
+
 def _settings(_args: argparse.Namespace) -> int:
     for name, value, doc in Settings.from_env().describe():
         print(f"{name} = {value!r}\n    {doc}")
@@ -369,6 +389,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
     settings = commands.add_parser("settings", help="print every setting with its value")
     settings.set_defaults(func=_settings)
+    microvm = commands.add_parser("microvm", help="microVM sandbox backend tools")
+    microvm_commands = microvm.add_subparsers(dest="microvm_command", metavar="COMMAND",
+                                              required=True)
+    build_image = microvm_commands.add_parser(
+        "build-image", help="build the guest image (kernel, initramfs, root) from Debian "
+                            "packages; cached under the data dir, rebuilt when inputs change")
+    build_image.add_argument("--data-dir", type=Path, help="state directory "
+                             "(default ~/.local/share/kiln)")
+    build_image.set_defaults(func=_microvm_build_image)
 
     remote = argparse.ArgumentParser(add_help=False)
     remote.add_argument("--endpoint", metavar="URL", default=argparse.SUPPRESS,

@@ -1,0 +1,501 @@
+"""The ``microvm`` backend: each environment is a microVM behind its own monitor process speaking
+Firecracker's API (:mod:`kiln.vmm`), booted from the guest image ``kiln microvm build-image`` made.
+
+The first environment of a configuration (code, runtime, environment variables, memory) boots
+cold; when its runtime first asks for an event (INIT is over) the VM is paused, snapshotted and
+resumed.  Every later environment of that configuration is restored from the snapshot, with its
+pending ``/next`` sent again by the guest agent, so INIT ran once (SnapStart's shape).
+
+Host side of one VM (all under ``<root>/microvm/<vm id>/``)::
+
+    api.sock            the monitor's Firecracker API
+    v.sock              vsock: the host opens the agent's control port here
+    v.sock_9001         vsock: the guest's Runtime API connections arrive here (proxied)
+    runtime.sock        ``Sandbox.listener``: the host's RuntimeApi serves it
+
+The proxy holds each chunk of a guest request until the runtime output the agent sent before it
+has been delivered, so a response never overtakes its own log lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from kiln.runtime.runtimes import BOOTSTRAP_DIR
+from kiln.sandbox.types import SandboxSpec
+from kiln.vmm.client import VmmError
+from kiln.vmm.guest import agent
+from kiln.vmm.guest.image import (
+    CODE_LABEL,
+    GUEST_PYTHON,
+    RUNTIME_DIR,
+    GuestImage,
+    images_dir,
+    make_ext4,
+)
+from kiln.vmm.launch import MonitorFailed, MonitorProcess, start_monitor, sweep
+
+log = logging.getLogger("kiln.microvm")
+
+GUEST_TASK_ROOT = "/var/task"
+GUEST_CID = 3
+#: Lambda gives a function one vCPU per 1,769 MB, up to 6.
+MB_PER_VCPU, MAX_VCPUS = 1769, 6
+BOOT_ARGS = "console=ttyS0 quiet panic=1 reboot=k mitigations=off"
+#: A cold boot under software emulation takes seconds; a restore well under one.
+AGENT_TIMEOUT = 120.0
+#: Environment variables that differ between environments of one configuration.
+PER_ENVIRONMENT = ("AWS_LAMBDA_LOG_STREAM_NAME",)
+
+
+class MicrovmError(Exception):
+    pass
+
+
+def vcpus_for(memory_mb: int) -> int:
+    return max(1, min(MAX_VCPUS, -(-memory_mb // MB_PER_VCPU)))
+
+
+def guest_config(spec: SandboxSpec) -> dict[str, Any]:
+    """The runtime's argv, env and cwd as the guest sees them (host paths mapped in)."""
+    task_root = str(spec.task_root)
+    env = {k: v.replace(task_root, GUEST_TASK_ROOT) for k, v in spec.env.items()}
+    env["LAMBDA_RUNTIME_DIR"] = RUNTIME_DIR
+    env["AWS_LAMBDA_RUNTIME_API"] = f"127.0.0.1:{agent.RUNTIME_API_PORT}"
+    argv = list(spec.argv)
+    bootstrap = Path(argv[-1])
+    if bootstrap.parent == BOOTSTRAP_DIR and bootstrap.suffix == ".py":
+        # Kiln's Python runtime, on the guest's interpreter of the function's version.
+        version = env.get("AWS_EXECUTION_ENV", "").removeprefix("AWS_Lambda_python")
+        python = f"/usr/bin/python{version}" if version else GUEST_PYTHON
+        argv = [python, *argv[1:-1], f"{RUNTIME_DIR}/{bootstrap.name}"]
+    elif bootstrap.parent == BOOTSTRAP_DIR:
+        argv = [f"/usr/bin/{Path(argv[0]).name}", f"{RUNTIME_DIR}/{bootstrap.name}"]
+    else:
+        argv = [a.replace(task_root, GUEST_TASK_ROOT) for a in argv]
+    return {"argv": argv, "env": env, "cwd": GUEST_TASK_ROOT}
+
+
+def snapshot_key(image: GuestImage, spec: SandboxSpec, config: dict[str, Any]) -> str:
+    env = {k: v for k, v in config["env"].items() if k not in PER_ENVIRONMENT}
+    identity = [image.digest, config["argv"], env, str(spec.task_root),
+                [str(p) for p in spec.layers], spec.memory_mb, spec.ephemeral_mb]
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+
+
+class MicrovmSandbox:
+    def __init__(self, spec: SandboxSpec, backend: MicrovmBackend) -> None:
+        self.env_id = spec.env_id
+        self.spec = spec
+        self._backend = backend
+        self.vm_id = spec.env_id[:16]
+        self.dir = backend.vms_dir / self.vm_id
+        self.dir.mkdir(parents=True)
+        self.listener = _unix_listener(self.dir / "runtime.sock")
+        self._guest_listener = _unix_listener(self.dir / f"v.sock_{agent.RUNTIME_API_PORT}")
+        self._guest_server: asyncio.Server | None = None
+        self._monitor: MonitorProcess | None = None
+        self._control: socket.socket | None = None
+        self._buffer = bytearray()
+        self._exited: asyncio.Future[int] | None = None
+        self._output_seen = 0
+        self._output_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._peak_kb = 0
+        self._key = ""
+        self._restored = False
+        self._destroyed = False
+        #: What the guest timed: cold boot or restore, to the agent's first answer.
+        self.start_seconds = 0.0
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        backend = self._backend
+        config = guest_config(self.spec)
+        self._key = snapshot_key(backend.image, self.spec, config)
+        self._exited = loop.create_future()
+        self._guest_server = await asyncio.start_unix_server(self._serve_guest,
+                                                             sock=self._guest_listener)
+        console = open(self.dir / "monitor.log", "wb")  # noqa: SIM115 - the monitor owns it
+        try:
+            self._monitor = await start_monitor(str(self.dir / "api.sock"), self.vm_id,
+                                                base_dir=str(backend.vms_dir),
+                                                stdout=console, stderr=console)
+        finally:
+            console.close()
+        snapshot = backend.snapshots.get(self._key)
+        client = self._monitor.client
+        uds_path = str(self.dir / "v.sock")
+        if snapshot is not None:
+            try:
+                await client.put("/snapshot/load", {
+                    "snapshot_path": str(snapshot / "state"),
+                    "mem_backend": {"backend_type": "File", "backend_path": str(snapshot / "mem")},
+                    "resume_vm": True, "vsock_override": {"uds_path": uds_path}})
+                self._restored = True
+            except VmmError as exc:
+                log.warning("restoring %s from its snapshot failed (%s); booting cold",
+                            self.env_id, exc)
+                backend.forget_snapshot(self._key)
+                await self._monitor.stop()
+                self._monitor = await start_monitor(str(self.dir / "api.sock"), self.vm_id,
+                                                    base_dir=str(backend.vms_dir))
+                client = self._monitor.client
+        if not self._restored:
+            await self._boot(uds_path)
+        answer = await self._attach(uds_path, None if self._restored else config)
+        self.start_seconds = time.perf_counter() - started
+        if "errno" in answer:
+            raise OSError(answer["errno"], answer["strerror"], answer["filename"])
+
+    async def _boot(self, uds_path: str) -> None:
+        assert self._monitor is not None
+        spec, image, client = self.spec, self._backend.image, self._monitor.client
+        code = await self._backend.code_drive(spec.task_root)
+        await client.put("/machine-config", {"vcpu_count": vcpus_for(spec.memory_mb),
+                                             "mem_size_mib": spec.memory_mb})
+        await client.put("/boot-source", {
+            "kernel_image_path": str(image.kernel), "initrd_path": str(image.initrd),
+            "boot_args": f"{BOOT_ARGS} kiln.tmp_mb={spec.ephemeral_mb}"})
+        for drive_id, path in (("root", image.rootfs), ("code", code)):
+            await client.put(f"/drives/{drive_id}", {
+                "drive_id": drive_id, "path_on_host": str(path), "is_root_device": False,
+                "is_read_only": True})
+        await client.put("/vsock", {"guest_cid": GUEST_CID, "uds_path": uds_path})
+        await client.put("/actions", {"action_type": "InstanceStart"})
+
+    async def _attach(self, uds_path: str, config: dict[str, Any] | None) -> dict[str, Any]:
+        """Open the agent's control port (retrying while the guest boots), say hello, and
+        return the agent's answer; from then on control messages are read as they come."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + AGENT_TIMEOUT
+        while True:
+            assert self._monitor is not None
+            if self._monitor.process.returncode is not None:
+                raise MicrovmError(f"the microVM monitor exited: {self._monitor_log()}")
+            with contextlib.suppress(OSError):
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.setblocking(False)
+                try:
+                    await loop.sock_connect(sock, uds_path)
+                    await loop.sock_sendall(sock, f"CONNECT {agent.CONTROL_PORT}\n".encode())
+                    reply = await _read_line(loop, sock)
+                except OSError:
+                    sock.close()
+                    raise
+                if reply.startswith(b"OK "):
+                    break
+                sock.close()
+            if loop.time() > deadline:
+                raise MicrovmError(f"the guest agent did not answer within {AGENT_TIMEOUT} s: "
+                                   f"{self._monitor_log()}")
+            await asyncio.sleep(0.02)
+        # The guest's clock is stale after a restore (and unset after a boot): set it now.
+        hello = {"time_ns": time.time_ns(), "entropy": os.urandom(32).hex(), "config": config}
+        await loop.sock_sendall(sock, json.dumps(hello).encode() + b"\n")
+        self._control = sock
+        kind, payload = await self._read_message(loop, sock)
+        answer: dict[str, Any] = json.loads(payload)
+        if kind == agent.STARTED:
+            self._output_seen = int(answer["output_total"])
+            loop.add_reader(sock.fileno(), self._read_control)
+        return answer
+
+    async def _read_message(self, loop: asyncio.AbstractEventLoop,
+                            sock: socket.socket) -> tuple[int, bytes]:
+        while True:
+            message = self._take_message()
+            if message is not None:
+                return message
+            data = await loop.sock_recv(sock, 65536)
+            if not data:
+                raise MicrovmError(f"the guest agent closed its channel: {self._monitor_log()}")
+            self._buffer += data
+
+    def _take_message(self) -> tuple[int, bytes] | None:
+        size = agent.MESSAGE.size
+        if len(self._buffer) < size:
+            return None
+        kind, length = agent.MESSAGE.unpack_from(self._buffer)
+        if len(self._buffer) < size + length:
+            return None
+        payload = bytes(self._buffer[size:size + length])
+        del self._buffer[:size + length]
+        return kind, payload
+
+    def _read_control(self) -> None:
+        """Deliver every control message already received (output, the runtime's exit)."""
+        sock = self._control
+        if sock is None:
+            return
+        ended = False
+        while True:
+            try:
+                data = sock.recv(65536)
+            except BlockingIOError:
+                break
+            except OSError:
+                data = b""
+            if not data:
+                ended = True
+                break
+            self._buffer += data
+        while (message := self._take_message()) is not None:
+            kind, payload = message
+            if kind == agent.OUTPUT:
+                self._output_seen += len(payload)
+                self.spec.on_output(payload)
+            elif kind == agent.EXITED:
+                self._exit(int(json.loads(payload)["status"]))
+        self._release_output_waiters()
+        if ended:
+            self._close_control()
+            self._exit(-signal.SIGKILL)  # the VM went away without the runtime exiting
+
+    def _release_output_waiters(self) -> None:
+        still = []
+        for threshold, waiter in self._output_waiters:
+            if self._output_seen >= threshold or self._control is None:
+                if not waiter.done():
+                    waiter.set_result(None)
+            else:
+                still.append((threshold, waiter))
+        self._output_waiters = still
+
+    def _exit(self, returncode: int) -> None:
+        if self._exited is not None and not self._exited.done():
+            self._exited.set_result(returncode)
+
+    def _close_control(self) -> None:
+        if self._control is not None:
+            with contextlib.suppress(ValueError, RuntimeError):
+                asyncio.get_running_loop().remove_reader(self._control.fileno())
+            self._control.close()
+            self._control = None
+            self._release_output_waiters()
+
+    # -- the Runtime API proxy ----------------------------------------------------------------
+
+    async def _serve_guest(self, guest_reader: asyncio.StreamReader,
+                           guest_writer: asyncio.StreamWriter) -> None:
+        """One guest connection to port 9001, carried to ``listener`` (the RuntimeApi)."""
+        try:
+            api_reader, api_writer = await asyncio.open_unix_connection(
+                str(self.dir / "runtime.sock"))
+        except OSError:
+            guest_writer.close()
+            return
+        back = asyncio.ensure_future(_reply(api_reader, guest_writer))
+        try:
+            while True:
+                header = await guest_reader.readexactly(agent.CHUNK.size)
+                length, output_total, peak_kb = agent.CHUNK.unpack(header)
+                data = await guest_reader.readexactly(length)
+                self._peak_kb = max(self._peak_kb, peak_kb)
+                await self._output_until(output_total)
+                if not self._restored and data.startswith(
+                        b"GET /2018-06-01/runtime/invocation/next"):
+                    await self._backend.snapshot(self._key, self)
+                api_writer.write(data)
+                await api_writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                if api_writer.can_write_eof():
+                    api_writer.write_eof()
+            await asyncio.wait([back])
+            api_writer.close()
+            guest_writer.close()
+
+    async def _output_until(self, total: int) -> None:
+        if self._output_seen >= total or self._control is None:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._output_waiters.append((total, waiter))
+        await waiter
+
+    async def take_snapshot(self, path: Path) -> None:
+        assert self._monitor is not None
+        client = self._monitor.client
+        await client.patch("/vm", {"state": "Paused"})
+        try:
+            await client.put("/snapshot/create", {
+                "snapshot_type": "Full", "snapshot_path": str(path / "state"),
+                "mem_file_path": str(path / "mem")})
+        finally:
+            await client.patch("/vm", {"state": "Resumed"})
+
+    # -- the Sandbox protocol -----------------------------------------------------------------
+
+    async def wait(self) -> int:
+        if self._exited is None:
+            raise RuntimeError("sandbox not started")
+        return await asyncio.shield(self._exited)
+
+    def drain_output(self) -> None:
+        self._read_control()
+
+    def max_memory_used_mb(self) -> int:
+        return max(1, -(-self._peak_kb // 1024))
+
+    async def freeze(self) -> None:
+        await self._set_state("Paused")
+
+    async def thaw(self) -> None:
+        await self._set_state("Resumed")
+
+    async def _set_state(self, state: str) -> None:
+        if self._monitor is not None and not self._destroyed:
+            with contextlib.suppress(VmmError, OSError):
+                await self._monitor.client.patch("/vm", {"state": state})
+
+    async def destroy(self) -> None:
+        if self._destroyed:
+            return
+        self._destroyed = True
+        self._read_control()
+        self._close_control()
+        self._exit(-signal.SIGKILL)
+        if self._guest_server is not None:
+            self._guest_server.close()
+        if self._monitor is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._monitor.process.pid, signal.SIGKILL)
+            await self._monitor.stop()
+        self.listener.close()
+        self._guest_listener.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self._backend.forget(self.env_id)
+
+    def _monitor_log(self) -> str:
+        with contextlib.suppress(OSError):
+            return (self.dir / "monitor.log").read_text(errors="replace")[-2000:]
+        return ""
+
+
+class MicrovmBackend:
+    """``KILN_SANDBOX_BACKEND=microvm``: needs a built guest image (``kiln microvm
+    build-image``) and QEMU (``scripts/ensure-qemu``) or a configured Firecracker."""
+
+    def __init__(self, root: str | Path, images: Path | None = None) -> None:
+        base = Path(root) / "microvm"
+        self.vms_dir = base / "vms"
+        self.snapshots_dir = base / "snapshots"
+        self.code_dir = base / "code"
+        self.image = GuestImage.current(images or images_dir(Path(root).parent))
+        # A previous server killed with kill -9 leaves monitors, engines and files behind.
+        sweep(str(self.vms_dir))
+        shutil.rmtree(self.snapshots_dir, ignore_errors=True)
+        for directory in (self.vms_dir, self.snapshots_dir, self.code_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+        self.snapshots: dict[str, Path] = {}
+        self._snapshotting: dict[str, asyncio.Task[None]] = {}
+        self._code_builds: dict[Path, asyncio.Task[Path]] = {}
+        self._live: dict[str, MicrovmSandbox] = {}
+
+    async def create(self, spec: SandboxSpec) -> MicrovmSandbox:
+        sandbox = MicrovmSandbox(spec, self)
+        self._live[spec.env_id] = sandbox
+        return sandbox
+
+    def forget(self, env_id: str) -> None:
+        self._live.pop(env_id, None)
+
+    async def code_drive(self, task_root: Path) -> Path:
+        """A read-only ext4 image of the function's code, made once per code version."""
+        target = self.code_dir / f"{task_root.name}.ext4"
+        if target.exists():
+            return target
+        build = self._code_builds.get(target)
+        if build is None:
+            build = asyncio.ensure_future(asyncio.to_thread(_make_code_drive, task_root, target))
+            self._code_builds[target] = build
+            build.add_done_callback(lambda _t: self._code_builds.pop(target, None))
+        return await asyncio.shield(build)
+
+    async def snapshot(self, key: str, sandbox: MicrovmSandbox) -> None:
+        """Snapshot ``sandbox`` for ``key`` unless one exists or is being made."""
+        if key in self.snapshots or key in self._snapshotting:
+            return
+        task = asyncio.ensure_future(self._take(key, sandbox))
+        self._snapshotting[key] = task
+        try:
+            await task
+        finally:
+            self._snapshotting.pop(key, None)
+
+    async def _take(self, key: str, sandbox: MicrovmSandbox) -> None:
+        staging = self.snapshots_dir / f".{key}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        try:
+            await sandbox.take_snapshot(staging)
+        except (VmmError, OSError, MonitorFailed) as exc:
+            log.warning("snapshot of %s failed: %s", sandbox.env_id, exc)
+            shutil.rmtree(staging, ignore_errors=True)
+            return
+        target = self.snapshots_dir / key
+        os.rename(staging, target)
+        self.snapshots[key] = target
+
+    def forget_snapshot(self, key: str) -> None:
+        path = self.snapshots.pop(key, None)
+        if path is not None:
+            shutil.rmtree(path, ignore_errors=True)
+
+    async def close(self) -> None:
+        for sandbox in list(self._live.values()):
+            await sandbox.destroy()
+        self._live.clear()
+        for key in list(self.snapshots):
+            self.forget_snapshot(key)
+
+
+def _make_code_drive(task_root: Path, target: Path) -> Path:
+    staging = target.with_suffix(".tmp")
+    make_ext4(task_root, staging, CODE_LABEL)
+    os.replace(staging, target)
+    return target
+
+
+def _unix_listener(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    sock.listen(64)
+    sock.setblocking(False)
+    return sock
+
+
+async def _read_line(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
+    line = b""
+    while not line.endswith(b"\n"):
+        data = await loop.sock_recv(sock, 1)
+        if not data:
+            raise ConnectionResetError("closed before a line")
+        line += data
+    return line
+
+
+async def _reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """The RuntimeApi's answers to the guest, each chunk stamped with the host's clock."""
+    try:
+        while data := await reader.read(65536):
+            writer.write(agent.REPLY.pack(len(data), time.time_ns()) + data)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+    except (ConnectionError, OSError):
+        pass
+
