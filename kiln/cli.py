@@ -46,10 +46,15 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from kiln.gateway._ws_protocol import ApiGatewayWebSocketProtocol
+    from kiln.gateway.alb import parse_targets
     from kiln.server import Kiln, create_app
 
     settings = Settings.from_env(host=args.host, port=args.port, data_dir=args.data_dir,
                                  alb_targets=" ".join(args.alb_target or ()) or None)
+    try:
+        parse_targets(settings.alb_targets)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     app = create_app(Kiln(settings))
     print(f"kiln: serving on http://{settings.host}:{settings.port} "
           f"(data in {settings.data_dir})", file=sys.stderr, flush=True)
