@@ -128,17 +128,20 @@ class _TargetGroup:
         path, _, query = request.target.partition("?")
         if self.target.health_path is not None and path == self.target.health_path:
             return await self._health_check()
-        return await self._forward(self.event(request, path, query))
-
-    def event(self, request: _Request, path: str, query: str) -> dict[str, Any]:
+        # ALB passes query keys and values as sent: not percent-decoded.
         pairs = [(name, value) for name, _, value in
                  (item.partition("=") for item in query.split("&") if item)]
         headers = [*request.headers, *self._forwarding(request)]
+        return await self._forward(self._event(request.method, path, pairs, headers,
+                                               request.body))
+
+    def _event(self, method: str, path: str, pairs: list[tuple[str, str]],
+               headers: list[tuple[str, str]], raw_body: bytes) -> dict[str, Any]:
         content_type = next((v for n, v in reversed(headers) if n == "content-type"), "")
-        body, encoded = _event_body(request.body, content_type)
+        body, encoded = _event_body(raw_body, content_type)
         event: dict[str, Any] = {"requestContext": {"elb": {"targetGroupArn":
                                                              self.target_group_arn}},
-                                 "httpMethod": request.method, "path": path}
+                                 "httpMethod": method, "path": path}
         if self.target.multi_value:
             event["multiValueQueryStringParameters"] = _multi(pairs)
             event["multiValueHeaders"] = _multi(headers)
@@ -175,17 +178,9 @@ class _TargetGroup:
             return _error_page(503 if exc.code == "TooManyRequestsException" else 502)
 
     async def _health_check(self) -> _Answer:
-        headers = {"user-agent": _HEALTH_AGENT}
-        event: dict[str, Any] = {
-            "requestContext": {"elb": {"targetGroupArn": self.target_group_arn}},
-            "httpMethod": "GET", "path": self.target.health_path}
-        if self.target.multi_value:
-            event["multiValueQueryStringParameters"] = {}
-            event["multiValueHeaders"] = {k: [v] for k, v in headers.items()}
-        else:
-            event["queryStringParameters"] = {}
-            event["headers"] = headers
-        event.update(body="", isBase64Encoded=False)
+        """ELB's health check: its event (only a user-agent header), matcher 200."""
+        event = self._event("GET", str(self.target.health_path), [],
+                            [("user-agent", _HEALTH_AGENT)], b"")
         try:
             answer = await self._invoke(event)
             reason = None if answer.status == 200 else "Target.ResponseCodeMismatch"
