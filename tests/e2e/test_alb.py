@@ -11,6 +11,8 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from tests.conftest import KilnServer, create_python_function, free_port, start_server
 
@@ -158,6 +160,13 @@ def test_limits(alb: tuple[KilnServer, dict[str, str]]) -> None:
         assert head.status_code == 201 and head.content == b""
         assert int(head.headers["content-length"]) > 0
         assert client.get(f"{urls['single']}/b").status_code == 201
+
+
+async def test_websocket_upgrades_are_refused(alb: tuple[KilnServer, dict[str, str]]) -> None:
+    _server, urls = alb
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(urls["single"].replace("http://", "ws://") + "/chat")
+    assert refused.value.response.status_code == 400
 
 
 def test_bad_target_setting_is_refused(tmp_path: Path) -> None:
