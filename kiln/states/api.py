@@ -212,6 +212,7 @@ class StatesApi:
         definition = body.get("definition")
         self._definition_error(definition, sm_type == "EXPRESS")
         arn = self._arn("stateMachine", str(name))
+        tags = self._tags(body.get("tags"), arn)
         existing = self.store.machine(arn)
         logging = body.get("loggingConfiguration") or {"level": "OFF",
                                                        "includeExecutionData": False}
@@ -229,8 +230,7 @@ class StatesApi:
             "logging": logging, "tracing": tracing,
             "description": body.get("versionDescription"),
         })
-        if body.get("tags"):
-            self.store.tag(arn, body["tags"])
+        self.store.tag(arn, tags)
         out: dict[str, Any] = {"stateMachineArn": arn, "creationDate": created}
         if body.get("publish"):
             out["stateMachineVersionArn"] = self._publish(arn, body.get("versionDescription"))
@@ -769,13 +769,13 @@ class StatesApi:
         if not valid_name(name):
             raise _err("InvalidName", f"Invalid Name: '{name}'")
         arn = self._arn("activity", str(name))
+        tags = self._tags(body.get("tags"), arn)
         existing = self.store.activity(arn)
         if existing is not None:
             return {"activityArn": arn, "creationDate": existing["created"]}
         created = self.clock.now()
         self.store.insert_activity(arn, str(name), created)
-        if body.get("tags"):
-            self.store.tag(arn, body["tags"])
+        self.store.tag(arn, tags)
         return {"activityArn": arn, "creationDate": created}
 
     async def op_describe_activity(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -812,12 +812,35 @@ class StatesApi:
             raise _err("ResourceNotFound", f"Resource not found: '{arn}'")
         return arn
 
+    def _tags(self, value: Any, arn: str) -> list[dict[str, str]]:
+        """Validated tags; at most 50 on a resource once merged with the ones it has."""
+        if value is None:
+            return []
+        if not isinstance(value, list) or not all(
+                isinstance(t, dict) and isinstance(t.get("key"), str)
+                and 1 <= len(t["key"]) <= 128 and isinstance(t.get("value", ""), str)
+                and len(t.get("value", "")) <= 256 for t in value):
+            raise _validation("1 validation error detected: Value at 'tags' failed to satisfy "
+                              "constraint: each tag needs a key of 1 to 128 characters and a "
+                              "value of at most 256")
+        keys = {t["key"] for t in self.store.tags(arn)} | {t["key"] for t in value}
+        if len(keys) > 50:
+            raise AwsError("TooManyTags", f"Too many tags: '{arn}' can have at most 50 tags",
+                           400, resourceName=arn)
+        return [{"key": t["key"], "value": t.get("value", "")} for t in value]
+
     async def op_tag_resource(self, body: dict[str, Any]) -> dict[str, Any]:
-        self.store.tag(self._taggable(body.get("resourceArn")), body.get("tags") or [])
+        arn = self._taggable(body.get("resourceArn"))
+        self.store.tag(arn, self._tags(body.get("tags") or [], arn))
         return {}
 
     async def op_untag_resource(self, body: dict[str, Any]) -> dict[str, Any]:
-        self.store.untag(self._taggable(body.get("resourceArn")), body.get("tagKeys") or [])
+        arn = self._taggable(body.get("resourceArn"))
+        keys = body.get("tagKeys") or []
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise _validation("1 validation error detected: Value at 'tagKeys' failed to "
+                              "satisfy constraint: Member must be a list of strings")
+        self.store.untag(arn, keys)
         return {}
 
     async def op_list_tags_for_resource(self, body: dict[str, Any]) -> dict[str, Any]:

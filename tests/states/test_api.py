@@ -16,6 +16,7 @@ import pytest
 from botocore.config import Config
 from starlette.requests import Request
 
+from kiln.aws.errors import AwsError
 from kiln.states.api import StatesApi
 from kiln.store import Database
 from tests.states.helpers import ACCOUNT, REGION, FakeFunctions, ScaledClock
@@ -394,6 +395,21 @@ def test_tags(h: Harness) -> None:
         {"key": "team", "value": "a"}]
     h.client.untag_resource(resourceArn=arn, tagKeys=["team"])
     assert h.client.list_tags_for_resource(resourceArn=arn)["tags"] == []
+    fifty = [{"key": f"k{i}", "value": "v"} for i in range(50)]
+    h.client.tag_resource(resourceArn=arn, tags=fifty)
+    with pytest.raises(h.client.exceptions.TooManyTags) as exc:
+        h.client.tag_resource(resourceArn=arn, tags=[{"key": "one-more", "value": "v"}])
+    assert exc.value.response["resourceName"] == arn
+    with pytest.raises(h.client.exceptions.TooManyTags):
+        h.client.create_activity(name="tagged", tags=[*fifty, {"key": "x", "value": "y"}])
+    with pytest.raises(h.client.exceptions.ActivityDoesNotExist):  # nothing half-written
+        h.client.describe_activity(
+            activityArn=arn.replace(":stateMachine:sm", ":activity:tagged"))
+    with pytest.raises(AwsError) as err:
+        h.submit(h.api.call("TagResource", {"resourceArn": arn, "tags": [{"value": "no key"}]}))
+    assert err.value.code == "ValidationException"
+    with pytest.raises(h.client.exceptions.ResourceNotFound):
+        h.client.list_tags_for_resource(resourceArn=arn + "-gone")
 
 
 def test_nested_execution_sync(h: Harness) -> None:

@@ -1,5 +1,5 @@
 """End to end through boto3 against a real ``kiln serve``: callbacks, activities, express sync,
-and an execution that survives ``kill -9`` of the server."""
+a Distributed Map with its Map Run, and an execution that survives ``kill -9`` of the server."""
 
 from __future__ import annotations
 
@@ -137,3 +137,34 @@ def test_execution_survives_kill_9(tmp_path: Path) -> None:
                          "PassStateExited", "ExecutionSucceeded"]
     finally:
         server.stop()
+
+
+def test_distributed_map_run_through_boto3(kiln_server: KilnServer, lambda_client: Any) -> None:
+    name = create_python_function(
+        lambda_client, "def handler(event, context):\n    return event['v'] * 10\n")
+    sfn = kiln_server.client("stepfunctions")
+    arn = machine(sfn, f"dmap-{name}", {"StartAt": "M", "States": {"M": {
+        "Type": "Map", "ItemsPath": "$.items", "MaxConcurrency": 2, "Label": "Fan",
+        "ItemProcessor": {"ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "EXPRESS"},
+                          "StartAt": "Call", "States": {"Call": {
+                              "Type": "Task", "Resource": "arn:aws:states:::lambda:invoke",
+                              "Parameters": {"FunctionName": name, "Payload.$": "$"},
+                              "OutputPath": "$.Payload", "End": True}}},
+        "End": True}}})
+    exec_arn = sfn.start_execution(stateMachineArn=arn,
+                                   input=json.dumps({"items": [{"v": 1}, {"v": 2}, {"v": 3}]}))[
+        "executionArn"]
+    done = wait_done(sfn, exec_arn)
+    assert done["status"] == "SUCCEEDED", done
+    assert json.loads(done["output"]) == [10, 20, 30]
+    runs = sfn.list_map_runs(executionArn=exec_arn)["mapRuns"]
+    assert len(runs) == 1
+    run = sfn.describe_map_run(mapRunArn=runs[0]["mapRunArn"])
+    assert (run["status"], run["maxConcurrency"], run["itemCounts"]["succeeded"]) == (
+        "SUCCEEDED", 2, 3)
+    children = sfn.list_executions(mapRunArn=run["mapRunArn"])["executions"]
+    assert [c["status"] for c in children] == ["SUCCEEDED"] * 3
+    types = [e["type"] for e in sfn.get_execution_history(executionArn=exec_arn)["events"]]
+    assert types == ["ExecutionStarted", "MapStateEntered", "MapStateStarted", "MapRunStarted",
+                     "MapRunSucceeded", "MapStateSucceeded", "MapStateExited",
+                     "ExecutionSucceeded"]
