@@ -153,13 +153,13 @@ class MicrovmSandbox:
                                                     base_dir=str(backend.vms_dir))
                 client = self._monitor.client
         if not self._restored:
-            await self._boot(uds_path)
-        answer = await self._attach(uds_path, None if self._restored else config)
+            await self._boot(uds_path, config)
+        answer = await self._attach(uds_path, start=not self._restored)
         self.start_seconds = time.perf_counter() - started
         if "errno" in answer:
             raise OSError(answer["errno"], answer["strerror"], answer["filename"])
 
-    async def _boot(self, uds_path: str) -> None:
+    async def _boot(self, uds_path: str, config: dict[str, Any]) -> None:
         assert self._monitor is not None
         spec, image, client = self.spec, self._backend.image, self._monitor.client
         code = await self._backend.code_drive(spec.task_root)
@@ -173,9 +173,12 @@ class MicrovmSandbox:
                 "drive_id": drive_id, "path_on_host": str(path), "is_root_device": False,
                 "is_read_only": True})
         await client.put("/vsock", {"guest_cid": GUEST_CID, "uds_path": uds_path})
+        # The guest reads its configuration from the MMDS (over the channel on this engine).
+        await client.put("/mmds/config", {"version": "V2", "network_interfaces": ["eth0"]})
+        await client.put("/mmds", {"kiln": {"runtime": config}})
         await client.put("/actions", {"action_type": "InstanceStart"})
 
-    async def _attach(self, uds_path: str, config: dict[str, Any] | None) -> dict[str, Any]:
+    async def _attach(self, uds_path: str, start: bool) -> dict[str, Any]:
         """Open the agent's control port (retrying while the guest boots), say hello, and
         return the agent's answer; from then on control messages are read as they come."""
         loop = asyncio.get_running_loop()
@@ -202,7 +205,7 @@ class MicrovmSandbox:
                                    f"{self._monitor_log()}")
             await asyncio.sleep(0.02)
         # The guest's clock is stale after a restore (and unset after a boot): set it now.
-        hello = {"time_ns": time.time_ns(), "entropy": os.urandom(32).hex(), "config": config}
+        hello = {"time_ns": time.time_ns(), "entropy": os.urandom(32).hex(), "start": start}
         await loop.sock_sendall(sock, json.dumps(hello).encode() + b"\n")
         self._control = sock
         kind, payload = await self._read_message(loop, sock)

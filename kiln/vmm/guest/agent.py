@@ -3,8 +3,9 @@
 It talks to the host over the channel of :mod:`kiln.vmm.mux` (vsock's semantics):
 
 * The host opens port ``CONTROL_PORT`` and sends one JSON line, the *hello*: the wall clock, fresh
-  entropy and, on a cold boot, the runtime's ``config`` (argv, env, cwd).  The agent sets the
-  clock, mixes in the entropy, starts the runtime (once) and answers a ``STARTED`` message
+  entropy and, on a cold boot, ``"start": true``.  The agent sets the clock, mixes in the
+  entropy, and on a cold boot reads the runtime's configuration (argv, env, cwd) from the MMDS
+  at ``/kiln/runtime``, starts the runtime and answers a ``STARTED`` message
   (``{"pid": ..., "output_total": ...}``) or ``FAILED`` (``{"errno", "strerror", "filename"}``).
   After that the connection carries ``OUTPUT`` (the runtime's stdout and stderr) and
   ``EXITED`` (``{"status": returncode}``) messages: ``MESSAGE`` header then payload.
@@ -59,8 +60,8 @@ class Agent:
         with open("/dev/urandom", "wb") as urandom:
             urandom.write(bytes.fromhex(hello["entropy"]))
         self.control = writer
-        config = hello.get("config")
-        if config is not None and self.runtime is None:
+        if hello.get("start") and self.runtime is None:
+            config = json.loads(await channel.mmds_get(self.mux, "/kiln/runtime"))
             try:
                 self.start(list(config["argv"]), dict(config["env"]), str(config["cwd"]))
             except OSError as exc:
@@ -212,20 +213,20 @@ async def open_channel() -> channel.Mux:
                                  os.fdopen(fd, "rb", buffering=0))
     transport, _ = await loop.connect_write_pipe(asyncio.BaseProtocol,
                                                  os.fdopen(os.dup(fd), "wb", buffering=0))
-    mux = channel.Mux(reader, transport, channel.GUEST_SIDE)
-    asyncio.ensure_future(mux.run())
-    return mux
+    return channel.Mux(reader, transport, channel.GUEST_SIDE)
 
 
 async def serve() -> None:
     mux = await open_channel()
+    reading = asyncio.ensure_future(mux.run())
     agent = Agent(mux)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGCHLD, agent.reap)
     mux.listen(CONTROL_PORT, agent.on_control)
     server = await asyncio.start_server(agent.on_runtime, "127.0.0.1", RUNTIME_API_PORT)
     async with server:
-        await server.serve_forever()
+        await asyncio.wait([reading, asyncio.ensure_future(server.serve_forever())],
+                           return_when=asyncio.FIRST_COMPLETED)
 
 
 def main() -> None:
