@@ -1,0 +1,256 @@
+"""The QEMU engine: ``qemu-system-x86_64 -M microvm`` driven over QMP.
+
+KVM when ``/dev/kvm`` is hardware KVM (``kvm_intel``/``kvm_amd``), TCG otherwise: the PVM
+``/dev/kvm`` of nested hosts cannot run a stock guest kernel (see the isolation notes).  QEMU
+connects, as a client, to two Unix sockets the engine listens on in its work directory: QMP and
+the virtio-serial channel (port ``kiln.vsock``) that carries vsock and the MMDS.
+
+Snapshots are QEMU migration streams: ``migrate exec:cat > MEM`` from a paused VM writes the
+memory and device state to the memory file; a restore starts QEMU with the same devices and
+``-incoming exec:cat MEM``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shlex
+import socket
+import sys
+from typing import Any
+
+from kiln.vmm.jail import die_with_monitor
+from kiln.vmm.model import ApiError, VmConfig
+from kiln.vmm.mux import PORT_NAME
+
+QEMU_BIN = "qemu-system-x86_64"
+DEFAULT_BOOT_ARGS = "console=ttyS0 reboot=k panic=1"
+#: QMP answers come quickly; a migration is polled instead.
+QMP_TIMEOUT = 30.0
+MIGRATION_POLL = 0.005
+
+
+def detect_accelerator() -> str:
+    """``kvm`` only for hardware KVM; PVM and friends get ``tcg``."""
+    hardware = os.path.isdir("/sys/module/kvm_intel") or os.path.isdir("/sys/module/kvm_amd")
+    return "kvm" if hardware and os.path.exists("/dev/kvm") else "tcg"
+
+
+def host_tsc_khz() -> int | None:
+    """The host's TSC rate: a TCG microvm guest cannot calibrate its TSC without it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("cpu MHz"):
+                    return round(float(line.split(":")[1]) * 1000)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def kernel_args(config: VmConfig, accelerator: str) -> str:
+    """Boot arguments as Firecracker composes them (root device first), plus TCG's TSC rate."""
+    assert config.boot is not None
+    args = config.boot.boot_args if config.boot.boot_args is not None else DEFAULT_BOOT_ARGS
+    root = next((d for d in config.drives.values() if d.is_root_device), None)
+    if root is not None:
+        device = f"PARTUUID={root.partuuid}" if root.partuuid else "/dev/vda"
+        args += f" root={device} {'ro' if root.is_read_only else 'rw'}"
+    khz = host_tsc_khz() if accelerator == "tcg" else None
+    if khz and "tsc_early_khz=" not in args:
+        args += f" tsc_early_khz={khz}"
+    return args
+
+
+def command_line(
+    config: VmConfig, accelerator: str, workdir: str, qemu_bin: str, incoming: str | None
+) -> list[str]:
+    assert config.boot is not None
+    machine = config.machine
+    argv = [
+        qemu_bin, "-M", "microvm,x-option-roms=off", "-accel", accelerator,
+        "-cpu", "host" if accelerator == "kvm" else "max",
+        "-m", str(machine.mem_size_mib), "-smp", str(machine.vcpu_count),
+        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        "-chardev", f"socket,id=qmp,path={workdir}/qmp.sock,server=off",
+        "-mon", "chardev=qmp,mode=control",
+        "-serial", f"file:{config.serial_out_path}" if config.serial_out_path else "stdio",
+        "-device", "i8042",  # SendCtrlAltDel, as Firecracker's i8042
+        "-kernel", config.boot.kernel_image_path,
+        "-append", kernel_args(config, accelerator),
+    ]
+    if config.boot.initrd_path:
+        argv += ["-initrd", config.boot.initrd_path]
+    # The root device is /dev/vda, as with Firecracker; the others follow in the order given.
+    drives = sorted(config.drives.values(), key=lambda d: not d.is_root_device)
+    for index, drive in enumerate(drives):
+        cache = "unsafe" if drive.cache_type == "Unsafe" else "writeback"
+        argv += [
+            "-drive",
+            f"id=drive{index},file={_escape(drive.path_on_host)},format=raw,if=none,"
+            f"readonly={'on' if drive.is_read_only else 'off'},cache={cache}",
+            "-device", f"virtio-blk-device,drive=drive{index}",
+        ]
+    if config.vsock is not None or config.mmds is not None:
+        argv += [
+            "-device", "virtio-serial-device,max_ports=2",
+            "-chardev", f"socket,id=channel,path={workdir}/channel.sock,server=off",
+            "-device", f"virtserialport,chardev=channel,name={PORT_NAME}",
+        ]
+    if incoming is not None:
+        argv += ["-incoming", f"exec:cat {shlex.quote(incoming)}"]
+    return argv
+
+
+def _escape(path: str) -> str:
+    """QEMU's option syntax doubles commas inside a value."""
+    return path.replace(",", ",,")
+
+
+class QemuVm:
+    """One QEMU process; ``start`` returns once QMP (and the channel, if any) is connected."""
+
+    def __init__(self, config: VmConfig, accelerator: str, workdir: str, qemu_bin: str) -> None:
+        self.config = config
+        self.accelerator = accelerator
+        self.workdir = workdir
+        self.qemu_bin = qemu_bin
+        self.process: asyncio.subprocess.Process | None = None
+        self.channel: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._qmp_reader: asyncio.StreamReader | None = None
+        self._qmp_writer: asyncio.StreamWriter | None = None
+        self._qmp_lock = asyncio.Lock()
+        self._stderr_task: asyncio.Future[None] | None = None
+
+    async def start(self, incoming: str | None = None) -> None:
+        wants_channel = self.config.vsock is not None or self.config.mmds is not None
+        qmp_listener = _listen(f"{self.workdir}/qmp.sock")
+        channel_listener = _listen(f"{self.workdir}/channel.sock") if wants_channel else None
+        argv = command_line(self.config, self.accelerator, self.workdir, self.qemu_bin, incoming)
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+                preexec_fn=die_with_monitor,
+            )
+            accepts = [self._accept(qmp_listener)]
+            if channel_listener is not None:
+                accepts.append(self._accept(channel_listener))
+            gather: asyncio.Future[list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+            gather = asyncio.gather(*accepts)
+            exited: asyncio.Future[int] = asyncio.ensure_future(self.process.wait())
+            either: list[asyncio.Future[Any]] = [gather, exited]
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            if not gather.done():
+                gather.cancel()
+                raise ApiError(f"QEMU failed to start: {await self._stderr()}")
+            exited.cancel()
+            streams = gather.result()
+        finally:
+            for listener in (qmp_listener, channel_listener):
+                if listener is not None:
+                    listener.close()
+                    with contextlib.suppress(OSError):
+                        os.unlink(listener.getsockname())
+        self._stderr_task = asyncio.ensure_future(self._forward_stderr())
+        self._qmp_reader, self._qmp_writer = streams[0]
+        if len(streams) > 1:
+            self.channel = streams[1]
+        await self._qmp_reader.readline()  # the greeting
+        await self.qmp("qmp_capabilities")
+        if incoming is not None:
+            await self._wait_incoming()
+
+    async def _accept(
+        self, listener: socket.socket
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        sock, _ = await asyncio.get_running_loop().sock_accept(listener)
+        return await asyncio.open_connection(sock=sock, limit=1 << 20)
+
+    async def _stderr(self) -> str:
+        assert self.process is not None and self.process.stderr is not None
+        with contextlib.suppress(asyncio.TimeoutError):
+            data = await asyncio.wait_for(self.process.stderr.read(4096), 5)
+            return data.decode(errors="replace").strip()
+        return "no output"
+
+    async def _forward_stderr(self) -> None:
+        """QEMU's own messages go to the monitor's stderr (its log)."""
+        assert self.process is not None and self.process.stderr is not None
+        while line := await self.process.stderr.readline():
+            sys.stderr.write("qemu: " + line.decode(errors="replace"))
+            sys.stderr.flush()
+
+    async def qmp(self, command: str, **arguments: Any) -> Any:
+        assert self._qmp_reader is not None and self._qmp_writer is not None
+        message: dict[str, Any] = {"execute": command}
+        if arguments:
+            message["arguments"] = arguments
+        async with self._qmp_lock:
+            self._qmp_writer.write(json.dumps(message).encode() + b"\n")
+            await self._qmp_writer.drain()
+            while True:
+                line = await asyncio.wait_for(self._qmp_reader.readline(), QMP_TIMEOUT)
+                if not line:
+                    raise ApiError(f"QEMU exited during {command}")
+                reply = json.loads(line)
+                if "return" in reply:
+                    return reply["return"]
+                if "error" in reply:
+                    raise ApiError(f"QEMU refused {command}: {reply['error'].get('desc')}")
+                # anything else is an asynchronous event
+
+    async def status(self) -> str:
+        reply = await self.qmp("query-status")
+        return str(reply["status"])
+
+    async def _wait_incoming(self) -> None:
+        while (status := await self.status()) == "inmigrate":
+            await asyncio.sleep(MIGRATION_POLL)
+        if status not in ("paused", "running", "postmigrate"):
+            raise ApiError(f"Failed to restore the microVM state: QEMU is {status}")
+
+    async def pause(self) -> None:
+        await self.qmp("stop")
+
+    async def resume(self) -> None:
+        await self.qmp("cont")
+
+    async def ctrl_alt_del(self) -> None:
+        keys = [{"type": "qcode", "data": k} for k in ("ctrl", "alt", "delete")]
+        await self.qmp("send-key", keys=keys)
+
+    async def save(self, mem_path: str) -> None:
+        """Write the paused VM's memory and device state to ``mem_path``."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(mem_path)
+        await self.qmp("migrate", uri=f"exec:cat > {shlex.quote(mem_path)}")
+        while True:
+            info = await self.qmp("query-migrate")
+            state = info.get("status")
+            if state == "completed":
+                return
+            if state in ("failed", "cancelled"):
+                raise ApiError(f"Cannot save the microVM state: {info.get('error-desc', state)}")
+            await asyncio.sleep(MIGRATION_POLL)
+
+    async def wait(self) -> int:
+        assert self.process is not None
+        return await self.process.wait()
+
+    async def kill(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+            await self.process.wait()
+
+
+def _listen(path: str) -> socket.socket:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    sock.listen(1)
+    sock.setblocking(False)
+    return sock
