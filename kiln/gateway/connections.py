@@ -2,12 +2,13 @@
 test, a benchmark) can push to any of them.
 
     connections.add(Connection(opaque_id(), api_id, stage, source_ip, user_agent, send))
-    await connections.get(api_id, connection_id).push(b"hello")   # raises Gone
+    await connections.get(api_id, connection_id).push(b"hello")   # raises Gone / Backlogged
     connections.forget(conn)
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import time
@@ -16,9 +17,17 @@ from typing import Any
 
 from starlette.types import Send
 
+#: How long a push waits for a client that is not reading (its socket buffers full) before it
+#: fails with LimitExceededException, rather than holding the caller up indefinitely.
+BACKLOG_WAIT_SECONDS = 1.0
+
 
 class Gone(Exception):
     """The connection no longer exists (closed, or never did): ``GoneException``."""
+
+
+class Backlogged(Exception):
+    """The client is not reading what it is sent: ``LimitExceededException``."""
 
 
 def opaque_id() -> str:
@@ -52,7 +61,11 @@ class Connection:
         except UnicodeDecodeError:
             message["bytes"] = data
         try:
-            await self.send(message)
+            # Safe to cancel: uvicorn waits for the socket to drain before it writes anything.
+            async with asyncio.timeout(BACKLOG_WAIT_SECONDS):
+                await self.send(message)
+        except TimeoutError:
+            raise Backlogged(self.connection_id) from None
         except (OSError, RuntimeError):
             # uvicorn raises ClientDisconnected (an OSError) or RuntimeError once the socket
             # is closing: the peer is gone even if we have not seen its close yet.

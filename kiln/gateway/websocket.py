@@ -35,7 +35,7 @@ from starlette.types import Message, Receive, Scope, Send
 from kiln.aws.errors import AwsError
 from kiln.aws.restjson import empty_response, json_response, receive_body
 from kiln.gateway._ws_protocol import MESSAGE_LIMIT
-from kiln.gateway.connections import Connection, Connections, Gone, opaque_id
+from kiln.gateway.connections import Backlogged, Connection, Connections, Gone, opaque_id
 from kiln.gateway.types import WEBSOCKET, Api, Route, Stage
 from kiln.invoke.local import InvokeFailed, LocalInvoker
 
@@ -206,7 +206,7 @@ class WebSocketApis:
         elif route.route_response_selection_expression is not None:
             reply = _reply(outcome)
             if reply is not None:
-                with contextlib.suppress(Gone):
+                with contextlib.suppress(Gone, Backlogged):
                     await conn.push(reply)
 
     async def _disconnect(self, session: _Session, code: int, reason: str) -> None:
@@ -288,6 +288,9 @@ class WebSocketApis:
                 return empty_response(204)
         except Gone:
             raise AwsError("GoneException", f"Connection {connection_id} is gone", 410) from None
+        except Backlogged:
+            raise AwsError("LimitExceededException", "The client is not reading: its buffer is "
+                           "full", 429) from None
         return json_response({"connectedAt": _iso(conn.connected_at),
                               "identity": {"sourceIp": conn.source_ip,
                                            "userAgent": conn.user_agent},
@@ -398,7 +401,7 @@ async def _deny(send: Send, status: int, body: bytes) -> None:
 
 
 async def _tell(conn: Connection, payload: dict[str, str]) -> None:
-    with contextlib.suppress(Gone):
+    with contextlib.suppress(Gone, Backlogged):
         await conn.push(json.dumps(payload).encode())
 
 

@@ -8,6 +8,7 @@ import base64
 import contextlib
 import json
 import re
+import socket
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -276,6 +277,23 @@ async def test_connections_api_errors(chat: Chat) -> None:
                                path=f"/_aws/execute-api/{chat.api_id}/nosuchstage")
     expect_error(other, "ForbiddenException", 403, other.get_connection,
                  ConnectionId=connection_id)
+
+
+async def test_client_not_reading_is_limit_exceeded(chat: Chat) -> None:
+    mgmt = chat.mgmt
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)  # no autotuning to 32 MB
+    sock.connect(("127.0.0.1", chat.server.port))
+    async with connect(chat.ws_url, sock=sock, max_queue=1, max_size=None,
+                       close_timeout=0.1) as ws:  # it cannot read up to the close frame
+        connection_id = await _whoami(ws)
+        chunk = b"x" * (128 * 1024)
+        # The client reads nothing more: its queue, then the socket buffers fill up.
+        with pytest.raises(mgmt.exceptions.LimitExceededException) as caught:
+            for _ in range(2000):
+                mgmt.post_to_connection(ConnectionId=connection_id, Data=chunk)
+        assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 429
+        assert mgmt.get_connection(ConnectionId=connection_id)["Identity"]["SourceIp"]
 
 
 async def test_no_default_route_answers_forbidden(chat: Chat) -> None:
