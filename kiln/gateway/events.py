@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import os
 import time
@@ -62,6 +63,17 @@ class HttpRequest:
             source_ip=client[0] if client else "127.0.0.1",
             protocol=f"HTTP/{scope.get('http_version', '1.1')}",
         )
+
+    def forwarded(self, port: int) -> HttpRequest:
+        """With the X-Forwarded-For/-Port/-Proto headers API Gateway adds for the function
+        (an incoming X-Forwarded-For gets the client's address appended)."""
+        headers = [(k, v) for k, v in self.headers
+                   if k not in ("x-forwarded-for", "x-forwarded-port", "x-forwarded-proto")]
+        chain = self.header("x-forwarded-for")
+        headers += [("x-forwarded-for", f"{chain}, {self.source_ip}" if chain
+                     else self.source_ip),
+                    ("x-forwarded-port", str(port)), ("x-forwarded-proto", "http")]
+        return dataclasses.replace(self, headers=headers)
 
     def header(self, name: str) -> str | None:
         for key, value in self.headers:

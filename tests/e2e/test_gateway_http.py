@@ -243,7 +243,8 @@ def test_quick_create_by_prefix_and_host(gw: Any, function_arn: str, http: httpx
         assert event["requestContext"]["stage"] == "$default"
 
 
-def test_payload_2_0_event(gw: Any, function_arn: str, http: httpx.Client) -> None:
+def test_payload_2_0_event(gw: Any, function_arn: str, http: httpx.Client,
+                           kiln_server: KilnServer) -> None:
     api_id = make_api(gw, function_arn, {"POST /items/{id}": {}}, stage="prod",
                       StageVariables={"env": "test"})
     body = b'{"k": "v"}'
@@ -255,7 +256,9 @@ def test_payload_2_0_event(gw: Any, function_arn: str, http: httpx.Client) -> No
     event = response.json()
     sent = response.request.headers
     expected_headers: dict[str, str] = {}
-    for name, value in sent.multi_items():
+    forwarded = [("x-forwarded-for", "127.0.0.1"), ("x-forwarded-port", str(kiln_server.port)),
+                 ("x-forwarded-proto", "http")]
+    for name, value in [*sent.multi_items(), *forwarded]:
         if name.lower() != "cookie":
             key = name.lower()
             expected_headers[key] = f"{expected_headers[key]},{value}" \
@@ -311,7 +314,9 @@ def test_payload_1_0_event(gw: Any, function_arn: str, http: httpx.Client) -> No
     assert event["headers"]["x-multi"] == "two"
     assert event["multiValueHeaders"]["x-multi"] == ["one", "two"]
     assert event["headers"]["user-agent"] == sent["user-agent"]
-    assert set(event["headers"]) == {name.lower() for name in sent}
+    assert set(event["headers"]) == {name.lower() for name in sent} | {
+        "x-forwarded-for", "x-forwarded-port", "x-forwarded-proto"}
+    assert event["multiValueHeaders"]["x-forwarded-for"] == ["127.0.0.1"]
     assert event["queryStringParameters"] == {"name": "me", "multi": "me"}
     assert event["multiValueQueryStringParameters"] == {"name": ["me"], "multi": ["you", "me"]}
     assert event["pathParameters"] == {"proxy": "hello/world"}

@@ -76,3 +76,14 @@ def test_body_encoding() -> None:
     assert request(b"\xff", "text/plain").encoded_body() == ("/w==", True)
     assert request(b"abc", "image/png").encoded_body() == ("YWJj", True)
     assert not is_text("multipart/form-data; boundary=x")
+
+
+def test_forwarded_headers() -> None:
+    plain = request(b"", None).forwarded(8900)
+    assert plain.headers[-3:] == [("x-forwarded-for", "127.0.0.1"),
+                                  ("x-forwarded-port", "8900"), ("x-forwarded-proto", "http")]
+    proxied = HttpRequest("GET", "", [("x-forwarded-for", "10.0.0.1"),
+                                      ("x-forwarded-proto", "https")], b"", "127.0.0.1",
+                          "HTTP/1.1").forwarded(80)
+    assert proxied.headers == [("x-forwarded-for", "10.0.0.1, 127.0.0.1"),
+                               ("x-forwarded-port", "80"), ("x-forwarded-proto", "http")]
