@@ -212,8 +212,8 @@ def event_v1(request: HttpRequest, context: Context) -> dict[str, Any]:
 
 
 def response_v2(payload: bytes) -> tuple[int, Headers, bytes]:
-    """Map a 2.0 result: a dict with ``statusCode`` is structured; any other JSON is the body
-    of a 200 ``application/json`` answer, verbatim."""
+    """Map a 2.0 result: a dict with ``statusCode`` is structured (an untyped body is
+    text/plain); any other JSON is the body of a 200 ``application/json`` answer, verbatim."""
     parsed = _json(payload)
     if not isinstance(parsed, dict) or "statusCode" not in parsed:
         return 200, [("content-type", "application/json")], payload.strip()
@@ -223,7 +223,7 @@ def response_v2(payload: bytes) -> tuple[int, Headers, bytes]:
         if not isinstance(cookies, list) or not all(isinstance(c, str) for c in cookies):
             raise Malformed("cookies must be a list of strings")
         headers.extend(("set-cookie", cookie) for cookie in cookies)
-    return status, headers, body
+    return status, _typed(headers, body, "text/plain; charset=utf-8"), body
 
 
 def response_v1(payload: bytes) -> tuple[int, Headers, bytes]:
@@ -241,7 +241,15 @@ def response_v1(payload: bytes) -> tuple[int, Headers, bytes]:
         headers = [(k, v) for k, v in headers if k.lower() not in replaced]
         headers.extend((name, _scalar(value)) for name, values in multi.items()
                        for value in values)
-    return status, headers, body
+    return status, _typed(headers, body, "application/json"), body
+
+
+def _typed(headers: Headers, body: bytes, default: str) -> Headers:
+    """A body the function left untyped gets API Gateway's default content type (REST-style
+    1.0: application/json; HTTP APIs' 2.0: text/plain)."""
+    if body and not any(name.lower() == "content-type" for name, _ in headers):
+        headers.append(("content-type", default))
+    return headers
 
 
 def _json(payload: bytes) -> Any:

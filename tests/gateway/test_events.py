@@ -64,7 +64,8 @@ def test_v1_multi_value_headers_win() -> None:
         "statusCode": "201", "headers": {"X-A": "a", "X-B": "old"},
         "multiValueHeaders": {"x-b": ["1", "2"]}, "body": "ok"}))
     assert (status, body) == (201, b"ok")
-    assert headers == [("X-A", "a"), ("x-b", "1"), ("x-b", "2")]
+    assert headers == [("X-A", "a"), ("x-b", "1"), ("x-b", "2"),
+                       ("content-type", "application/json")]
 
 
 def test_body_encoding() -> None:
@@ -87,3 +88,13 @@ def test_forwarded_headers() -> None:
                           "HTTP/1.1").forwarded(80)
     assert proxied.headers == [("x-forwarded-for", "10.0.0.1, 127.0.0.1"),
                                ("x-forwarded-port", "80"), ("x-forwarded-proto", "http")]
+
+
+def test_default_content_types() -> None:
+    assert response_v2(dumps({"statusCode": 200, "body": "hi"}))[1] == [
+        ("content-type", "text/plain; charset=utf-8")]
+    assert response_v1(dumps({"statusCode": 200, "body": "{}"}))[1] == [
+        ("content-type", "application/json")]
+    assert response_v2(dumps({"statusCode": 200, "headers": {"Content-Type": "text/html"},
+                              "body": "<p/>"}))[1] == [("Content-Type", "text/html")]
+    assert response_v1(dumps({"statusCode": 204}))[1] == []  # no body, no type
