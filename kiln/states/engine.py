@@ -200,16 +200,16 @@ class Interpreter:
                     "error": "States.Timeout",
                     "cause": "The execution timed out",
                 })
-                self.history.flush()
+                self.commit()
                 return Outcome("TIMED_OUT", error="States.Timeout",
                                cause="The execution timed out")
             self.add("ExecutionFailed", frame.prev, partial(_error_details, failure))
-            self.history.flush()
+            self.commit()
             return Outcome("FAILED", error=failure.error or None, cause=failure.cause)
         self.add("ExecutionSucceeded", frame.prev, lambda: {
             "output": dumps(output), "outputDetails": _NO_DETAIL,
         })
-        self.history.flush()
+        self.commit()
         return Outcome("SUCCEEDED", output=output)
 
     async def _with_timeout(self, work: Awaitable[JSON], seconds: float) -> JSON:
@@ -247,6 +247,10 @@ class Interpreter:
             frame.cp.update(checkpoint)
             frame.cp["variables"] = frame.variables
             self.mark(frame)
+        self.commit()
+
+    def commit(self) -> None:
+        """Write buffered events, the top checkpoint and frame checkpoints in one go."""
         top = None
         if self.checkpoint_dirty and self.checkpoint:
             self.checkpoint_dirty = False
@@ -268,7 +272,9 @@ class Interpreter:
         return f"{frame.path}/{state.name}[{index}]" if self.durable else ""
 
     def drop_sub_frames(self, frame: Frame, state: State) -> None:
-        """A Parallel/Map state ended (or will retry): its branches' checkpoints go."""
+        """A Parallel/Map state succeeded, or starts a fresh attempt: its branches'
+        checkpoints go. A failed one keeps them: RedriveExecution reruns only the branches
+        and iterations that did not succeed."""
         if not self.durable:
             return
         prefix = f"{frame.path}/{state.name}["
@@ -992,7 +998,7 @@ class Interpreter:
     async def run_parallel(self, state: State, data: JSON, frame: Frame, entered: int,
                            entered_time: float, resume: dict[str, Any] | None) -> tuple[
                                str | None, JSON]:
-        restart = [resume] if resume is not None and resume.get("started") else []
+        restart = [resume] if _reuses_frames(resume) else []
 
         async def attempt(retry: int) -> JSON:
             if state.jsonata:
@@ -1005,6 +1011,8 @@ class Interpreter:
                 if state.parameters is not None:
                     value = state.parameters(env.with_input(value))
             resuming = bool(restart and restart.pop())
+            if not resuming:
+                self.drop_sub_frames(frame, state)
             started = self.started_event(frame, "ParallelStateStarted", resume, resuming)
 
             async def branch(index: int, machine: Machine) -> JSON:
@@ -1021,7 +1029,6 @@ class Interpreter:
                 results = await _gather_fail_fast(
                     [branch(i, machine) for i, machine in enumerate(state.branches)])
             except StatesFailure:
-                self.drop_sub_frames(frame, state)
                 frame.prev = self.add("ParallelStateFailed", frame.prev)
                 raise
             self.drop_sub_frames(frame, state)
@@ -1036,9 +1043,8 @@ class Interpreter:
     def started_event(self, frame: Frame, event_type: str, resume: dict[str, Any] | None,
                       resuming: bool, details: Callable[[], dict[str, Any]] | None = None) -> int:
         """A Parallel/Map attempt's ``…Started`` event: the one recorded before a restart when
-        resuming, else a new one that the frame's checkpoint remembers."""
-        if resuming:
-            assert resume is not None
+        resuming, else (a fresh attempt, a redrive) a new one the frame's checkpoint remembers."""
+        if resuming and resume is not None and resume.get("started"):
             frame.prev = int(resume["started"])
             return frame.prev
         frame.prev = self.add(event_type, frame.prev, details)
@@ -1077,7 +1083,7 @@ class Interpreter:
     async def run_map(self, state: State, data: JSON, frame: Frame, entered: int,
                       entered_time: float, resume: dict[str, Any] | None) -> tuple[
                           str | None, JSON]:
-        restart = [resume] if resume is not None and resume.get("started") else []
+        restart = [resume] if _reuses_frames(resume) else []
 
         async def attempt(retry: int) -> JSON:
             resuming = bool(restart and restart.pop())
@@ -1159,6 +1165,8 @@ class Interpreter:
                 frame.prev = self.add("MapStateFailed", frame.prev)
                 raise
         else:
+            if resume is None:
+                self.drop_sub_frames(frame, state)
             self.started_event(frame, "MapStateStarted", resume, resume is not None,
                                lambda: {"length": len(inputs)})
             output = await self.inline_map(state, inputs, frame, int(concurrency),
@@ -1212,15 +1220,14 @@ class Interpreter:
         try:
             await _run_bounded(iteration, len(inputs), concurrency)
         except StatesFailure:
-            self.drop_sub_frames(frame, state)
             frame.prev = self.add("MapStateFailed", last[0])
             raise
-        self.drop_sub_frames(frame, state)
         frame.prev = last[0]
         if exceeds_tolerance(len(failures), len(inputs), tolerated_count, tolerated_pct) and (
                 tolerant):
             frame.prev = self.add("MapStateFailed", last[0])
             raise StatesFailure("States.ExceedToleratedFailureThreshold", _THRESHOLD)
+        self.drop_sub_frames(frame, state)
         return results
 
     async def map_run(self, state: State, inputs: list[JSON], frame: Frame, concurrency: int,
@@ -1402,6 +1409,12 @@ def _transform(writer: JSON, run: MapRun, inputs: list[JSON], results: list[JSON
                 flat.append(result)
         return flat
     return results
+
+
+def _reuses_frames(resume: dict[str, Any] | None) -> bool:
+    """Whether a Parallel/Map resumes from its branches' checkpoints: after a restart (its
+    ``…Started`` event exists) or a redrive (its finished branches are kept)."""
+    return resume is not None and bool(resume.get("started") or resume.get("redriven"))
 
 
 def _path(text: str) -> Path:

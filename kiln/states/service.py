@@ -189,7 +189,10 @@ class ExecutionService:
         else:
             history.next_id = max(history.next_id, last + 1)
         history.add("ExecutionAborted", history.next_id - 1, details)
-        history.flush()
+        if running is not None:
+            running.interpreter.commit()  # with the frames' checkpoints, for a redrive
+        else:
+            history.flush()
         stopped = self.clock.now()
         self.store.finish_execution(arn, "ABORTED", stopped, None, error, cause)
         if running is not None and not running.done.done():
@@ -237,17 +240,22 @@ class ExecutionService:
         return resumed
 
     def redrive(self, row: sqlite3.Row) -> float:
-        """Re-run a failed execution from the top-level state where it stopped."""
+        """Re-run a failed execution from the state where it stopped; inside Parallel and
+        inline Map states only the branches and iterations that did not succeed run again,
+        each from its own unsuccessful state."""
         when = self.clock.now()
         count = self.store.redrive(row["arn"], when)
         checkpoint = json.loads(row["checkpoint"])
-        resume = {"state": checkpoint["state"], "input": checkpoint["input"],
-                  "variables": checkpoint.get("variables", {}),
-                  "prev": self.store.last_event_id(row["arn"]), "redrive": count}
+        resume = _redrive_point(checkpoint)
+        resume.update(prev=self.store.last_event_id(row["arn"]), redrive=count)
         info = self._info(row)
         info.redrive_count, info.timeout_from = count, when
-        self._launch(self.compile(row["definition"], False), info, row["input"], resume,
-                     resume["prev"] + 1)
+        running = self._launch(self.compile(row["definition"], False), info, row["input"],
+                               resume, resume["prev"] + 1)
+        running.interpreter.saved_frames = {
+            path: cp if cp.get("done") else _redrive_point(cp)
+            for path, cp in self.store.frames(row["arn"]).items()
+            if not cp.get("failed")}  # a tolerated failure is an iteration to redrive
         return when
 
     def _info(self, row: sqlite3.Row) -> ExecutionInfo:
@@ -368,3 +376,9 @@ class ExecutionService:
         if outcome.cause is not None:
             result["Cause"] = outcome.cause
         raise StatesFailure("States.TaskFailed", dumps(result))
+
+
+def _redrive_point(cp: dict[str, Any]) -> dict[str, Any]:
+    """Where a frame restarts on a redrive: its unsuccessful state, entered anew."""
+    return {"state": cp["state"], "input": cp["input"], "prev": cp.get("prev", 0),
+            "variables": cp.get("variables", {}), "redriven": True}

@@ -257,7 +257,8 @@ class StatesStore:
             "WHERE arn = ?",
             (status, stopped, output, error, cause, status, arn),
         )
-        self.db.execute("DELETE FROM states_frames WHERE execution_arn = ?", (arn,))
+        if status == "SUCCEEDED":  # otherwise a redrive reuses finished branches
+            self.db.execute("DELETE FROM states_frames WHERE execution_arn = ?", (arn,))
 
     def frames(self, arn: str) -> dict[str, dict[str, Any]]:
         rows = self.db.query("SELECT path, body FROM states_frames WHERE execution_arn = ?",

@@ -554,3 +554,49 @@ def test_redrive_execution(h: Harness) -> None:
     assert h.functions.counts["flaky-1"] == 2
     with pytest.raises(h.client.exceptions.ExecutionNotRedrivable):
         h.client.redrive_execution(executionArn=exec_arn)
+
+
+def _lambda(name: str) -> str:
+    return f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{name}"
+
+
+def test_redrive_reruns_only_the_failed_parallel_branch(h: Harness) -> None:
+    arn = h.machine({"StartAt": "P", "States": {"P": {
+        "Type": "Parallel", "End": True, "Branches": [
+            {"StartAt": "D", "States": {"D": {"Type": "Task", "Resource": _lambda("double"),
+                                                "InputPath": "$.n", "End": True}}},
+            {"StartAt": "S", "States": {
+                "S": {"Type": "Pass", "Result": "s", "ResultPath": "$.s", "Next": "F"},
+                "F": {"Type": "Task", "Resource": _lambda("flaky-1"), "End": True}}}]}}})
+    exec_arn = h.client.start_execution(stateMachineArn=arn, input='{"n": 4}')["executionArn"]
+    assert h.wait_done(exec_arn)["error"] == "FlakyError"
+    h.client.redrive_execution(executionArn=exec_arn)
+    done = h.wait_done(exec_arn)
+    assert done["status"] == "SUCCEEDED"
+    assert json.loads(done["output"]) == [8, {"n": 4, "s": "s"}]
+    assert h.functions.counts == {"double": 1, "flaky-1": 2}  # the done branch kept its result
+    types = h.history(exec_arn)
+    after = types[types.index("ExecutionRedriven"):]
+    # The failed branch continues from its failed state: S is not run again.
+    assert after == ["ExecutionRedriven", "ParallelStateEntered", "ParallelStateStarted",
+                     "TaskStateEntered", "LambdaFunctionScheduled", "LambdaFunctionStarted",
+                     "LambdaFunctionSucceeded", "TaskStateExited", "ParallelStateSucceeded",
+                     "ParallelStateExited", "ExecutionSucceeded"]
+
+
+def test_redrive_reruns_only_the_failed_map_iterations(h: Harness) -> None:
+    arn = h.machine({"StartAt": "M", "States": {"M": {
+        "Type": "Map", "MaxConcurrency": 1, "End": True, "ItemProcessor": {
+            "StartAt": "C", "States": {
+                "C": {"Type": "Choice", "Default": "D", "Choices": [
+                    {"Variable": "$", "NumericEquals": 3, "Next": "F"}]},
+                "D": {"Type": "Task", "Resource": _lambda("double"), "End": True},
+                "F": {"Type": "Task", "Resource": _lambda("flaky-1"), "End": True}}}}}})
+    exec_arn = h.client.start_execution(stateMachineArn=arn, input="[1, 2, 3, 4]")[
+        "executionArn"]
+    assert h.wait_done(exec_arn)["error"] == "FlakyError"
+    assert h.functions.counts == {"double": 2, "flaky-1": 1}  # item 4 never started
+    h.client.redrive_execution(executionArn=exec_arn)
+    done = h.wait_done(exec_arn)
+    assert json.loads(done["output"]) == [2, 4, 3, 8]
+    assert h.functions.counts == {"double": 3, "flaky-1": 2}
