@@ -33,6 +33,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
+from typing import Any
 
 from kiln.aws.arn import parse_function_id
 from kiln.aws.errors import AwsError
@@ -63,6 +64,8 @@ _ADDED_COLUMNS = {"throttles": "INTEGER NOT NULL DEFAULT 0",
                   "not_before": "REAL NOT NULL DEFAULT 0"}
 #: AWS's longest wait between two tries of a throttled event.
 MAX_BACKOFF_SECONDS = 300.0
+#: How long outcomes wait to share a commit: far below any retry delay that follows.
+WRITE_BEHIND_SECONDS = 0.005
 
 
 class AsyncQueue:
@@ -83,11 +86,14 @@ class AsyncQueue:
                 db.execute(f"ALTER TABLE async_events ADD COLUMN {column} {declaration}")
         self._ready: asyncio.Queue[str] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
+        # Outcomes are written behind, several per transaction (see _record).
+        self._writes: list[tuple[str, tuple[Any, ...]]] = []
+        self._then: list[tuple[str, float]] = []
+        self._flush_handle: asyncio.Handle | None = None
 
     def enqueue(self, name: str, qualifier: str | None, request: InvokeRequest) -> str:
-        with self.db.transaction() as tx:
-            self._insert(tx, request.request_id, name, qualifier, request.invoked_arn,
-                         request.payload)
+        self.db.execute(*self._insert(request.request_id, name, qualifier, request.invoked_arn,
+                                      request.payload))
         self._ready.put_nowait(request.request_id)
         return request.request_id
 
@@ -96,6 +102,7 @@ class AsyncQueue:
         return int(row["n"]) if row else 0
 
     async def start(self) -> None:
+        self._ready = asyncio.Queue()  # the table is the truth: each event once
         for row in self.db.query(
                 "SELECT request_id, not_before FROM async_events ORDER BY enqueued"):
             self._schedule(row["request_id"], row["not_before"])
@@ -109,6 +116,7 @@ class AsyncQueue:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        self._flush()
 
     async def _work(self) -> None:
         while True:
@@ -129,7 +137,7 @@ class AsyncQueue:
         except AwsError as exc:
             # Deleted after the event was accepted: nothing is left to run it.
             log.warning("dropped async invocation %s: %s", request_id, exc.message)
-            self.db.execute("DELETE FROM async_events WHERE request_id = ?", (request_id,))
+            self._record([("DELETE FROM async_events WHERE request_id = ?", (request_id,))], None)
             return
         max_age = self.configs.effective(row["function"], row["qualifier"]).max_age
         expires = row["enqueued"] + max_age
@@ -159,10 +167,36 @@ class AsyncQueue:
             self._finish(row, record, "RetriesExhausted", attempts, outcome)
 
     def _retry(self, request_id: str, attempts: int, throttles: int, at: float) -> None:
-        self.db.execute(
-            "UPDATE async_events SET attempts = ?, throttles = ?, not_before = ? "
-            "WHERE request_id = ?", (attempts, throttles, at, request_id))
-        self._schedule(request_id, at)
+        self._record([("UPDATE async_events SET attempts = ?, throttles = ?, not_before = ? "
+                       "WHERE request_id = ?", (attempts, throttles, at, request_id))],
+                     (request_id, at))
+
+    def _record(self, writes: list[tuple[str, tuple[Any, ...]]],
+                then: tuple[str, float] | None) -> None:
+        """Write an event's outcome, and then schedule ``then`` (request id, when).
+
+        Outcomes finishing in the same turn of the loop are committed in one transaction,
+        which costs a fraction of one each.  A crash before that commit only means the events
+        concerned run again: the queue promises at least once; and each event's writes stay
+        atomic, so its outcome is still delivered exactly once."""
+        self._writes += writes
+        if then is not None:
+            self._then.append(then)
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_later(
+                WRITE_BEHIND_SECONDS, self._flush)
+
+    def _flush(self) -> None:
+        if self._flush_handle is not None:  # when stop() flushes ahead of the loop
+            self._flush_handle.cancel()
+        writes, then = self._writes, self._then
+        self._writes, self._then, self._flush_handle = [], [], None
+        if writes:
+            with self.db.transaction() as tx:
+                for sql, params in writes:
+                    tx.execute(sql, params)
+        for request_id, at in then:
+            self._schedule(request_id, at)
 
     def _schedule(self, request_id: str, at: float) -> None:
         delay = at - self.clock()
@@ -177,13 +211,15 @@ class AsyncQueue:
         delivery = self._delivery(row, record, condition, attempts, outcome)
         target = self._deliverable(row["function"], row["request_id"], delivery[0]) \
             if delivery else None
-        delivered = new_request_id()
-        with self.db.transaction() as tx:
-            tx.execute("DELETE FROM async_events WHERE request_id = ?", (row["request_id"],))
-            if delivery and target:
-                self._insert(tx, delivered, target[0], target[1], delivery[0], delivery[1])
-        if target:
-            self._ready.put_nowait(delivered)
+        writes: list[tuple[str, tuple[Any, ...]]] = [
+            ("DELETE FROM async_events WHERE request_id = ?", (row["request_id"],))]
+        if delivery and target:
+            delivered = new_request_id()
+            writes.append(self._insert(delivered, target[0], target[1], delivery[0],
+                                       delivery[1]))
+            self._record(writes, (delivered, 0.0))
+        else:
+            self._record(writes, None)
 
     def _delivery(self, row: sqlite3.Row, record: FunctionRecord, condition: str, attempts: int,
                   outcome: InvokeOutcome | None) -> tuple[str, bytes] | None:
@@ -225,9 +261,8 @@ class AsyncQueue:
             return None
         return target.name, target.qualifier
 
-    def _insert(self, tx: sqlite3.Connection, request_id: str, name: str,
-                qualifier: str | None, invoked_arn: str, payload: bytes) -> None:
-        tx.execute(
-            "INSERT INTO async_events (request_id, function, qualifier, invoked_arn, payload, "
-            "enqueued) VALUES (?, ?, ?, ?, ?, ?)",
-            (request_id, name, qualifier, invoked_arn, payload, self.clock()))
+    def _insert(self, request_id: str, name: str, qualifier: str | None, invoked_arn: str,
+                payload: bytes) -> tuple[str, tuple[Any, ...]]:
+        return ("INSERT INTO async_events (request_id, function, qualifier, invoked_arn, "
+                "payload, enqueued) VALUES (?, ?, ?, ?, ?, ?)",
+                (request_id, name, qualifier, invoked_arn, payload, self.clock()))
