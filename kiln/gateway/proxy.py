@@ -70,6 +70,9 @@ class HttpProxy:
         if api is None or stage is None:
             await send_json(send, *_NOT_FOUND)
             return
+        if api.endpoint_disabled:
+            await send_json(send, 403, {"message": "Forbidden"})
+            return
         request = await _request(scope, receive, send, API_PAYLOAD_MAX, api.cors, 204)
         if request is None:
             return

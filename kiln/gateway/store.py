@@ -632,7 +632,8 @@ class GatewayStore:
                                                routes, deployment is not None)
         return Api(api_id, wire["name"], wire["protocolType"],
                    wire["routeSelectionExpression"],
-                   cors_from_wire(wire.get("corsConfiguration"), CAMEL_CORS), stages)
+                   cors_from_wire(wire.get("corsConfiguration"), CAMEL_CORS), stages,
+                   bool(wire.get("disableExecuteApiEndpoint")))
 
     def _routes(self, snapshot: dict[str, Any]) -> tuple[Route, ...]:
         integrations = {

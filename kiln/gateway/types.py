@@ -76,3 +76,5 @@ class Api:
     route_selection_expression: str
     cors: Cors | None
     stages: dict[str, Stage] = field(default_factory=dict)
+    #: DisableExecuteApiEndpoint: the API answers 403 on its execute-api addresses.
+    endpoint_disabled: bool = False

@@ -241,6 +241,9 @@ def test_quick_create_by_prefix_and_host(gw: Any, function_arn: str, http: httpx
         event = response.json()
         assert (event["routeKey"], event["rawPath"]) == ("$default", "/some/where")
         assert event["requestContext"]["stage"] == "$default"
+    gw.update_api(ApiId=api_id, DisableExecuteApiEndpoint=True)
+    disabled = http.get(url(api_id, "/some/where"))
+    assert (disabled.status_code, disabled.json()) == (403, {"message": "Forbidden"})
 
 
 def test_payload_2_0_event(gw: Any, function_arn: str, http: httpx.Client,
