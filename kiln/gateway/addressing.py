@@ -80,6 +80,18 @@ def function_url_address(scope: Scope) -> tuple[str, str] | None:
     return url_id, rest or "/"
 
 
+def raw_route_path(scope: Scope, path: str) -> str:
+    """``path`` (a suffix of ``scope["path"]``, decoded) as the client sent it, still
+    percent-encoded, from ``scope["raw_path"]``."""
+    raw = scope.get("raw_path")
+    full: str = scope["path"]
+    if not raw or not full.endswith(path):
+        return path
+    skipped = full[:len(full) - len(path)].count("/")
+    parts = raw.decode("latin-1").partition("?")[0].split("/")
+    return "/" + "/".join(parts[skipped + 1:])
+
+
 def _split(path: str) -> tuple[str, str]:
     """'a/b/c' -> ('a', '/b/c'); 'a' -> ('a', '/')."""
     first, slash, rest = path.partition("/")

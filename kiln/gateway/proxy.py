@@ -25,6 +25,7 @@ from kiln.aws.errors import AwsError
 from kiln.aws.restjson import receive_body
 from kiln.config import Settings
 from kiln.functions.service import is_version
+from kiln.gateway.addressing import raw_route_path
 from kiln.gateway.cors import is_preflight, preflight_headers, with_cors
 from kiln.gateway.events import (
     Context,
@@ -83,7 +84,9 @@ class HttpProxy:
             return
         route, params = found
         host = f"{api.api_id}.execute-api.localhost"
-        raw_path = path if stage_name == DEFAULT_STAGE else f"/{stage_name}{path}"
+        raw_path = raw_route_path(scope, path)
+        if stage_name != DEFAULT_STAGE:
+            raw_path = f"/{stage_name}{raw_path}"
         context = Context(api_id=api.api_id, domain_name=host, stage=stage_name,
                           route_key=route.route_key, raw_path=raw_path, path=path,
                           resource_id=route.route_id, path_parameters=params,
@@ -116,7 +119,8 @@ class HttpProxy:
                                   "userArn": f"arn:aws:iam::{self.account_id}:user/kiln",
                                   "userId": access_key}}
         context = Context(api_id=url_id, domain_name=f"{url_id}.lambda-url.localhost",
-                          stage=DEFAULT_STAGE, route_key=DEFAULT_STAGE, raw_path=path,
+                          stage=DEFAULT_STAGE, route_key=DEFAULT_STAGE,
+                          raw_path=raw_route_path(scope, path),
                           path=path, account_id=self.account_id, authorizer=authorizer)
         await self._run(send, request, config.function_arn, event_v2(request, context),
                         URL_TIMEOUT_MS, "2.0", config.cors,

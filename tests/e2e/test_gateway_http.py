@@ -252,7 +252,7 @@ def test_payload_2_0_event(gw: Any, function_arn: str, http: httpx.Client,
                       StageVariables={"env": "test"})
     body = b'{"k": "v"}'
     response = http.post(
-        url(api_id, "/items/42?b=2&a=1&a=3&sp=x%20y", "prod"), content=body,
+        url(api_id, "/items/4%202?b=2&a=1&a=3&sp=x%20y", "prod"), content=body,
         headers=[("Content-Type", "application/json"), ("X-Multi", "one"),
                  ("X-Multi", "two"), ("Cookie", "c1=v1; c2=v2")])
     assert response.status_code == 200, response.text
@@ -271,13 +271,13 @@ def test_payload_2_0_event(gw: Any, function_arn: str, http: httpx.Client,
                            "pathParameters", "stageVariables", "body", "isBase64Encoded"]
     assert event["version"] == "2.0"
     assert event["routeKey"] == "POST /items/{id}"
-    assert event["rawPath"] == "/prod/items/42"
+    assert event["rawPath"] == "/prod/items/4%202"
     assert event["rawQueryString"] == "b=2&a=1&a=3&sp=x%20y"
     assert event["cookies"] == ["c1=v1", "c2=v2"]
     assert event["headers"] == expected_headers
     assert event["headers"]["x-multi"] == "one,two"
     assert event["queryStringParameters"] == {"b": "2", "a": "1,3", "sp": "x y"}
-    assert event["pathParameters"] == {"id": "42"}
+    assert event["pathParameters"] == {"id": "4 2"}
     assert event["stageVariables"] == {"env": "test"}
     assert (event["body"], event["isBase64Encoded"]) == (body.decode(), False)
     context = event["requestContext"]
@@ -286,7 +286,7 @@ def test_payload_2_0_event(gw: Any, function_arn: str, http: httpx.Client,
     assert context["accountId"] == "000000000000"
     assert (context["apiId"], context["domainPrefix"]) == (api_id, api_id)
     assert context["domainName"] == f"{api_id}.execute-api.localhost"
-    assert context["http"] == {"method": "POST", "path": "/prod/items/42",
+    assert context["http"] == {"method": "POST", "path": "/prod/items/4%202",
                                "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1",
                                "userAgent": sent["user-agent"]}
     assert REQUEST_ID.match(context["requestId"])

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from kiln.gateway.addressing import api_address, function_url_address, is_gateway
+from kiln.gateway.addressing import (
+    api_address,
+    function_url_address,
+    is_gateway,
+    raw_route_path,
+)
 
 
 def scope(path: str, host: str = "127.0.0.1:8900") -> dict[str, Any]:
@@ -52,3 +57,14 @@ def test_function_urls() -> None:
     assert function_url_address(scope("/_aws/lambda-url/u1")) == ("u1", "/")
     assert function_url_address(scope("/p", "u1.lambda-url.localhost:9")) == ("u1", "/p")
     assert api_address(scope("/p", "u1.lambda-url.localhost:9"), has_prod) is None
+
+
+def test_raw_route_path() -> None:
+    prefixed = {"path": "/_aws/execute-api/abc/prod/a b/c/d",
+                "raw_path": b"/_aws/execute-api/abc/prod/a%20b/c%2Fd"}
+    assert raw_route_path(prefixed, "/a b/c/d") == "/a%20b/c%2Fd"
+    host = {"path": "/a b", "raw_path": b"/a%20b"}
+    assert raw_route_path(host, "/a b") == "/a%20b"
+    assert raw_route_path({"path": "/_aws/execute-api/abc", "raw_path": b"/_aws/execute-api/abc"},
+                          "/") == "/"
+    assert raw_route_path({"path": "/x"}, "/x") == "/x"  # no raw_path from the server
