@@ -38,6 +38,10 @@ def wait_for(fn: Any, seconds: float = 30) -> Any:
     raise AssertionError("condition never held")
 
 
+def history_types(sfn: Any, arn: str) -> list[str]:
+    return [e["type"] for e in sfn.get_execution_history(executionArn=arn)["events"]]
+
+
 def machine(sfn: Any, name: str, definition: dict[str, Any], kind: str = "STANDARD") -> str:
     return str(sfn.create_state_machine(name=name, definition=json.dumps(definition),
                                         roleArn=ROLE, type=kind)["stateMachineArn"])
@@ -91,7 +95,7 @@ def test_activity_worker(kiln_server: KilnServer) -> None:
     done = wait_done(sfn, exec_arn)
     assert done["status"] == "SUCCEEDED"
     assert json.loads(done["output"]) == {"sum": 5}
-    types = [e["type"] for e in sfn.get_execution_history(executionArn=exec_arn)["events"]]
+    types = history_types(sfn, exec_arn)
     assert types == ["ExecutionStarted", "TaskStateEntered", "ActivityScheduled",
                      "ActivityStarted", "ActivitySucceeded", "TaskStateExited",
                      "ExecutionSucceeded"]
@@ -116,13 +120,25 @@ def test_execution_survives_kill_9(tmp_path: Path) -> None:
     server = start_server(data)
     try:
         sfn = server.client("stepfunctions")
+        name = create_python_function(
+            server.client("lambda"), "def handler(event, context):\n    return event * 3\n")
         arn = machine(sfn, "durable", {"StartAt": "A", "States": {
-            "A": {"Type": "Pass", "Result": "before", "ResultPath": "$.a", "Next": "W"},
-            "W": {"Type": "Wait", "Seconds": 2, "Next": "B"},
+            "A": {"Type": "Pass", "Result": 7, "ResultPath": "$.a", "Next": "P"},
+            "P": {"Type": "Parallel", "ResultPath": "$.p", "Next": "B", "Branches": [
+                {"StartAt": "Call", "States": {"Call": {
+                    "Type": "Task", "InputPath": "$.a", "End": True,
+                    "Resource": f"arn:aws:lambda:us-east-1:000000000000:function:{name}"}}},
+                {"StartAt": "W1", "States": {
+                    "W1": {"Type": "Wait", "Seconds": 1, "Next": "W2"},
+                    "W2": {"Type": "Wait", "Seconds": 2, "End": True}}}]},
             "B": {"Type": "Pass", "Result": "after", "ResultPath": "$.b", "End": True}}})
         exec_arn = sfn.start_execution(stateMachineArn=arn, name="survivor")["executionArn"]
-        wait_for(lambda: "WaitStateEntered" in [
-            e["type"] for e in sfn.get_execution_history(executionArn=exec_arn)["events"]])
+        # Kill once the Lambda branch's end is committed and the other branch sits in W2.
+        def committed() -> bool:
+            types = history_types(sfn, exec_arn)
+            return "TaskStateExited" in types and types.count("WaitStateEntered") == 2
+
+        wait_for(committed)
     finally:
         server.stop(signal.SIGKILL)
     server = start_server(data)
@@ -130,11 +146,18 @@ def test_execution_survives_kill_9(tmp_path: Path) -> None:
         sfn = server.client("stepfunctions")
         done = wait_done(sfn, exec_arn)
         assert done["status"] == "SUCCEEDED"
-        assert json.loads(done["output"]) == {"a": "before", "b": "after"}
-        types = [e["type"] for e in sfn.get_execution_history(executionArn=exec_arn)["events"]]
-        assert types == ["ExecutionStarted", "PassStateEntered", "PassStateExited",
-                         "WaitStateEntered", "WaitStateExited", "PassStateEntered",
-                         "PassStateExited", "ExecutionSucceeded"]
+        assert json.loads(done["output"]) == {"a": 7, "p": [21, {"a": 7}], "b": "after"}
+        types = history_types(sfn, exec_arn)
+        # Resumed inside the Parallel: nothing entered, started or invoked twice (the order
+        # of the two branches' events may interleave either way).
+        assert types[:5] == ["ExecutionStarted", "PassStateEntered", "PassStateExited",
+                             "ParallelStateEntered", "ParallelStateStarted"]
+        assert types[-5:] == ["ParallelStateSucceeded", "ParallelStateExited",
+                              "PassStateEntered", "PassStateExited", "ExecutionSucceeded"]
+        assert sorted(types[5:-5]) == sorted([
+            "TaskStateEntered", "LambdaFunctionScheduled", "LambdaFunctionStarted",
+            "LambdaFunctionSucceeded", "TaskStateExited", "WaitStateEntered",
+            "WaitStateExited", "WaitStateEntered", "WaitStateExited"])
     finally:
         server.stop()
 
@@ -164,7 +187,7 @@ def test_distributed_map_run_through_boto3(kiln_server: KilnServer, lambda_clien
         "SUCCEEDED", 2, 3)
     children = sfn.list_executions(mapRunArn=run["mapRunArn"])["executions"]
     assert [c["status"] for c in children] == ["SUCCEEDED"] * 3
-    types = [e["type"] for e in sfn.get_execution_history(executionArn=exec_arn)["events"]]
+    types = history_types(sfn, exec_arn)
     assert types == ["ExecutionStarted", "MapStateEntered", "MapStateStarted", "MapRunStarted",
                      "MapRunSucceeded", "MapStateSucceeded", "MapStateExited",
                      "ExecutionSucceeded"]
