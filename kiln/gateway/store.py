@@ -220,6 +220,7 @@ class GatewayStore:
             quick = self._integration_wire(api_id, HTTP, _Body({
                 "integrationType": "AWS_PROXY", "integrationUri": target,
                 "payloadFormatVersion": "2.0"}), {}, new=True)
+            quick["apiGatewayManaged"] = True
         with self.db.transaction() as tx:
             tx.execute("INSERT INTO gateway_apis (api_id, body) VALUES (?, ?)",
                        (api_id, json.dumps(wire)))
@@ -228,10 +229,10 @@ class GatewayStore:
                 route_id = _new_id(7)
                 self._put(api_id, ROUTE, route_id, {
                     "routeId": route_id, "routeKey": route_key, "apiKeyRequired": False,
-                    "authorizationType": "NONE",
+                    "authorizationType": "NONE", "apiGatewayManaged": True,
                     "target": f"integrations/{quick['integrationId']}"})
                 self._put(api_id, STAGE, DEFAULT_STAGE, self._stage_defaults(DEFAULT_STAGE, {
-                    "autoDeploy": True}))
+                    "autoDeploy": True, "apiGatewayManaged": True}))
                 self._redeploy(api_id)
         return wire
 
@@ -251,18 +252,49 @@ class GatewayStore:
         wire = self.get_api(api_id)
         fields = _Body(body)
         name = fields.string("name", 1, 128)
-        if body.get("target") is not None or body.get("routeKey") is not None:
-            raise bad_request("Target and RouteKey can only be set when the API is created")
         if wire["protocolType"] == WEBSOCKET and body.get("corsConfiguration") is not None:
             raise bad_request("CorsConfiguration is not supported for WEBSOCKET APIs")
         wire = self._api_fields(fields, wire)
         if name is not None:
             wire["name"] = name
+        quick = self._quick_updates(api_id, fields)
         with self.db.transaction() as tx:
             tx.execute("UPDATE gateway_apis SET body = ? WHERE api_id = ?",
                        (json.dumps(wire), api_id))
+            for kind, item_id, item in quick:
+                self._put(api_id, kind, item_id, item)
+            if quick:
+                self._redeploy(api_id)
         self._deployed.pop(api_id, None)
         return wire
+
+    def _quick_updates(self, api_id: str,
+                       fields: _Body) -> list[tuple[str, str, dict[str, Any]]]:
+        """UpdateApi's Target / RouteKey change the quick-created integration / route."""
+        target = fields.string("target", 1, 2048)
+        route_key = fields.string("routeKey", 1, 1024)
+        if target is None and route_key is None:
+            return []
+        managed = [r for r in self.get_items(api_id, ROUTE) if r.get("apiGatewayManaged")]
+        if not managed:
+            raise bad_request("Target and RouteKey can only be updated on an API made by "
+                              "quick create")
+        route = managed[0]
+        updates = []
+        if route_key is not None:
+            if (error := http_route_error(route_key)) is not None:
+                raise bad_request(error)
+            if any(r["routeKey"] == route_key and r["routeId"] != route["routeId"]
+                   for r in self.get_items(api_id, ROUTE)):
+                raise conflict(f"A route with the key {route_key} already exists")
+            updates.append((ROUTE, route["routeId"], {**route, "routeKey": route_key}))
+        if target is not None:
+            integration_id = route["target"].removeprefix("integrations/")
+            integration = self.get_item(api_id, INTEGRATION, integration_id)
+            self.function_arn(target)
+            updates.append((INTEGRATION, integration_id,
+                            {**integration, "integrationUri": target}))
+        return updates
 
     def delete_cors(self, api_id: str) -> None:
         wire = self.get_api(api_id)

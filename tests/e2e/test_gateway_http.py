@@ -241,6 +241,18 @@ def test_quick_create_by_prefix_and_host(gw: Any, function_arn: str, http: httpx
         event = response.json()
         assert (event["routeKey"], event["rawPath"]) == ("$default", "/some/where")
         assert event["requestContext"]["stage"] == "$default"
+    routes = gw.get_routes(ApiId=api_id)["Items"]
+    assert routes[0]["ApiGatewayManaged"] is True
+    gw.update_api(ApiId=api_id, RouteKey="GET /moved/{proxy+}")
+    assert http.get(url(api_id, "/some/where")).status_code == 404
+    moved = http.get(url(api_id, "/moved/here")).json()
+    assert (moved["routeKey"], moved["pathParameters"]) == ("GET /moved/{proxy+}",
+                                                             {"proxy": "here"})
+    expect_error(gw, "BadRequestException", 400, gw.update_api, ApiId=api_id,
+                 Target="not-an-arn")
+    plain = gw.create_api(Name="plain", ProtocolType="HTTP")["ApiId"]
+    expect_error(gw, "BadRequestException", 400, gw.update_api, ApiId=plain,
+                 Target=function_arn)  # not made by quick create
     gw.update_api(ApiId=api_id, DisableExecuteApiEndpoint=True)
     disabled = http.get(url(api_id, "/some/where"))
     assert (disabled.status_code, disabled.json()) == (403, {"message": "Forbidden"})
