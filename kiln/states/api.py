@@ -111,7 +111,8 @@ class StatesApi:
     def _arn(self, kind: str, name: str) -> str:
         return f"arn:aws:states:{self.region}:{self.account_id}:{kind}:{name}"
 
-    def _check_arn(self, arn: Any, kind: str) -> str:
+    def _check_arn(self, arn: Any, kind: str, resource_type: str | None = None) -> str:
+        """A states ARN in field ``<kind>Arn``; with ``resource_type``, of that type only."""
         if not isinstance(arn, str) or not arn:
             raise _validation(f"1 validation error detected: Value null at '{kind}Arn' failed "
                               "to satisfy constraint: Member must not be null")
@@ -121,13 +122,13 @@ class StatesApi:
         if len(parts) < 7 or parts[2] != "states":
             raise _err("InvalidArn", f"Invalid Arn: 'Resource type not valid in this context: "
                        f"{parts[5] if len(parts) > 5 else arn}'")
+        if resource_type is not None and parts[5] != resource_type:
+            raise _err("InvalidArn", "Invalid Arn: 'Resource type not valid in this context: "
+                       f"{parts[5]}'")
         return arn
 
     def _machine(self, arn: Any) -> sqlite3.Row:
-        arn = self._check_arn(arn, "stateMachine")
-        if arn.split(":")[5] != "stateMachine":
-            raise _err("InvalidArn", "Invalid Arn: 'Resource type not valid in this context: "
-                       f"{arn.split(':')[5]}'")
+        arn = self._check_arn(arn, "stateMachine", "stateMachine")
         row = self.store.machine(arn)
         if row is None:
             raise _err("StateMachineDoesNotExist", f"State Machine Does Not Exist: '{arn}'")
@@ -667,10 +668,7 @@ class StatesApi:
     # ------------------------------------------------------------------ map runs
 
     def _map_run(self, value: Any) -> MapRun:
-        arn = self._check_arn(value, "mapRun")
-        if arn.split(":")[5] != "mapRun":
-            raise _err("InvalidArn", "Invalid Arn: 'Resource type not valid in this context: "
-                       f"{arn.split(':')[5]}'")
+        arn = self._check_arn(value, "mapRun", "mapRun")
         run = self.executions.map_run(arn)
         if run is None:
             raise _err("ResourceNotFound", f"Resource not found: '{arn}'")
