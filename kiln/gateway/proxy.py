@@ -130,7 +130,7 @@ class HttpProxy:
                    event: dict[str, object], timeout_ms: int, version: str, cors: Cors | None,
                    extra: Headers) -> None:
         """Invoke, map the result, answer."""
-        payload = json.dumps(event).encode()
+        payload = json.dumps(event, separators=(",", ":")).encode()
         try:
             if self._ends_before(function_arn, timeout_ms):
                 body, error_type = await self.local.invoke(function_arn, payload)
