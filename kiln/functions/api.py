@@ -169,13 +169,15 @@ def routes(kiln: Kiln) -> list[Route]:
     async def update_alias(request: Request) -> Response:
         fid = function_id(kiln, request)
         body = await json_body(request, MAX_CONFIG_BYTES)
-        return json_response(functions.update_alias(fid.name, request.path_params["alias"],
-                                                    body))
+        alias = functions.update_alias(fid.name, request.path_params["alias"], body)
+        await kiln.provisioning.reconcile(fid.name)  # its provisioned concurrency follows it
+        return json_response(alias)
 
     @aws_endpoint("DeleteAlias")
     async def delete_alias(request: Request) -> Response:
         fid = function_id(kiln, request)
         functions.delete_alias(fid.name, request.path_params["alias"])
+        await kiln.provisioning.reconcile(fid.name)  # and so does its provisioned concurrency
         return empty_response(204)
 
     @aws_endpoint("PutFunctionConcurrency")
@@ -208,7 +210,7 @@ def routes(kiln: Kiln) -> list[Route]:
                 "CodeSizeUnzipped": 262_144_000,
                 "CodeSizeZipped": 52_428_800,
                 "ConcurrentExecutions": limit,
-                "UnreservedConcurrentExecutions": functions.concurrency.unreserved(limit),
+                "UnreservedConcurrentExecutions": functions.unreserved_concurrency(limit),
             },
             "AccountUsage": {"TotalCodeSize": total, "FunctionCount": count},
         })

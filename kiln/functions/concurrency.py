@@ -45,12 +45,13 @@ class Reservations:
     def unreserved(self, account_limit: int) -> int:
         return account_limit - self.total()
 
-    def put(self, function: str, reserved: int, account_limit: int) -> None:
+    def put(self, function: str, reserved: int, account_limit: int, carved: int = 0) -> None:
         """Reserve ``reserved`` executions for ``function``, or raise
-        InvalidParameterValueException when that leaves too little unreserved."""
+        InvalidParameterValueException when that leaves too little unreserved (``carved``:
+        what other functions' provisioned concurrency already took from it)."""
         minimum = minimum_unreserved(account_limit)
         others = self.total() - self.reserved.get(function, 0)
-        if account_limit - others - reserved < minimum:
+        if account_limit - others - carved - reserved < minimum:
             raise AwsError.invalid_parameter(
                 "Specified ReservedConcurrentExecutions for function decreases account's "
                 f"UnreservedConcurrentExecution below its minimum value of [{minimum}].")

@@ -23,7 +23,6 @@ import os
 import re
 import shutil
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -40,7 +39,7 @@ from kiln.functions.code import (
     uploaded_zip,
 )
 from kiln.functions.paging import decode_marker, encode_marker
-from kiln.functions.types import FunctionRecord
+from kiln.functions.types import FunctionRecord, timestamp
 from kiln.store import Database
 
 SCHEMA = [
@@ -88,12 +87,6 @@ def _invalid(value: Any, field: str, constraint: str) -> AwsError:
         f"constraint: {constraint}")
 
 
-def _created_date() -> str:
-    now = time.time()
-    return (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
-            + f".{int(now * 1000) % 1000:03d}+0000")
-
-
 class LayerStore:
     def __init__(self, db: Database, code: CodeStore, arns: ArnBuilder,
                  configs: Callable[[], Iterable[dict[str, Any]]],
@@ -134,7 +127,7 @@ class LayerStore:
             "LayerArn": self.arns.layer(name),
             "LayerVersionArn": self.arns.layer(name, version),
             "Description": description or "",
-            "CreatedDate": _created_date(),
+            "CreatedDate": timestamp(),
             "Version": version,
         }
         if runtimes is not None:

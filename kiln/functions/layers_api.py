@@ -16,8 +16,8 @@ if TYPE_CHECKING:
     from kiln.server import Kiln
 
 
-def max_layer_items(request: Request) -> int:
-    """MaxItems of the layer listings: 1-50."""
+def max_items_up_to_50(request: Request) -> int:
+    """MaxItems of the listings that page at most 50 (layers, provisioned configurations)."""
     raw = request.query_params.get("MaxItems", "50")
     if not raw.isdigit() or not 1 <= int(raw) <= 50:
         raise AwsError.invalid_parameter(
@@ -58,7 +58,7 @@ def routes(kiln: Kiln) -> list[Route]:
             return json_response(with_location(request, info, sha_hex))
         items, marker = layers.list_layers(
             query.get("CompatibleRuntime"), query.get("CompatibleArchitecture"),
-            query.get("Marker"), max_layer_items(request))
+            query.get("Marker"), max_items_up_to_50(request))
         return page("Layers", items, marker)
 
     @aws_endpoint("ListLayerVersions")
@@ -66,7 +66,7 @@ def routes(kiln: Kiln) -> list[Route]:
         query = request.query_params
         items, marker = layers.list_versions(
             request.path_params["layer"], query.get("CompatibleRuntime"),
-            query.get("CompatibleArchitecture"), query.get("Marker"), max_layer_items(request))
+            query.get("CompatibleArchitecture"), query.get("Marker"), max_items_up_to_50(request))
         return page("LayerVersions", items, marker)
 
     @aws_endpoint("DeleteLayerVersion")

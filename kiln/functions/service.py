@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import builtins
 import json
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -29,7 +28,9 @@ from kiln.functions.concurrency import Reservations
 from kiln.functions.layers import LayerStore
 from kiln.functions.paging import decode_marker as decode_marker  # re-exported: other List*
 from kiln.functions.paging import encode_marker as encode_marker  # operations page alike
+from kiln.functions.provisioned import ProvisionedConfigs
 from kiln.functions.types import FunctionRecord
+from kiln.functions.types import timestamp as timestamp  # re-exported
 from kiln.runtime.runtimes import RuntimeCatalog
 from kiln.store import Database
 
@@ -54,13 +55,6 @@ _VOLATILE = frozenset({"FunctionArn", "Version", "LastModified", "RevisionId", "
 Listener = Callable[[str], Awaitable[None]]
 
 
-def timestamp() -> str:
-    """AWS's LastModified format: 2024-05-01T12:00:00.000+0000."""
-    now = time.time()
-    millis = int(now * 1000) % 1000
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{millis:03d}+0000"
-
-
 class FunctionService:
     def __init__(self, db: Database, code: CodeStore, runtimes: RuntimeCatalog,
                  arns: ArnBuilder) -> None:
@@ -73,6 +67,7 @@ class FunctionService:
         db.migrate(SCHEMA)
         self.aliases = AliasStore(db)
         self.concurrency = Reservations(db)
+        self.provisioned = ProvisionedConfigs(db)
         self.layers = LayerStore(db, code, arns, self._configs, self._collect_code)
         self.listeners.append(self.layers.function_changed)
         self._cache: dict[tuple[str, str], FunctionRecord] = {}
@@ -284,6 +279,7 @@ class FunctionService:
             tx.execute("DELETE FROM function_counters WHERE name = ?", (name,))
             self.aliases.remove_all(name)
             self.concurrency.remove(name)
+            self.provisioned.remove(name)
         for key in [k for k in self._cache if k[0] == name]:
             del self._cache[key]
         await self._notify(name)
@@ -396,8 +392,19 @@ class FunctionService:
     def put_concurrency(self, name: str, body: dict[str, Any], account_limit: int) -> int:
         reserved = validation.reserved_concurrency(Fields(body))
         self.get(name)
-        self.concurrency.put(name, reserved, account_limit)
+        provisioned = self.provisioned.totals.get(name, 0)
+        if provisioned > reserved:
+            raise AwsError.invalid_parameter(
+                f"ReservedConcurrentExecutions {reserved} should not be lower than function's "
+                f"total provisioned concurrency [{provisioned}].")
+        self.concurrency.put(name, reserved, account_limit,
+                             carved=self.provisioned.carved(self.concurrency.reserved, name))
         return reserved
+
+    def unreserved_concurrency(self, account_limit: int) -> int:
+        """What neither reservations nor provisioned concurrency outside them have taken."""
+        return (self.concurrency.unreserved(account_limit)
+                - self.provisioned.carved(self.concurrency.reserved))
 
     def get_concurrency(self, name: str) -> int | None:
         self.get(name)

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
+
+
+def timestamp() -> str:
+    """AWS's LastModified format: 2024-05-01T12:00:00.000+0000."""
+    now = time.time()
+    millis = int(now * 1000) % 1000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{millis:03d}+0000"
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,13 @@
 """Warm-environment assignment: reuse an idle environment of the same function version and
 configuration, or create one; reap idle ones after the keep-alive; retire outdated ones.
+Provisioned concurrency keeps pools of environments of published versions initialised ahead:
+invokes take from them first, and the reaper leaves them alone.
 
     env, failure = await assignment.acquire(record, request_id)
     ...
     await assignment.release(env)
+    assignment.provision(record, 3)        # 3 environments of that version, kept warm
+    ready, failure = assignment.provisioned_state("fn", "1")
 """
 
 from __future__ import annotations
@@ -30,6 +34,19 @@ def _key(record: FunctionRecord) -> tuple[str, str, str]:
     return (record.name, record.version, record.revision_id)
 
 
+class _Pool:
+    """The provisioned environments of one function version."""
+
+    def __init__(self, record: FunctionRecord) -> None:
+        self.record = record
+        self.target = 0
+        #: Initialised and alive (idle or busy); ``idle`` is the part free to take.
+        self.envs: set[Environment] = set()
+        self.idle: list[Environment] = []
+        self.failure: str | None = None
+        self.filling: asyncio.Task[None] | None = None
+
+
 class Assignment:
     def __init__(self, backend: SandboxBackend, runtimes: RuntimeCatalog, code: CodeStore,
                  settings: Settings,
@@ -43,6 +60,8 @@ class Assignment:
         self._idle: dict[tuple[str, str, str], list[Environment]] = defaultdict(list)
         self._live: set[Environment] = set()
         self._reaper: asyncio.Task[None] | None = None
+        self._pools: dict[tuple[str, str], _Pool] = {}
+        self._pool_of: dict[Environment, _Pool] = {}
 
     def start(self) -> None:
         self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
@@ -53,7 +72,14 @@ class Assignment:
 
     async def acquire(self, record: FunctionRecord,
                       request_id: str) -> tuple[Environment, InvocationResult | None]:
-        """A ready environment (warm if possible), or a failed one with its INIT failure."""
+        """A ready environment (provisioned or warm if possible), or a failed one with its INIT
+        failure."""
+        pool = self._pools.get((record.name, record.version))
+        while pool is not None and pool.idle and pool.record.revision_id == record.revision_id:
+            env = pool.idle.pop()
+            if env.alive:
+                return env, None
+            await self._destroy(env)
         idle = self._idle.get(_key(record))
         while idle:
             env = idle.pop()
@@ -74,21 +100,102 @@ class Assignment:
         if env.retired:
             await self._destroy(env)
             return
-        self._idle[_key(env.record)].append(env)
+        pool = self._pool_of.get(env)
+        if pool is not None and len(pool.envs) > pool.target:  # fewer are provisioned now
+            self._forget(env)
+            await self._destroy(env)
+            return
+        (pool.idle if pool is not None else self._idle[_key(env.record)]).append(env)
         env.schedule_freeze(self.settings.freeze_after_seconds)
 
     async def retire(self, function_name: str) -> None:
         """Code or configuration changed: no environment of the old one serves again."""
         for env in list(self._live):
-            if env.record.name != function_name:
-                continue
+            if env.record.name != function_name or env in self._pool_of:
+                continue  # published versions do not change: ``provision`` manages pools
             env.retired = True
             if env.state is State.IDLE:
                 await self._destroy(env)
         for key in [k for k in self._idle if k[0] == function_name]:
             del self._idle[key]
 
+    def provision(self, record: FunctionRecord, count: int) -> None:
+        """Keep ``count`` environments of ``record`` (a published version) initialised and
+        warm, starting the missing ones in the background; 0 releases them all."""
+        key = (record.name, record.version)
+        pool = self._pools.get(key)
+        if pool is not None and (pool.record.revision_id != record.revision_id or count == 0):
+            self._drain(self._pools.pop(key))
+            pool = None
+        if count == 0:
+            return
+        if pool is None:
+            pool = self._pools[key] = _Pool(record)
+        pool.target = count
+        pool.failure = None
+        for env in pool.idle[:max(0, len(pool.envs) - count)]:  # fewer wanted: idle ones go
+            self._forget(env)
+            env.retired = True
+            asyncio.get_running_loop().create_task(self._destroy(env))
+        if pool.filling is None or pool.filling.done():
+            pool.filling = asyncio.get_running_loop().create_task(self._fill(pool))
+
+    def provisioned_state(self, name: str, version: str) -> tuple[int, str | None]:
+        """(environments initialised, the INIT failure that stopped provisioning, if any)."""
+        pool = self._pools.get((name, version))
+        return (0, None) if pool is None else (len(pool.envs), pool.failure)
+
+    async def _fill(self, pool: _Pool) -> None:
+        while (pool.failure is None and self._pools.get((pool.record.name, pool.record.version))
+               is pool and len(pool.envs) < pool.target):
+            missing = pool.target - len(pool.envs)
+            await asyncio.gather(*(self._provision_one(pool) for _ in range(missing)))
+
+    async def _provision_one(self, pool: _Pool) -> None:
+        try:
+            env = await self._create(pool.record, "provisioned-concurrency")
+        except (OSError, RuntimeError, ValueError) as exc:  # no sandbox: as bad as INIT failing
+            pool.failure = f"FUNCTION_ERROR_INIT_FAILURE: {type(exc).__name__}: {exc}"
+            return
+        failure = await env.initialize(self.settings.init_timeout_seconds, str(uuid.uuid4()))
+        if failure is not None:
+            self._live.discard(env)
+            error = failure.error_json()
+            pool.failure = ("FUNCTION_ERROR_INIT_FAILURE: Lambda was unable to initialize your "
+                            f"function. {error.get('errorType')}: {error.get('errorMessage')}")
+            return
+        if self._pools.get((pool.record.name, pool.record.version)) is not pool:
+            await self._destroy(env)  # unprovisioned meanwhile
+            return
+        # INIT happened ahead of any invoke: no REPORT line will carry an Init Duration.
+        env.init_duration_ms = None
+        pool.envs.add(env)
+        pool.idle.append(env)
+        self._pool_of[env] = pool
+        env.schedule_freeze(self.settings.freeze_after_seconds)
+
+    def _drain(self, pool: _Pool) -> None:
+        """Release a pool: idle environments go now, busy ones after their invocation."""
+        if pool.filling is not None:
+            pool.filling.cancel()
+        for env in list(pool.envs):
+            self._forget(env)
+            env.retired = True
+            if env.state is not State.BUSY:
+                asyncio.get_running_loop().create_task(self._destroy(env))
+
+    def _forget(self, env: Environment) -> None:
+        pool = self._pool_of.pop(env, None)
+        if pool is not None:
+            pool.envs.discard(env)
+            if env in pool.idle:
+                pool.idle.remove(env)
+
     async def close(self) -> None:
+        for pool in self._pools.values():
+            if pool.filling is not None:
+                pool.filling.cancel()
+        self._pools.clear()
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -103,7 +210,12 @@ class Assignment:
         idle = self._idle.get(_key(env.record))
         if idle and env in idle:
             idle.remove(env)
+        pool = self._pool_of.get(env)
+        self._forget(env)
         await env.destroy()
+        if pool is not None and (pool.filling is None or pool.filling.done()):
+            # A provisioned environment crashed or timed out: replace it.
+            pool.filling = asyncio.get_running_loop().create_task(self._fill(pool))
 
     async def _reap_forever(self) -> None:
         keep_alive = self.settings.keep_alive_seconds
@@ -111,10 +223,12 @@ class Assignment:
             await asyncio.sleep(min(keep_alive, 30.0) / 2 or 1.0)
             horizon = time.monotonic() - keep_alive
             for env in list(self._live):
-                if env.state is State.IDLE and env.last_used < horizon:
+                if (env.state is State.IDLE and env.last_used < horizon
+                        and env not in self._pool_of):  # provisioned ones stay warm
                     await self._destroy(env)
 
-    async def _create(self, record: FunctionRecord) -> Environment:
+    async def _create(self, record: FunctionRecord,
+                      initialization: str = "on-demand") -> Environment:
         env_id = uuid.uuid4().hex
         task_root = self.code.task_root(record.code_sha_hex)
         opt = self.opt_dir(record)
@@ -123,7 +237,7 @@ class Assignment:
         spec = SandboxSpec(
             env_id=env_id,
             argv=self.runtimes.command(record.runtime, task_root, layers),
-            env=self._environment(record, task_root, env_id, opt),
+            env=self._environment(record, task_root, env_id, opt, initialization),
             task_root=task_root,
             layers=layers,
             memory_mb=record.memory_size,
@@ -136,7 +250,7 @@ class Assignment:
         return env
 
     def _environment(self, record: FunctionRecord, task_root: os.PathLike[str] | str,
-                     env_id: str, opt: Path | None) -> dict[str, str]:
+                     env_id: str, opt: Path | None, initialization: str) -> dict[str, str]:
         """The runtime's environment: the user's variables, then Lambda's reserved ones.
         Paths name the host's directories (an isolating backend rewrites them)."""
         settings = self.settings
@@ -151,7 +265,7 @@ class Assignment:
             "AWS_LAMBDA_FUNCTION_NAME": record.name,
             "AWS_LAMBDA_FUNCTION_VERSION": record.version,
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(record.memory_size),
-            "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+            "AWS_LAMBDA_INITIALIZATION_TYPE": initialization,
             "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{record.name}",
             "AWS_LAMBDA_LOG_STREAM_NAME": stream,
             "AWS_LAMBDA_LOG_FORMAT": record.config.get("LoggingConfig", {}).get("LogFormat",

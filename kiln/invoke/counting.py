@@ -5,7 +5,9 @@
         ...   # released on every exit path, including crashes and cancellation
 
 A function with reserved concurrency runs within its reservation; the others share what the
-reservations leave of the account's limit.
+reservations leave of the account's limit.  Provisioned concurrency of a function without a
+reservation is carved out of that shared pool too: the function always has that much, and the
+others have that much less.
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ from kiln.aws.errors import AwsError
 
 
 class Counting:
-    def __init__(self, account_limit: int, reservations: Mapping[str, int] | None = None) -> None:
+    def __init__(self, account_limit: int, reservations: Mapping[str, int] | None = None,
+                 provisioned: Mapping[str, int] | None = None) -> None:
         self.account_limit = account_limit
         #: Reserved concurrency per function name (the control plane's live mapping).
         self.reservations: Mapping[str, int] = reservations if reservations is not None else {}
+        #: Provisioned concurrency per function name, all its versions and aliases together.
+        self.provisioned: Mapping[str, int] = provisioned if provisioned is not None else {}
         self._in_use: Counter[str] = Counter()
         self._total = 0
 
@@ -40,7 +45,8 @@ class Counting:
             if self._in_use[name] >= reserved:
                 raise AwsError.too_many_requests(
                     "Rate Exceeded.", "ReservedFunctionConcurrentInvocationLimitExceeded")
-        elif self._unreserved_in_use() >= self._unreserved_pool():
+        elif (self._in_use[name] >= self.provisioned.get(name, 0)
+              and self._unreserved_in_use() >= self._unreserved_pool()):
             raise AwsError.too_many_requests(
                 "Rate Exceeded.", "ConcurrentInvocationLimitExceeded")
         self._in_use[name] += 1
@@ -53,12 +59,18 @@ class Counting:
             if not self._in_use[name]:
                 del self._in_use[name]
 
+    def _carved(self) -> dict[str, int]:
+        """Provisioned concurrency taken from the shared pool (not within a reservation)."""
+        return {name: count for name, count in self.provisioned.items()
+                if name not in self.reservations}
+
     def _unreserved_pool(self) -> int:
-        return self.account_limit - sum(self.reservations.values())
+        return (self.account_limit - sum(self.reservations.values())
+                - sum(self._carved().values()))
 
     def _unreserved_in_use(self) -> int:
-        if not self.reservations:
+        if not self.reservations and not self.provisioned:
             return self._total
-        in_reservations = sum(min(self._in_use[other], share)
-                              for other, share in self.reservations.items())
-        return self._total - in_reservations
+        shares = {**self._carved(), **self.reservations}
+        in_shares = sum(min(self._in_use[other], share) for other, share in shares.items())
+        return self._total - in_shares
