@@ -31,7 +31,15 @@ class Settings:
     region: str = field(default="us-east-1", metadata={"doc": "Region used in ARNs."})
     account_id: str = field(default="000000000000", metadata={"doc": "Account id used in ARNs."})
     sandbox_backend: str = field(
-        default="process", metadata={"doc": "Execution environment backend: process | fake."}
+        default="process",
+        metadata={"doc": "Execution environment backend: process (isolated; Linux, root) | "
+                         "unisolated (plain child processes, no isolation)."},
+    )
+    sandbox_shared_dirs: list[str] = field(
+        default_factory=list,
+        metadata={"doc": "Host directories every environment sees read-write at the same path "
+                         "(':'-separated): an explicit hole in the isolation, meant for tests "
+                         "and local development."},
     )
     keep_alive_seconds: float = field(
         default=300.0,
@@ -98,6 +106,8 @@ def _parse(name: str, annotation: Any, raw: str) -> Any:
         return float(raw)
     if kind == "Path":
         return Path(raw)
+    if kind.startswith("list"):
+        return [item for item in raw.split(os.pathsep) if item]
     if kind.startswith("dict"):
         pairs = (item.split("=", 1) for item in raw.split(",") if "=" in item)
         return {k.strip(): v.strip() for k, v in pairs}

@@ -55,7 +55,8 @@ class Kiln:
         self.functions = FunctionService(self.db, self.code, self.runtimes, self.arns)
         self.logs = LogStore(data / "logs")
         self.backend = backend or make_backend(settings.sandbox_backend,
-                                               str(data / "sandboxes"))
+                                               str(data / "sandboxes"),
+                                               settings.sandbox_shared_dirs)
         self.assignment = Assignment(self.backend, self.runtimes, self.code, settings)
         # Reserved concurrency is the control plane's; every invoke path (the Invoke route,
         # the async queue, Step Functions tasks) takes its lease here, so it applies to all.

@@ -88,9 +88,31 @@ def start_server(data_dir: Path, port: int | None = None, **env: str) -> KilnSer
     raise RuntimeError(f"kiln serve did not start: {server.output()}")
 
 
+def make_shared(path: Path) -> Path:
+    """Create ``path`` writable by the sandbox's unprivileged user (a shared directory)."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o777)
+    return path
+
+
 @pytest.fixture(scope="session")
-def kiln_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KilnServer]:
-    server = start_server(tmp_path_factory.mktemp("kiln") / "data")
+def shared_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The directory the session's server shares read-write with every environment
+    (``KILN_SANDBOX_SHARED_DIRS``): functions and tests exchange files only under it."""
+    return make_shared(tmp_path_factory.mktemp("shared"))
+
+
+@pytest.fixture
+def shared_dir(shared_root: Path, request: pytest.FixtureRequest) -> Path:
+    """A fresh directory under ``shared_root`` for one test."""
+    return make_shared(shared_root / f"{request.node.name[:60]}-{os.urandom(3).hex()}")
+
+
+@pytest.fixture(scope="session")
+def kiln_server(tmp_path_factory: pytest.TempPathFactory,
+                shared_root: Path) -> Iterator[KilnServer]:
+    server = start_server(tmp_path_factory.mktemp("kiln") / "data",
+                          KILN_SANDBOX_SHARED_DIRS=str(shared_root))
     yield server
     server.stop()
 
@@ -133,6 +155,30 @@ def process_gone(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
     except FileNotFoundError:
         return True
+
+
+def environment_pids(log_stream: str) -> list[int]:
+    """Host pids of the live processes of the execution environment whose log stream is
+    ``log_stream`` (a function returns ``context.log_stream_name``): the runtime and every
+    process it started carry ``AWS_LAMBDA_LOG_STREAM_NAME`` in their environment.  Works
+    whatever namespaces the environment has (pids inside it mean nothing here)."""
+    marker = f"\0AWS_LAMBDA_LOG_STREAM_NAME={log_stream}\0".encode()
+    pids = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as environ:
+                if marker in b"\0" + environ.read() + b"\0":
+                    pids.append(int(entry.name))
+        except OSError:  # gone meanwhile, or a kernel thread
+            continue
+    return [pid for pid in pids if not process_gone(pid)]
+
+
+def environment_gone(log_stream: str) -> bool:
+    """True once no process of that execution environment is left on the host."""
+    return not environment_pids(log_stream)
 
 
 def wait_for(predicate: Any, timeout: float = 20.0) -> bool:

@@ -8,15 +8,23 @@
     await sandbox.destroy()                     # idempotent; nothing is left behind
 """
 
+from collections.abc import Sequence
+
 from kiln.sandbox.types import Sandbox, SandboxBackend, SandboxSpec
 
 __all__ = ["Sandbox", "SandboxBackend", "SandboxSpec", "make_backend"]
 
 
-def make_backend(name: str, root: str) -> SandboxBackend:
-    """The backend named in settings (``process``)."""
+def make_backend(name: str, root: str, shared_dirs: Sequence[str] = ()) -> SandboxBackend:
+    """The backend named in settings: ``process`` (isolated: namespaces, cgroups, seccomp;
+    needs root on Linux) or ``unisolated`` (plain child processes, for hosts without those).
+    ``shared_dirs`` are host directories every isolated environment sees read-write."""
     if name == "process":
-        from kiln.sandbox.process import ProcessBackend
+        from kiln.sandbox.isolated import IsolatedBackend
 
-        return ProcessBackend(root)
-    raise ValueError(f"unknown sandbox backend {name!r} (known: process)")
+        return IsolatedBackend(root, extra_rw_paths=shared_dirs)
+    if name == "unisolated":
+        from kiln.sandbox.unisolated import UnisolatedBackend
+
+        return UnisolatedBackend(root)
+    raise ValueError(f"unknown sandbox backend {name!r} (known: process, unisolated)")

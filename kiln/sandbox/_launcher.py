@@ -18,11 +18,11 @@ and the launcher forks:
     The server may keep such blank environments pre-warmed.  On ``config <json>`` it adds the
     function's part (``/var/task``, ``/opt`` layers, ``/tmp`` tmpfs, the runtime's installation),
     ``pivot_root``s into it and answers ``configured``.  On ``start`` it forks the runtime,
-    reports ``started`` (or ``execfail``), then reaps orphans until the runtime exits, reports
-    ``exit <returncode>`` and exits -- which makes the kernel kill whatever is left in the
-    namespace.  End-of-file on the control socket (the server destroyed the environment or died)
-    makes it exit the same way.  It asks the OOM killer to spare it (``oom_score_adj -1000``,
-    where the launcher has ``CAP_SYS_RESOURCE``).
+    reports ``started`` with a pidfd of it (or ``execfail``), then reaps orphans until the
+    runtime exits, reports ``exit <returncode>`` and exits -- which makes the kernel kill
+    whatever is left in the namespace.  End-of-file on the control socket (the server destroyed
+    the environment or died) makes it exit the same way.  It asks the OOM killer to spare it
+    (``oom_score_adj -1000``, where the launcher has ``CAP_SYS_RESOURCE``).
 ``runtime`` (pid 2)
     stdio to ``/dev/null`` and the output pipe, ``cwd /var/task``, rlimits, an empty capability
     bounding set, uid/gid of the sandbox user, ``no_new_privs``, the seccomp filter, ``execve``.
@@ -426,7 +426,14 @@ def _init(cfg: dict[str, Any], ctl: socket.socket, out_w: int, program: bytes) -
             break
         failure += chunk
     os.close(err_r)
-    _send(ctl, "execfail " + failure.decode(errors="replace") if failure else "started")
+    if failure:
+        _send(ctl, "execfail " + failure.decode(errors="replace"))
+    else:
+        # A pidfd lets the server see the runtime die even while this init is frozen (killed
+        # from outside while idle) and so cannot report it.
+        pidfd = os.pidfd_open(pid)
+        _send(ctl, "started", [pidfd])
+        os.close(pidfd)
 
     while True:
         try:

@@ -181,6 +181,30 @@ def inside_paths(spec: SandboxSpec, values: Iterable[str]) -> list[str]:
     return [pattern.sub(lambda m: mapping[m.group(1)], value) for value in values]
 
 
+def _pidfd_pid(pidfd: int) -> int:
+    """The host pid a pidfd refers to; -1 once the process has been reaped."""
+    with open(f"/proc/self/fdinfo/{pidfd}") as info:
+        for line in info:
+            if line.startswith("Pid:"):
+                return int(line.split()[1])
+    return -1
+
+
+def _zombie_status(pidfd: int) -> int | None:
+    """The wait status of the exited, not yet reaped process behind ``pidfd``, else None."""
+    try:
+        pid = _pidfd_pid(pidfd)
+        if pid <= 0:
+            return None
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        if fields[0] != "Z" or _pidfd_pid(pidfd) != pid:  # reaped (and reused) meanwhile
+            return None
+        return int(fields[-1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class SandboxError(RuntimeError):
     """An environment could not be set up."""
 
@@ -224,6 +248,7 @@ class IsolatedSandbox:
         self._peak_bytes = 0
         self._oom_kills = 0
         self._frozen = False
+        self._runtime_pidfd: int | None = None
         ctl.setblocking(False)
         self._loop.add_reader(ctl.fileno(), self._on_ctl)
         os.set_blocking(out_r, False)
@@ -254,6 +279,9 @@ class IsolatedSandbox:
             if not self._ready.done():
                 self._ready.set_result(None)
             return
+        if word == "started" and fds and self._runtime_pidfd is None and not self._destroyed:
+            self._runtime_pidfd = fds.pop(0)
+            self._loop.add_reader(self._runtime_pidfd, self._on_runtime_exit)
         for fd in fds:
             os.close(fd)
         if word == "pid":
@@ -275,13 +303,38 @@ class IsolatedSandbox:
                 _fail(self._started, exc)
         elif word == "exit":
             self._returncode = int(rest)
+            if not self._exited.done():
+                self._exited.set_result(self._returncode)
         elif word == "error":
             exc2 = SandboxError(f"environment {self.env_id or '(blank)'}: {rest}")
             for fut in (self._ready, self._configured, self._started):
                 if fut is not None:
                     _fail(fut, exc2)
 
+    def _on_runtime_exit(self) -> None:
+        """The runtime exited.  The init reports how, unless it is frozen: then the zombie it
+        has not reaped yet tells (``/proc/<pid>/stat``'s last field is the wait status)."""
+        self._close_runtime_pidfd(read_status=True)
+        if not self._exited.done():
+            self._on_ctl()  # already reaped: the init's report may be waiting
+
+    def _close_runtime_pidfd(self, read_status: bool = False) -> None:
+        fd = self._runtime_pidfd
+        if fd is None:
+            return
+        self._runtime_pidfd = None
+        self._loop.remove_reader(fd)
+        try:
+            status = _zombie_status(fd) if read_status else None
+        finally:
+            os.close(fd)
+        if status is not None and not self._exited.done():
+            self._returncode = (-os.WTERMSIG(status) if os.WIFSIGNALED(status)
+                                else os.WEXITSTATUS(status))
+            self._exited.set_result(self._returncode)
+
     def _ctl_closed(self) -> None:
+        self._close_runtime_pidfd()
         if self._ctl is not None:
             self._loop.remove_reader(self._ctl.fileno())
             self._ctl.close()

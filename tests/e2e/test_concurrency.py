@@ -156,11 +156,11 @@ def test_reserved_zero_throttles_every_invoke(lambda_client: Any) -> None:
 # -- throttling under load ------------------------------------------------------------------
 
 def test_reserved_concurrency_holds_under_50_concurrent_callers(
-        kiln_server: KilnServer, tmp_path: Path) -> None:
+        kiln_server: KilnServer, shared_dir: Path) -> None:
     client = kiln_server.client(max_pool_connections=64)
     name = create_python_function(client, HOLD, Timeout=60)
     client.put_function_concurrency(FunctionName=name, ReservedConcurrentExecutions=2)
-    payload = json.dumps({"dir": str(tmp_path)}).encode()
+    payload = json.dumps({"dir": str(shared_dir)}).encode()
     callers = 50
     with ThreadPoolExecutor(callers) as pool:
         futures: list[Future[tuple[str, Any]]] = [
@@ -170,39 +170,40 @@ def test_reserved_concurrency_holds_under_50_concurrent_callers(
         # are running (bounded wait: a broken server fails below instead of hanging).
         pending = set(futures)
         for _ in range(300):
-            if len(pending) <= 2 and running_count(tmp_path) >= 2:
+            if len(pending) <= 2 and running_count(shared_dir) >= 2:
                 break
             if pending:
                 _, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
             else:
                 threading.Event().wait(0.1)
-        (tmp_path / "release").touch()
+        (shared_dir / "release").touch()
         outcomes = [future.result(timeout=60) for future in futures]
 
     kinds = Counter(kind for kind, _ in outcomes)
     reasons = Counter(value for kind, value in outcomes if kind == "throttled")
     assert kinds == {"ok": 2, "throttled": callers - 2}, kinds
     assert reasons == {RESERVED_REASON: callers - 2}
-    seen = [int(line) for line in (tmp_path / "seen").read_text().split()]
+    seen = [int(line) for line in (shared_dir / "seen").read_text().split()]
     assert len(seen) == 2  # the function itself ran exactly twice ...
     assert max(seen) == 2  # ... at the same time, and never more than the reservation
-    assert running_count(tmp_path) == 0
+    assert running_count(shared_dir) == 0
     # The leases went back: the function runs again.
     assert invoke_outcome(client, name, payload)[0] == "ok"
     client.delete_function(FunctionName=name)
 
 
 @pytest.fixture(scope="module")
-def small_account(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KilnServer]:
+def small_account(tmp_path_factory: pytest.TempPathFactory,
+                  shared_root: Path) -> Iterator[KilnServer]:
     """An account limited to 20 concurrent executions (minimum unreserved: 2)."""
     server = start_server(tmp_path_factory.mktemp("small-account") / "data",
-                          KILN_ACCOUNT_CONCURRENCY="20")
+                          KILN_ACCOUNT_CONCURRENCY="20", KILN_SANDBOX_SHARED_DIRS=str(shared_root))
     yield server
     server.stop()
 
 
 def test_unreserved_functions_cannot_use_reserved_capacity(small_account: KilnServer,
-                                                           tmp_path: Path) -> None:
+                                                           shared_dir: Path) -> None:
     client = small_account.client(max_pool_connections=16)
     reserved = create_python_function(client, ECHO)
     shared = create_python_function(client, HOLD, Timeout=60)
@@ -214,13 +215,13 @@ def test_unreserved_functions_cannot_use_reserved_capacity(small_account: KilnSe
     client.put_function_concurrency(FunctionName=reserved, ReservedConcurrentExecutions=18)
     assert unreserved(client) == 2
 
-    payload = json.dumps({"dir": str(tmp_path)}).encode()
+    payload = json.dumps({"dir": str(shared_dir)}).encode()
     with ThreadPoolExecutor(2) as pool:
         holders = [pool.submit(invoke_outcome, client, shared, payload) for _ in range(2)]
         try:
-            wait_until(lambda: running_count(tmp_path) == 2
+            wait_until(lambda: running_count(shared_dir) == 2
                        or any(f.done() for f in holders), "two running invocations")
-            assert running_count(tmp_path) == 2
+            assert running_count(shared_dir) == 2
             # The unreserved pool (2) is full: a third unreserved invoke is throttled for the
             # account, although 18 executions stand idle in another function's reservation.
             assert invoke_outcome(client, shared, payload) == ("throttled", ACCOUNT_REASON)
@@ -229,7 +230,7 @@ def test_unreserved_functions_cannot_use_reserved_capacity(small_account: KilnSe
             # The reserved function still has its whole share.
             assert invoke_outcome(client, reserved, b'"mine"') == ("ok", "mine")
         finally:
-            (tmp_path / "release").touch()
+            (shared_dir / "release").touch()
         assert [f.result(timeout=60)[0] for f in holders] == ["ok", "ok"]
     assert invoke_outcome(client, other, b'"x"') == ("ok", "x")
 

@@ -579,11 +579,12 @@ def test_handler_pointing_nowhere(lambda_client: Any, files: dict[str, str], han
 # -- a second server with tight limits: 429 and 500 -------------------------------------------
 
 @pytest.fixture(scope="module")
-def restricted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KilnServer]:
+def restricted(tmp_path_factory: pytest.TempPathFactory,
+               shared_root: Path) -> Iterator[KilnServer]:
     """One concurrent execution for the whole account, and python3.12 pointed at nothing."""
-    # The process backend: the 429 test's function signals through files in the test's tmp dir.
+    # The 429 test's function signals through files in a shared directory.
     server = start_server(tmp_path_factory.mktemp("restricted") / "data",
-                          KILN_ACCOUNT_CONCURRENCY="1", KILN_SANDBOX_BACKEND="process",
+                          KILN_ACCOUNT_CONCURRENCY="1", KILN_SANDBOX_SHARED_DIRS=str(shared_root),
                           KILN_PYTHON_RUNTIMES="python3.12=/nonexistent/bin/python3.12")
     yield server
     server.stop()
@@ -601,10 +602,10 @@ def handler(event, context):
 """
 
 
-def test_too_many_requests_with_reason(restricted: KilnServer, tmp_path: Path) -> None:
+def test_too_many_requests_with_reason(restricted: KilnServer, shared_dir: Path) -> None:
     client = restricted.client()
     name = create_python_function(client, WAIT_FOR_RELEASE, Timeout=30)
-    started, release = tmp_path / "started", tmp_path / "release"
+    started, release = shared_dir / "started", shared_dir / "release"
     event = json.dumps({"started": str(started), "release": str(release)}).encode()
     results: list[Any] = []
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.conftest import KilnServer, create_python_function, start_server, wait_for
+from tests.conftest import KilnServer, create_python_function, make_shared, start_server, wait_for
 
 ARN_PREFIX = "arn:aws:lambda:us-east-1:000000000000:function:"
 REPORT_RE = re.compile(
@@ -30,11 +30,9 @@ REPORT_RE = re.compile(
 )
 
 ECHO = """
-import os
-
 def handler(event, context):
     print("echo-line", event.get("n"))
-    return {"event": event, "pid": os.getpid()}
+    return {"event": event, "env": context.log_stream_name}
 """
 
 FAILING = """
@@ -114,7 +112,7 @@ def test_unserializable_result_is_marshal_error(lambda_client: Any) -> None:
 
 # -- Event / DryRun -----------------------------------------------------------------------------
 
-def test_event_invoke_is_202_and_runs(lambda_client: Any, tmp_path: Path) -> None:
+def test_event_invoke_is_202_and_runs(lambda_client: Any, shared_dir: Path) -> None:
     source = """
 import os
 
@@ -125,19 +123,19 @@ def handler(event, context):
     os.rename(path + ".tmp", path)
 """
     name = create_python_function(lambda_client, source,
-                                  Environment={"Variables": {"OUT_DIR": str(tmp_path)}})
+                                  Environment={"Variables": {"OUT_DIR": str(shared_dir)}})
     token = uuid.uuid4().hex
     response = lambda_client.invoke(FunctionName=name, InvocationType="Event",
                                     Payload=json.dumps({"token": token}).encode())
     assert response["StatusCode"] == 202
     assert response["Payload"].read() == b""
-    marker = tmp_path / token
+    marker = shared_dir / token
     assert wait_for(marker.exists), "the Event invocation never ran"
     # The run carries the request id the caller was given.
     assert marker.read_text() == response["ResponseMetadata"]["RequestId"]
 
 
-def test_dry_run_is_204_and_does_not_run(lambda_client: Any, tmp_path: Path) -> None:
+def test_dry_run_is_204_and_does_not_run(lambda_client: Any, shared_dir: Path) -> None:
     source = """
 import os
 
@@ -145,12 +143,12 @@ def handler(event, context):
     open(os.path.join(os.environ["OUT_DIR"], "ran"), "w").close()
 """
     name = create_python_function(lambda_client, source,
-                                  Environment={"Variables": {"OUT_DIR": str(tmp_path)}})
+                                  Environment={"Variables": {"OUT_DIR": str(shared_dir)}})
     response = lambda_client.invoke(FunctionName=name, InvocationType="DryRun")
     assert response["StatusCode"] == 204
     assert response["Payload"].read() == b""
     time.sleep(0.3)
-    assert not (tmp_path / "ran").exists()
+    assert not (shared_dir / "ran").exists()
 
 
 def test_dry_run_of_missing_function_is_404(lambda_client: Any) -> None:
@@ -326,10 +324,10 @@ def raw_invoke(server: KilnServer, name: str, payload: bytes,
 
 
 def test_retried_invocation_id_runs_once(kiln_server: KilnServer, lambda_client: Any,
-                                         tmp_path: Path) -> None:
+                                         shared_dir: Path) -> None:
     name = create_python_function(lambda_client, COUNTING,
-                                  Environment={"Variables": {"OUT_DIR": str(tmp_path)}})
-    runs = tmp_path / "runs"
+                                  Environment={"Variables": {"OUT_DIR": str(shared_dir)}})
+    runs = shared_dir / "runs"
     invocation_id = str(uuid.uuid4())
     first = raw_invoke(kiln_server, name, b"{}", invocation_id)
     second = raw_invoke(kiln_server, name, b"{}", invocation_id)
@@ -347,10 +345,10 @@ def test_retried_invocation_id_runs_once(kiln_server: KilnServer, lambda_client:
 
 
 def test_concurrent_retry_with_same_invocation_id_runs_once(
-        kiln_server: KilnServer, lambda_client: Any, tmp_path: Path) -> None:
+        kiln_server: KilnServer, lambda_client: Any, shared_dir: Path) -> None:
     name = create_python_function(lambda_client, COUNTING,
-                                  Environment={"Variables": {"OUT_DIR": str(tmp_path)}})
-    runs = tmp_path / "runs"
+                                  Environment={"Variables": {"OUT_DIR": str(shared_dir)}})
+    runs = shared_dir / "runs"
     invocation_id = str(uuid.uuid4())
     results: list[tuple[int, dict[str, str], bytes]] = []
 
@@ -388,15 +386,13 @@ def handler(event, context):
 
 def test_response_over_6mb_is_function_response_size_too_large(lambda_client: Any) -> None:
     source = """
-import os
-
 def handler(event, context):
     if event.get("big"):
         return "x" * (6 * 1024 * 1024 + 200)
-    return os.getpid()
+    return context.log_stream_name
 """
     name = create_python_function(lambda_client, source, MemorySize=512)
-    _, pid = invoke(lambda_client, name, {})
+    _, env = invoke(lambda_client, name, {})
     response, body = invoke(lambda_client, name, {"big": True})
     assert response["StatusCode"] == 200
     assert response["FunctionError"] == "Unhandled"
@@ -405,10 +401,11 @@ def handler(event, context):
                                     "size (6291556 bytes).")
     # The runtime was told (413) and carries on: the same environment serves the next invoke.
     response, again = invoke(lambda_client, name, {})
-    assert "FunctionError" not in response and again == pid
+    assert "FunctionError" not in response and again == env
 
 
-def test_oversized_payloads_are_413_before_running(lambda_client: Any, tmp_path: Path) -> None:
+def test_oversized_payloads_are_413_before_running(lambda_client: Any,
+                                                  shared_dir: Path) -> None:
     source = """
 import os
 
@@ -416,7 +413,7 @@ def handler(event, context):
     open(os.path.join(os.environ["OUT_DIR"], "ran"), "w").close()
 """
     name = create_python_function(lambda_client, source,
-                                  Environment={"Variables": {"OUT_DIR": str(tmp_path)}})
+                                  Environment={"Variables": {"OUT_DIR": str(shared_dir)}})
     sync = json.dumps({"s": "x" * 6_291_456}).encode()
     event = json.dumps({"s": "x" * 1_048_576}).encode()
     for invocation_type, payload in (("RequestResponse", sync), ("Event", event)):
@@ -428,12 +425,12 @@ def handler(event, context):
         assert error["Error"]["Code"] == "RequestEntityTooLargeException"
         assert error["ResponseMetadata"]["HTTPStatusCode"] == 413
     time.sleep(0.3)
-    assert not (tmp_path / "ran").exists()
+    assert not (shared_dir / "ran").exists()
     # Just under the async limit is fine.
     ok = json.dumps({"s": "x" * 1000}).encode()
     assert lambda_client.invoke(FunctionName=name, InvocationType="Event",
                                 Payload=ok)["StatusCode"] == 202
-    assert wait_for((tmp_path / "ran").exists)
+    assert wait_for((shared_dir / "ran").exists)
 
 
 def test_invalid_json_payload_is_rejected(lambda_client: Any) -> None:
@@ -464,8 +461,7 @@ def test_aws_cli_invoke_with_tail(kiln_server: KilnServer, lambda_client: Any,
 
 def test_accepted_event_survives_a_server_crash(tmp_path: Path) -> None:
     """An Event is committed before its 202: a kill -9 before it ran does not lose it."""
-    out = tmp_path / "out"
-    out.mkdir()
+    out = make_shared(tmp_path / "out")
     source = """
 import os, time
 
@@ -481,7 +477,7 @@ def handler(event, context):
     hold = out / "hold"
     hold.touch()
     data = tmp_path / "data"
-    server = start_server(data)
+    server = start_server(data, KILN_SANDBOX_SHARED_DIRS=str(out))
     try:
         client = server.client()
         name = create_python_function(client, source,
@@ -492,7 +488,7 @@ def handler(event, context):
     finally:
         server.stop(signal.SIGKILL)
     hold.unlink()
-    restarted = start_server(data)
+    restarted = start_server(data, KILN_SANDBOX_SHARED_DIRS=str(out))
     try:
         assert wait_for((out / "runs").exists), "the accepted event was lost"
         time.sleep(0.3)

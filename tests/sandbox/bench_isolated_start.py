@@ -23,8 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from kiln.sandbox.isolated import IsolatedBackend
-from kiln.sandbox.process import ProcessBackend
 from kiln.sandbox.types import SandboxSpec
+from kiln.sandbox.unisolated import UnisolatedBackend
 
 PRINT = "import sys; sys.stdout.write('x'); sys.stdout.flush()"
 
@@ -121,7 +121,7 @@ async def main(n: int) -> None:
         task.mkdir()
         os.chmod(tmp, 0o755)
         isolated = IsolatedBackend(Path(tmp) / "iso")
-        process = ProcessBackend(Path(tmp) / "proc")
+        process = UnisolatedBackend(Path(tmp) / "proc")
         try:
             for python in pythons:
                 rows: dict[str, list[float]] = {

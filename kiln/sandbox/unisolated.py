@@ -1,7 +1,9 @@
-"""The ``process`` backend: each environment is a child process in its own session.
+"""The ``unisolated`` backend: each environment is a plain child process in its own session.
 
-The runtime's Runtime API listener is a loopback socket created by the host; the code directory
-is read-only.  Processes, pipes and sockets are released on ``destroy``.
+For hosts where the default (``process``, ``kiln.sandbox.isolated``) cannot run: no root, no
+namespaces or cgroups.  Functions then share the host's file system, network and users, so it
+offers no isolation at all.  The Runtime API listener is a loopback socket created by the host;
+processes, pipes and sockets are released on ``destroy``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from kiln.sandbox._output import drain
 from kiln.sandbox.types import SandboxSpec
 
 
-class ProcessSandbox:
+class UnisolatedSandbox:
     def __init__(self, spec: SandboxSpec, forget: Callable[[str], object]) -> None:
         self.env_id = spec.env_id
         self._forget = forget
@@ -143,13 +145,13 @@ class ProcessSandbox:
         self._forget(self.env_id)
 
 
-class ProcessBackend:
+class UnisolatedBackend:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        self._live: dict[str, ProcessSandbox] = {}
+        self._live: dict[str, UnisolatedSandbox] = {}
 
-    async def create(self, spec: SandboxSpec) -> ProcessSandbox:
-        sandbox = ProcessSandbox(spec, forget=lambda env_id: self._live.pop(env_id, None))
+    async def create(self, spec: SandboxSpec) -> UnisolatedSandbox:
+        sandbox = UnisolatedSandbox(spec, forget=lambda env_id: self._live.pop(env_id, None))
         self._live[spec.env_id] = sandbox
         return sandbox
 
