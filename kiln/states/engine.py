@@ -162,6 +162,7 @@ class Interpreter:
         self.durable = history.sink is not None
         self.frame_writes: list[tuple[str, Frame | dict[str, Any] | None]] = []
         self.saved_frames: dict[str, dict[str, Any]] = {}
+        self.parent: Interpreter | None = None  # a Distributed Map child's parent execution
         self._dumped: tuple[JSON, str] = (None, "null")
 
     # ------------------------------------------------------------------ execution
@@ -251,6 +252,10 @@ class Interpreter:
 
     def commit(self) -> None:
         """Write buffered events, the top checkpoint and frame checkpoints in one go."""
+        if self.parent is not None:
+            # A child's side effects wait for the parent's record of the children before it.
+            self.parent.commit()
+            return
         top = None
         if self.checkpoint_dirty and self.checkpoint:
             self.checkpoint_dirty = False
@@ -1154,13 +1159,17 @@ class Interpreter:
                                         "ToleratedFailurePercentage", percentage=True)
         inputs = self.map_inputs(state, items, value, env, b)
         if state.distributed:
-            # A restart runs a Distributed Map again with a new Map Run.
-            frame.prev = self.add("MapStateStarted", frame.prev, lambda: {
-                "length": len(inputs)})
+            # A restart or a redrive continues the Map Run the state had started.
+            continued = resume if resume is not None and resume.get("map_run") else None
+            if continued is None:
+                self.drop_sub_frames(frame, state)
+            self.started_event(frame, "MapStateStarted", continued, bool(
+                continued and continued.get("started")), lambda: {"length": len(inputs)})
             try:
                 output: JSON = await self.map_run(
                     state, inputs, frame, int(concurrency),
-                    None if tolerated_count is None else int(tolerated_count), tolerated_pct)
+                    None if tolerated_count is None else int(tolerated_count), tolerated_pct,
+                    continued)
             except StatesFailure:
                 frame.prev = self.add("MapStateFailed", frame.prev)
                 raise
@@ -1231,34 +1240,56 @@ class Interpreter:
         return results
 
     async def map_run(self, state: State, inputs: list[JSON], frame: Frame, concurrency: int,
-                      tolerated_count: int | None, tolerated_pct: float | None) -> JSON:
-        """A Distributed Map: child workflow executions with their own (unkept) histories."""
+                      tolerated_count: int | None, tolerated_pct: float | None,
+                      continued: dict[str, Any] | None = None) -> JSON:
+        """A Distributed Map: child workflow executions with their own (unkept) histories.
+
+        Each finished child is checkpointed, so a restart or redrive of the parent continues
+        the same Map Run with the children that had not succeeded (from their start).
+        """
         assert state.processor is not None
         prefix = f"arn:aws:states:{self.services.region}:{self.services.account_id}"
         base = f"{self.info.machine_name}/{state.label or state.name}"
         express = state.child_type == "EXPRESS"
-        children = []
-        for item in inputs:
-            name = str(uuid.uuid4())
-            arn = (f"{prefix}:express:{base}:{name}:{uuid.uuid4()}" if express
-                   else f"{prefix}:execution:{base}:{name}")
-            children.append(Child(arn, name, len(item["Items"]) if state.batcher else 1))
-        run = self.services.map_runs.start(MapRun(
-            f"{prefix}:mapRun:{base}:{uuid.uuid4()}", self.info.arn,
-            f"{prefix}:stateMachine:{base}", self.clock.now(), concurrency, tolerated_count,
-            tolerated_pct, children))
-        frame.prev = self.add("MapRunStarted", frame.prev, lambda: {"mapRunArn": run.arn})
-        self.persist(frame)
         results: list[JSON] = [None] * len(inputs)
+        run = self.services.map_runs.load(str(continued["map_run"])) if continued else None
+        if run is not None and len(run.children) == len(inputs):
+            assert continued is not None
+            self.restore_children(state, frame, run, results)
+            self.services.map_runs.start(run)
+            if continued.get("redriven"):
+                run.redrive_count += 1
+                run.redrive_date = self.clock.now()
+                details = {"mapRunArn": run.arn, "redriveCount": run.redrive_count}
+                frame.prev = self.add("MapRunRedriven", frame.prev, lambda: details)
+                self.persist(frame, map_run=run.arn, run_event=frame.prev)
+            else:
+                frame.prev = int(continued["run_event"])
+        else:
+            children = []
+            for item in inputs:
+                name = str(uuid.uuid4())
+                arn = (f"{prefix}:express:{base}:{name}:{uuid.uuid4()}" if express
+                       else f"{prefix}:execution:{base}:{name}")
+                children.append(Child(arn, name, len(item["Items"]) if state.batcher else 1))
+            run = self.services.map_runs.start(MapRun(
+                f"{prefix}:mapRun:{base}:{uuid.uuid4()}", self.info.arn,
+                f"{prefix}:stateMachine:{base}", self.clock.now(), concurrency, tolerated_count,
+                tolerated_pct, children))
+            frame.prev = self.add("MapRunStarted", frame.prev, lambda: {"mapRunArn": run.arn})
+            self.persist(frame, map_run=run.arn, run_event=frame.prev)
 
         async def child_execution(index: int) -> None:
             child = run.children[index]
+            if child.status != "PENDING":  # finished before a restart or redrive
+                return
             child.status, child.started = "RUNNING", self.clock.now()
             info = ExecutionInfo(child.arn, child.name, run.machine_arn, base,
                                  self.info.role_arn, inputs[index], child.started,
                                  express=express)
             interp = Interpreter(self.services, self.machine, info, History(self.clock, keep=False),
                                  self.rng)
+            interp.parent = self
             try:
                 # Distributed children cannot see the parent's variables.
                 output = await interp.run_machine(state.processor,  # type: ignore[arg-type]
@@ -1267,6 +1298,7 @@ class Interpreter:
                 child.stopped = self.clock.now()
                 child.status = "TIMED_OUT" if failure.error == "States.Timeout" else "FAILED"
                 results[index] = _child_record(run, child, inputs[index], failure=failure)
+                self.record_child(state, frame, index, child, results[index])
                 if run.over_tolerance():
                     raise StatesFailure("States.ExceedToleratedFailureThreshold",
                                         _THRESHOLD) from None
@@ -1274,6 +1306,7 @@ class Interpreter:
             child.stopped = self.clock.now()
             child.status = "SUCCEEDED"
             results[index] = output
+            self.record_child(state, frame, index, child, output)
 
         try:
             await _run_adaptive(child_execution, len(inputs), run)
@@ -1288,7 +1321,27 @@ class Interpreter:
             raise
         self.services.map_runs.finish(run, "SUCCEEDED", self.clock.now())
         frame.prev = self.add("MapRunSucceeded", frame.prev)
+        self.drop_sub_frames(frame, state)
         return _transform(state.result_writer, run, inputs, results)
+
+    def record_child(self, state: State, frame: Frame, index: int, child: Child,
+                     result: JSON) -> None:
+        self.record_done(self.sub_path(frame, state, index), {
+            "done": True, "output": result, "status": child.status, "started": child.started,
+            "stopped": child.stopped, "failed": child.status != "SUCCEEDED"})
+
+    def restore_children(self, state: State, frame: Frame, run: MapRun,
+                         results: list[JSON]) -> None:
+        """Children with a checkpointed end keep it; the others run again."""
+        run.status, run.stopped, run.error, run.cause = "RUNNING", None, None, None
+        for index, child in enumerate(run.children):
+            saved = self.saved_frames.pop(self.sub_path(frame, state, index), None)
+            if saved is not None and saved.get("done"):
+                child.status, child.started, child.stopped = (
+                    saved["status"], saved["started"], saved["stopped"])
+                results[index] = saved["output"]
+            else:
+                child.status, child.started, child.stopped = "PENDING", None, None
 
     def map_inputs(self, state: State, items: list[JSON], value: JSON, env: Env,
                    b: dict[str, Any]) -> list[JSON]:

@@ -60,6 +60,8 @@ class MapRun:
     stopped: float | None = None
     error: str | None = None
     cause: str | None = None
+    redrive_count: int = 0
+    redrive_date: float | None = None
     changed: asyncio.Event | None = None  # set when UpdateMapRun changes the limits
 
     def limit(self) -> int:
@@ -87,10 +89,12 @@ class MapRun:
             "toleratedFailurePercentage": float(self.tolerated_percentage or 0),
             "toleratedFailureCount": int(self.tolerated_count or 0),
             "itemCounts": self.counts(items=True), "executionCounts": self.counts(items=False),
-            "redriveCount": 0,
+            "redriveCount": self.redrive_count,
         }
         if self.stopped is not None:
             out["stopDate"] = self.stopped
+        if self.redrive_date is not None:
+            out["redriveDate"] = self.redrive_date
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -123,6 +127,7 @@ class MapRun:
             "max_concurrency": self.max_concurrency, "tolerated_count": self.tolerated_count,
             "tolerated_percentage": self.tolerated_percentage, "status": self.status,
             "stopped": self.stopped, "error": self.error, "cause": self.cause,
+            "redrive_count": self.redrive_count, "redrive_date": self.redrive_date,
             "children": [[c.arn, c.name, c.items, c.status, c.started, c.stopped]
                          for c in self.children],
         }
@@ -134,11 +139,17 @@ class MapRun:
 
 
 class MapRuns:
-    """Live Map Runs by ARN; ``save`` persists a run (Standard executions) when it changes."""
+    """Live Map Runs by ARN; ``save`` persists a run (Standard executions) when it changes and
+    ``loader`` reads one back (a restarted or redriven execution continues its Map Run)."""
 
-    def __init__(self, save: Callable[[MapRun], None] | None = None) -> None:
+    def __init__(self, save: Callable[[MapRun], None] | None = None,
+                 loader: Callable[[str], MapRun | None] | None = None) -> None:
         self.save = save
+        self.loader = loader
         self.live: dict[str, MapRun] = {}
+
+    def load(self, arn: str) -> MapRun | None:
+        return self.loader(arn) if self.loader is not None else None
 
     def start(self, run: MapRun) -> MapRun:
         run.changed = asyncio.Event()

@@ -63,7 +63,7 @@ class ExecutionService:
             invoker=invoker, clock=clock, region=region, account_id=account_id,
             activity_exists=lambda arn: store.activity(arn) is not None,
             start_child=self.start_child,
-            map_runs=MapRuns(save=self._save_map_run),
+            map_runs=MapRuns(save=self._save_map_run, loader=self._load_map_run),
         )
         self.running: dict[str, Running] = {}
         self._machines: dict[tuple[str, bool], Machine] = {}
@@ -73,13 +73,13 @@ class ExecutionService:
         if run.execution_arn.split(":")[5] == "execution":
             self.store.put_map_run(run.arn, run.execution_arn, run.status, run.to_json())
 
-    def map_run(self, arn: str) -> MapRun | None:
-        """A live Map Run, else the stored record."""
-        live = self.services.map_runs.live.get(arn)
-        if live is not None:
-            return live
+    def _load_map_run(self, arn: str) -> MapRun | None:
         stored = self.store.map_run(arn)
         return None if stored is None else MapRun.from_json(stored)
+
+    def map_run(self, arn: str) -> MapRun | None:
+        """A live Map Run, else the stored record."""
+        return self.services.map_runs.live.get(arn) or self._load_map_run(arn)
 
     def compile(self, definition: str, express: bool) -> Machine:
         key = (definition, express)
@@ -379,6 +379,10 @@ class ExecutionService:
 
 
 def _redrive_point(cp: dict[str, Any]) -> dict[str, Any]:
-    """Where a frame restarts on a redrive: its unsuccessful state, entered anew."""
-    return {"state": cp["state"], "input": cp["input"], "prev": cp.get("prev", 0),
-            "variables": cp.get("variables", {}), "redriven": True}
+    """Where a frame restarts on a redrive: its unsuccessful state, entered anew (a Distributed
+    Map there redrives its Map Run)."""
+    point = {"state": cp["state"], "input": cp["input"], "prev": cp.get("prev", 0),
+             "variables": cp.get("variables", {}), "redriven": True}
+    if cp.get("map_run"):
+        point["map_run"] = cp["map_run"]
+    return point

@@ -375,3 +375,37 @@ def test_many_concurrent_executions_and_history_while_running(tmp_path: Path) ->
         await node.crash()
 
     asyncio.run(scenario())
+
+
+def test_distributed_map_run_continues_after_a_restart(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        clock, functions = FakeClock(), FakeFunctions()
+        node = Node(tmp_path / "db", clock, functions)
+        arn = await _create_and_start(node.api, {"StartAt": "M", "States": {"M": {
+            "Type": "Map", "MaxConcurrency": 1, "End": True, "ItemProcessor": {
+                "ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"},
+                "StartAt": "T", "States": {
+                    "T": {"Type": "Task", "Next": "W",
+                          "Resource": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:double"},
+                    "W": {"Type": "Wait", "Seconds": 100, "End": True}}}}}}, [1, 2, 3])
+        running = node.api.executions.running[arn]
+        await clock.drive(asyncio.shield(running.done),
+                          until=lambda: functions.counts.get("double") == 2)
+        await clock.settle()  # child 1 waits; child 0's end is committed
+        await node.crash()
+        node = Node(tmp_path / "db", clock, functions)
+        await node.api.start()
+        done = await _finish(node, clock, arn)
+        assert json.loads(done["output"]) == [2, 4, 6]
+        # Child 0 is not run again; child 1 was in flight and runs again from its start.
+        assert functions.counts["double"] == 4
+        events = await _history(node, arn)
+        assert _types(events) == [
+            "ExecutionStarted", "MapStateEntered", "MapStateStarted", "MapRunStarted",
+            "MapRunSucceeded", "MapStateSucceeded", "MapStateExited", "ExecutionSucceeded"]
+        run_arn = events[3]["mapRunStartedEventDetails"]["mapRunArn"]
+        run = await node.api.call("DescribeMapRun", {"mapRunArn": run_arn})
+        assert run["status"] == "SUCCEEDED" and run["itemCounts"]["succeeded"] == 3
+        await node.crash()
+
+    asyncio.run(scenario())

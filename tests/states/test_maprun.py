@@ -138,3 +138,32 @@ def test_map_run_errors(h: Harness) -> None:
     with pytest.raises(AwsError) as exc:
         h.submit(h.api.call("ListExecutions", {"mapRunArn": run_arn, "stateMachineArn": arn}))
     assert exc.value.code == "ValidationException"
+
+
+def test_redrive_continues_the_failed_map_run(h: Harness) -> None:
+    arn = h.machine(distributed({"StartAt": "C", "States": {
+        "C": {"Type": "Choice", "Default": "D", "Choices": [
+            {"Variable": "$", "NumericEquals": 2, "Next": "F"}]},
+        "D": {"Type": "Task", "End": True,
+              "Resource": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:double"},
+        "F": {"Type": "Task", "End": True,
+              "Resource": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:flaky-1"}}},
+        MaxConcurrency=1))
+    exec_arn = h.client.start_execution(stateMachineArn=arn, input='{"xs": [1, 2, 3]}')[
+        "executionArn"]
+    failed = h.wait_done(exec_arn)
+    assert failed["error"] == "States.ExceedToleratedFailureThreshold"
+    run_arn = _run_arn(h, exec_arn)
+    assert h.client.describe_map_run(mapRunArn=run_arn)["status"] == "FAILED"
+    h.client.redrive_execution(executionArn=exec_arn)
+    done = h.wait_done(exec_arn)
+    assert json.loads(done["output"]) == [2, 2, 6]
+    assert h.functions.counts == {"double": 2, "flaky-1": 2}  # child 0 did not run again
+    run = h.client.describe_map_run(mapRunArn=run_arn)
+    assert (run["status"], run["redriveCount"]) == ("SUCCEEDED", 1) and "redriveDate" in run
+    assert run["itemCounts"]["succeeded"] == 3
+    types = h.history(exec_arn)
+    assert types[types.index("ExecutionRedriven"):] == [
+        "ExecutionRedriven", "MapStateEntered", "MapStateStarted", "MapRunRedriven",
+        "MapRunSucceeded", "MapStateSucceeded", "MapStateExited", "ExecutionSucceeded"]
+    assert h.client.list_map_runs(executionArn=exec_arn)["mapRuns"][0]["mapRunArn"] == run_arn
