@@ -587,11 +587,17 @@ class StatesApi:
             raise _validation(f"1 validation error detected: Value '{status}' at 'statusFilter' "
                               "failed to satisfy constraint: Member must satisfy enum value set: "
                               f"[{', '.join(_STATUSES)}]")
+        redrive = body.get("redriveFilter")
+        if redrive is not None and redrive not in ("REDRIVEN", "NOT_REDRIVEN"):
+            raise _validation(f"1 validation error detected: Value '{redrive}' at "
+                              "'redriveFilter' failed to satisfy constraint: Member must satisfy "
+                              "enum value set: [REDRIVEN, NOT_REDRIVEN]")
         if body.get("mapRunArn") is not None:
             if body.get("stateMachineArn") is not None:
                 raise _validation("Only one of stateMachineArn or mapRunArn may be specified")
             run = self._map_run(body["mapRunArn"])
-            return self._page("executions", run.executions(status), body)
+            children = [] if redrive == "REDRIVEN" else run.executions(status)
+            return self._page("executions", children, body)
         target = self._resolve(body.get("stateMachineArn"))
         machine = self._machine(target["arn"])
         qualified = target["alias_arn"] or target["version_arn"]
@@ -600,6 +606,8 @@ class StatesApi:
                        "This operation is not supported by this type of state machine")
         items = []
         for r in self.store.executions(machine["arn"], status, qualified):
+            if redrive is not None and (r["redrive_count"] > 0) != (redrive == "REDRIVEN"):
+                continue
             item = {"executionArn": r["arn"], "stateMachineArn": r["machine_arn"],
                     "name": r["name"], "status": r["status"], "startDate": r["started"],
                     "redriveCount": r["redrive_count"]}

@@ -554,6 +554,13 @@ def test_redrive_execution(h: Harness) -> None:
     assert h.functions.counts["flaky-1"] == 2
     with pytest.raises(h.client.exceptions.ExecutionNotRedrivable):
         h.client.redrive_execution(executionArn=exec_arn)
+    listed = h.client.list_executions(stateMachineArn=arn, redriveFilter="REDRIVEN")
+    assert [e["executionArn"] for e in listed["executions"]] == [exec_arn]
+    assert h.client.list_executions(stateMachineArn=arn, redriveFilter="NOT_REDRIVEN")[
+        "executions"] == []
+    with pytest.raises(h.client.exceptions.ClientError) as exc:
+        h.client.list_executions(stateMachineArn=arn, redriveFilter="SOMETIMES")
+    assert _code(exc) == "ValidationException"
 
 
 def _lambda(name: str) -> str:
