@@ -349,8 +349,9 @@ class LayerStore:
         shas: list[str] = []
         for layer in config.get("Layers", []):
             match = LAYER_ARN_RE.fullmatch(layer["Arn"])
-            row = self._row(match["name"], int(match["version"]), include_deleted=True) \
-                if match and match["version"] else None
+            if match is None or match["version"] is None:
+                continue  # attach() let no such ARN in
+            row = self._row(match["name"], int(match["version"]), include_deleted=True)
             if row is not None:
                 shas.append(str(row["code_sha_hex"]))
         return shas
@@ -406,10 +407,12 @@ class LayerStore:
 
 def _overlay(source: Path, target: Path) -> None:
     for directory, dirs, files in os.walk(source):
-        relative = Path(directory).relative_to(source)
-        (target / relative).mkdir(parents=True, exist_ok=True)
+        here = target / Path(directory).relative_to(source)
+        if here.is_symlink() or (here.exists() and not here.is_dir()):
+            here.unlink()  # a directory replaces an earlier layer's file
+        here.mkdir(parents=True, exist_ok=True)
         for entry in [*files, *(d for d in dirs if (Path(directory) / d).is_symlink())]:
-            src, dst = Path(directory) / entry, target / relative / entry
+            src, dst = Path(directory) / entry, here / entry
             if dst.is_dir() and not dst.is_symlink():
                 remove_tree(dst)
             else:

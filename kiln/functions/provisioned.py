@@ -124,8 +124,8 @@ class Provisioning:
         self.configs = functions.provisioned
         self.provisioner = provisioner
         self.account_limit = account_limit
-        #: (function, version) -> the record provisioned for it, as last applied.
-        self._applied: dict[tuple[str, str], FunctionRecord] = {}
+        #: (function, version) -> the record provisioned for it and how many, as last applied.
+        self._applied: dict[tuple[str, str], tuple[FunctionRecord, int]] = {}
 
     async def start(self) -> None:
         """Provision what the stored configurations ask for (after a restart)."""
@@ -156,7 +156,7 @@ class Provisioning:
         self._check_conflicts(name, qualifier)
         self._check_capacity(name, qualifier, requested)
         self.configs.put(ProvisionedConfig(name, qualifier, requested, timestamp()))
-        await self.reconcile(name)
+        await self.reconcile(name, retry=True)
         return self.get(name, qualifier)
 
     def get(self, name: str, qualifier: str | None) -> dict[str, Any]:
@@ -189,12 +189,12 @@ class Provisioning:
 
     # -- keeping the data plane in step -------------------------------------------------------
 
-    async def reconcile(self, name: str) -> None:
+    async def reconcile(self, name: str, retry: bool = False) -> None:
         """Provision every version of ``name`` as its configurations now ask, dropping
         configurations whose version, alias or function is gone (a FunctionService listener;
-        also called after alias changes)."""
-        wanted: dict[str, int] = {}
-        records: dict[str, FunctionRecord] = {}
+        also called after alias changes).  Versions whose provisioning did not change are left
+        alone (one that FAILED stays so) unless ``retry``."""
+        wanted: dict[str, tuple[FunctionRecord, int]] = {}
         for config in self.configs.of(name):
             try:
                 split = self._target(name, config.qualifier)
@@ -202,15 +202,16 @@ class Provisioning:
                 self.configs.remove(name, config.qualifier)
                 continue
             for record, count in _share(split, config.requested):
-                records[record.version] = record
-                wanted[record.version] = wanted.get(record.version, 0) + count
-        for key, record in list(self._applied.items()):
+                wanted[record.version] = (record, wanted.get(record.version, (record, 0))[1]
+                                          + count)
+        for key, (record, _count) in list(self._applied.items()):
             if key[0] == name and key[1] not in wanted:
                 self.provisioner.provision(record, 0)
                 del self._applied[key]
-        for version, count in wanted.items():
-            self.provisioner.provision(records[version], count)
-            self._applied[(name, version)] = records[version]
+        for version, (record, count) in wanted.items():
+            if retry or self._applied.get((name, version)) != (record, count):
+                self.provisioner.provision(record, count)
+                self._applied[(name, version)] = (record, count)
 
     # -- helpers ------------------------------------------------------------------------------
 
