@@ -28,6 +28,7 @@ import os
 import shutil
 import signal
 import socket
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -394,15 +395,16 @@ class MicrovmBackend:
 
     def __init__(self, root: str | Path, images: Path | None = None) -> None:
         base = Path(root) / "microvm"
-        self.vms_dir = base / "vms"
         self.snapshots_dir = base / "snapshots"
         self.code_dir = base / "code"
         self.image = GuestImage.current(images or images_dir(Path(root).parent))
+        for directory in (base / "vms", self.snapshots_dir, self.code_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+        self.vms_dir = _short_path(base / "vms")
         # A previous server killed with kill -9 leaves monitors, engines and files behind.
         sweep(str(self.vms_dir))
         shutil.rmtree(self.snapshots_dir, ignore_errors=True)
-        for directory in (self.vms_dir, self.snapshots_dir, self.code_dir):
-            directory.mkdir(parents=True, exist_ok=True)
+        self.snapshots_dir.mkdir()
         self.snapshots: dict[str, Path] = {}
         self._snapshotting: dict[str, asyncio.Task[None]] = {}
         self._code_builds: dict[Path, asyncio.Task[Path]] = {}
@@ -471,6 +473,18 @@ def _make_code_drive(task_root: Path, target: Path) -> Path:
     make_ext4(task_root, staging, CODE_LABEL)
     os.replace(staging, target)
     return target
+
+
+def _short_path(directory: Path) -> Path:
+    """A short alias (a symlink in the temporary directory) of ``directory``: Unix socket paths
+    are limited to 107 bytes, and a VM's sockets live under a data directory of any length."""
+    alias = Path(tempfile.gettempdir()) / "kiln-vms" / hashlib.sha256(
+        str(directory).encode()).hexdigest()[:12]
+    alias.parent.mkdir(exist_ok=True)
+    if not (alias.is_symlink() and alias.resolve() == directory.resolve()):
+        alias.unlink(missing_ok=True)
+        alias.symlink_to(directory)
+    return alias
 
 
 def _unix_listener(path: Path) -> socket.socket:

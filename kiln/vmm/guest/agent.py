@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -38,6 +39,7 @@ MESSAGE = struct.Struct(">BI")
 CHUNK = struct.Struct(">IQI")
 REPLY = struct.Struct(">IQ")
 OUTPUT, STARTED, FAILED, EXITED = 1, 2, 3, 4
+RNDRESEEDCRNG = 0x5207  # _IO('R', 0x07)
 
 
 class Agent:
@@ -58,7 +60,11 @@ class Agent:
         hello = json.loads(await reader.readline())
         time.clock_settime_ns(time.CLOCK_REALTIME, int(hello["time_ns"]))
         with open("/dev/urandom", "wb") as urandom:
+            # Restored clones share the kernel's CRNG state: mix in the host's entropy and
+            # reseed now, or every clone would draw the same "random" bytes.
             urandom.write(bytes.fromhex(hello["entropy"]))
+            urandom.flush()
+            fcntl.ioctl(urandom.fileno(), RNDRESEEDCRNG)
         self.control = writer
         if hello.get("start") and self.runtime is None:
             config = json.loads(await channel.mmds_get(self.mux, "/kiln/runtime"))

@@ -32,8 +32,9 @@ from kiln.runtime.runtimes import BOOTSTRAP_DIR
 #: Bump when the recipe below changes in a way the other inputs do not show.
 RECIPE_VERSION = "1"
 KERNEL_PACKAGE = "linux-image-cloud-amd64"
-#: The root's packages; apt adds their dependency closure (libc6, libssl3, ...).
-ROOT_PACKAGES = ("python3.11", "busybox-static")
+#: The root's packages (libstdc++ as in Lambda's own images: native extensions need it);
+#: apt adds their dependency closure (libc6, libssl3, ...).
+ROOT_PACKAGES = ("python3.11", "busybox-static", "libstdc++6")
 GUEST_PYTHON = "/usr/bin/python3.11"
 AGENT_DIR = "/usr/lib/kiln"
 RUNTIME_DIR = "/var/runtime"

@@ -1,0 +1,358 @@
+"""The core end-to-end suite against ``kiln serve`` with ``KILN_SANDBOX_BACKEND=microvm``: every
+environment is a QEMU microVM behind Kiln's Firecracker-API monitor (TCG on hosts without
+hardware KVM), booted once per configuration and restored from its snapshot after that.
+
+The guest image is built once (``kiln microvm build-image``) into a cache shared by runs
+(``$KILN_MICROVM_TEST_CACHE``, default ``~/.cache/kiln/microvm-test``) and linked into each
+server's data directory."""
+
+from __future__ import annotations
+
+import base64
+import importlib.metadata
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO, KilnServer, create_python_function, start_server, wait_for
+from tests.e2e.test_runtimes import create_provided, invoke, request_id
+
+CACHE = Path(os.environ.get("KILN_MICROVM_TEST_CACHE",
+                            Path.home() / ".cache" / "kiln" / "microvm-test"))
+
+
+@pytest.fixture(scope="session")
+def microvm_images() -> Path:
+    """The guest image, built (or found up to date) once per test session."""
+    subprocess.run([str(REPO / "scripts" / "ensure-qemu")], check=True)
+    subprocess.run([sys.executable, "-m", "kiln.cli", "microvm", "build-image",
+                    "--data-dir", str(CACHE)], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    return CACHE / "microvm" / "images"
+
+
+def start_microvm_server(data_dir: Path, images: Path) -> KilnServer:
+    (data_dir / "microvm").mkdir(parents=True, exist_ok=True)
+    link = data_dir / "microvm" / "images"
+    if not link.exists():
+        link.symlink_to(images)
+    return start_server(data_dir, KILN_SANDBOX_BACKEND="microvm")
+
+
+@pytest.fixture(scope="module")
+def server(microvm_images: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KilnServer]:
+    server = start_microvm_server(tmp_path_factory.mktemp("microvm") / "data", microvm_images)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server: KilnServer) -> Any:
+    return server.client()
+
+
+def tail(response: dict[str, Any]) -> str:
+    return base64.b64decode(response["LogResult"]).decode()
+
+
+# -- create, invoke, Tail logs, warm reuse ----------------------------------------------------
+
+HELLO = """
+import os, platform
+
+def handler(event, context):
+    print("hello from the guest", event.get("n"))
+    return {"event": event, "pid": os.getpid(), "kernel": platform.release(),
+            "remaining": context.get_remaining_time_in_millis(),
+            "memory": context.memory_limit_in_mb, "request_id": context.aws_request_id,
+            "task_root": os.environ["LAMBDA_TASK_ROOT"], "cwd": os.getcwd(),
+            "runtime_api": os.environ["AWS_LAMBDA_RUNTIME_API"]}
+"""
+
+
+def test_invoke_tail_logs_and_warm_reuse(client: Any) -> None:
+    name = create_python_function(client, HELLO, Timeout=5)
+    response, body = invoke(client, name, {"n": 1}, LogType="Tail")
+    assert response["StatusCode"] == 200 and "FunctionError" not in response, body
+    assert body["event"] == {"n": 1}
+    assert body["request_id"] == request_id(response)
+    assert body["kernel"] != os.uname().release  # the guest's own (Debian cloud) kernel
+    assert body["task_root"] == body["cwd"] == "/var/task"
+    assert body["runtime_api"] == "127.0.0.1:9001"
+    assert 0 < body["remaining"] <= 5000  # deadlines are read on the host's clock
+    assert body["memory"] == "128"
+    log = tail(response)
+    assert "hello from the guest 1" in log
+    assert log.splitlines()[0] == f"START RequestId: {request_id(response)} Version: $LATEST"
+    assert "Init Duration" in log.splitlines()[-1]
+    response, again = invoke(client, name, {"n": 2}, LogType="Tail")
+    assert again["pid"] == body["pid"]  # the same (warm) microVM
+    assert "hello from the guest 2" in tail(response)
+    assert "Init Duration" not in tail(response)
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+ERRORS = """
+import os, signal, time
+
+def handler(event, context):
+    action = event.get("action")
+    if action == "raise":
+        raise ValueError("guest failure")
+    if action == "sleep":
+        print("about to sleep")
+        time.sleep(30)
+    if action == "exit":
+        os._exit(3)
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return {"pid": os.getpid()}
+"""
+
+
+def test_function_error_is_unhandled_with_stack(client: Any) -> None:
+    name = create_python_function(client, ERRORS)
+    response, body = invoke(client, name, {"action": "raise"}, LogType="Tail")
+    assert response["FunctionError"] == "Unhandled"
+    assert body["errorType"] == "ValueError" and body["errorMessage"] == "guest failure"
+    assert any("app.py" in frame for frame in body["stackTrace"])
+    assert "guest failure" in tail(response)
+
+
+def test_init_error_is_import_module_error(client: Any) -> None:
+    name = create_python_function(client, "x = 1\n", handler="missing.handler")
+    response, body = invoke(client, name, {})
+    assert response["FunctionError"] == "Unhandled"
+    assert body["errorType"] == "Runtime.ImportModuleError"
+    assert "Unable to import module 'missing'" in body["errorMessage"]
+
+
+def test_timeout_tears_the_vm_down_and_the_next_invoke_works(client: Any) -> None:
+    name = create_python_function(client, ERRORS, Timeout=1)
+    _, first = invoke(client, name, {})
+    response, body = invoke(client, name, {"action": "sleep"}, LogType="Tail")
+    assert response["FunctionError"] == "Unhandled"
+    assert body == {"errorType": "Sandbox.Timedout",
+                    "errorMessage": f"RequestId: {request_id(response)} Error: Task timed out "
+                                    "after 1.00 seconds"}
+    log = tail(response)
+    assert "about to sleep" in log
+    assert log.splitlines()[-1].endswith("\tStatus: timeout\t")
+    response, body = invoke(client, name, {})  # a new microVM (restored from the snapshot)
+    assert "FunctionError" not in response and body["pid"] == first["pid"]
+
+
+@pytest.mark.parametrize(("action", "description"), [("exit", "exit status 3"),
+                                                     ("kill", "signal: killed")])
+def test_crash_is_runtime_exit_error(client: Any, action: str, description: str) -> None:
+    name = create_python_function(client, ERRORS)
+    response, body = invoke(client, name, {"action": action})
+    assert response["FunctionError"] == "Unhandled"
+    assert body == {"errorType": "Runtime.ExitError",
+                    "errorMessage": f"RequestId: {request_id(response)} Error: Runtime exited "
+                                    f"with error: {description}"}
+    response, body = invoke(client, name, {})
+    assert "FunctionError" not in response and isinstance(body["pid"], int)
+
+
+def test_crash_during_init(client: Any) -> None:
+    name = create_python_function(client, "import os\nos._exit(2)\n")
+    response, body = invoke(client, name, {})
+    assert response["FunctionError"] == "Unhandled"
+    assert body["errorType"] == "Runtime.ExitError"
+    assert body["errorMessage"].endswith("Runtime exited with error: exit status 2")
+
+
+def test_missing_bootstrap_is_invalid_entrypoint(client: Any) -> None:
+    name = create_provided(client, {"app.py": RIC_APP})
+    response, body = invoke(client, name, {})
+    assert response["FunctionError"] == "Unhandled"
+    assert body == {"errorType": "Runtime.InvalidEntrypoint",
+                    "errorMessage": f"RequestId: {request_id(response)} Error: Couldn't find "
+                                    "valid bootstrap(s): [/var/task/bootstrap]"}
+
+
+# -- snapshots: INIT once per configuration, every further environment restored ----------------
+
+SNAPSHOT = """
+import os, time, uuid
+
+INIT_TOKEN = uuid.uuid4().hex   # made once, in the INIT the snapshot holds
+first_request = None
+
+def handler(event, context):
+    global first_request
+    first_request = first_request or context.aws_request_id
+    time.sleep(event.get("hold", 0))
+    return {"init": INIT_TOKEN, "environment": first_request,
+            "entropy": os.urandom(8).hex(), "now_ms": int(time.time() * 1000)}
+"""
+
+
+def test_new_environments_are_restored_from_the_snapshot(client: Any) -> None:
+    name = create_python_function(client, SNAPSHOT, Timeout=30)
+    _, cold = invoke(client, name, {})
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda _i: invoke(client, name, {"hold": 2}), range(3)))
+    bodies = [body for _, body in results]
+    assert all("FunctionError" not in response for response, _ in results), bodies
+    # Three environments at once: the warm one and two new ones, each a restored snapshot:
+    # their INIT token is the cold environment's, their own first request differs.
+    assert {b["init"] for b in bodies} == {cold["init"]}
+    assert len({b["environment"] for b in bodies}) == 3
+    # Fresh entropy and the host's wall clock in every restored guest.
+    assert len({b["entropy"] for b in bodies}) == 3
+    assert all(abs(b["now_ms"] - time.time() * 1000) < 60_000 for b in bodies)
+
+
+# -- an awslambdaric custom runtime (PyPI), run by the guest's Python --------------------------
+
+RIC_BOOTSTRAP = """#!/bin/sh
+cd "$LAMBDA_TASK_ROOT"
+export PYTHONPATH="$LAMBDA_TASK_ROOT"
+exec python3 -m awslambdaric "$_HANDLER"
+"""
+
+RIC_APP = """
+import os
+
+def handler(event, context):
+    if event.get("fail"):
+        raise RuntimeError("ric failure")
+    print("hello from awslambdaric")
+    return {"event": event, "request_id": context.aws_request_id, "pid": os.getpid()}
+"""
+
+
+def awslambdaric_files() -> dict[str, str | bytes]:
+    """awslambdaric and its dependencies as installed here (cp311, like the guest's Python)."""
+    files: dict[str, str | bytes] = {}
+    for distribution in ("awslambdaric", "simplejson", "snapshot-restore-py"):
+        dist = importlib.metadata.distribution(distribution)
+        for entry in dist.files or []:
+            path = str(entry)
+            if "__pycache__" in path or ".dist-info" in path:
+                continue
+            files[path] = Path(str(dist.locate_file(entry))).read_bytes()
+    return files
+
+
+def test_awslambdaric_custom_runtime(client: Any) -> None:
+    name = create_provided(client, {**awslambdaric_files(), "bootstrap": RIC_BOOTSTRAP,
+                                    "app.py": RIC_APP}, Timeout=20)
+    response, body = invoke(client, name, {"x": 1}, LogType="Tail")
+    assert "FunctionError" not in response, body
+    assert body["event"] == {"x": 1} and body["request_id"] == request_id(response)
+    assert "hello from awslambdaric" in tail(response)
+    response, error = invoke(client, name, {"fail": True})
+    assert response["FunctionError"] == "Unhandled"
+    assert error["errorType"] == "RuntimeError" and error["errorMessage"] == "ric failure"
+    response, again = invoke(client, name, {"x": 2})
+    assert again["pid"] == body["pid"]
+
+
+# -- the hostile battery: nothing of the host is visible from inside the microVM ---------------
+
+HOSTILE = """
+import errno, json, os, socket
+
+def attempt(fn):
+    try:
+        return fn()
+    except OSError as exc:
+        return errno.errorcode.get(exc.errno, str(exc.errno))
+
+def connect(address):
+    with socket.create_connection(address, timeout=2):
+        return "connected"
+
+def cmdlines():
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            found.append(open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\\0", b" ").decode())
+        except OSError:
+            pass
+    return found
+
+def handler(event, context):
+    host = event["host"]
+    return {
+        "host_files": {p: os.path.exists(p) for p in host["paths"]},
+        "host_pid": attempt(lambda: open(f"/proc/{host['pid']}/cmdline", "rb").read().decode()),
+        "processes": cmdlines(),
+        "interfaces": [name for _, name in socket.if_nameindex()],
+        "kiln_port": attempt(lambda: connect(("127.0.0.1", host["port"]))),
+        "outside": attempt(lambda: connect(("10.0.2.2", 22))),
+        "dns": attempt(lambda: socket.getaddrinfo("deb.debian.org", 80) and "resolved"),
+        "disks": sorted(os.listdir("/sys/block")),
+        "write_code": attempt(lambda: open("/var/task/x", "w").close()),
+    }
+"""
+
+
+def test_hostile_function_sees_nothing_of_the_host(server: KilnServer, client: Any,
+                                                   tmp_path: Path) -> None:
+    marker = tmp_path / "host-secret"
+    marker.write_text("secret")
+    host = {"paths": [str(marker), str(REPO), str(server.data_dir), "/root/.cache/kiln"],
+            "pid": server.process.pid, "port": server.port}
+    name = create_python_function(client, HOSTILE, Timeout=20)
+    response, body = invoke(client, name, {"host": host})
+    assert "FunctionError" not in response, body
+    assert body["host_files"] == dict.fromkeys(host["paths"], False)
+    assert body["host_pid"] in ("ENOENT", "") or "kiln" not in body["host_pid"]
+    assert not [c for c in body["processes"] if "kiln.cli" in c or "qemu" in c]
+    assert all("/usr/lib/kiln" in c or "python" in c or not c for c in body["processes"])
+    assert body["interfaces"] == ["lo"]
+    assert body["kiln_port"] == "ECONNREFUSED"  # the guest's loopback is its own
+    assert body["outside"] in ("ENETUNREACH", "EHOSTUNREACH")
+    assert body["dns"] != "resolved"
+    assert body["disks"] == ["vda", "vdb"]  # the read-only root and the code, nothing else
+    assert body["write_code"] == "EROFS"
+
+
+# -- kill -9: a restarted server sweeps what the dead one left ---------------------------------
+
+def engines_under(data_dir: Path) -> list[int]:
+    """Monitor and QEMU processes whose command line names ``data_dir``."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if str(data_dir).encode() in cmdline and (b"kiln.vmm" in cmdline or b"qemu" in cmdline):
+            pids.append(int(pid))
+    return pids
+
+
+def test_restart_after_kill_9_sweeps_leftover_microvms(microvm_images: Path,
+                                                       tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    server = start_microvm_server(data_dir, microvm_images)
+    try:
+        name = create_python_function(server.client(), HELLO)
+        response, _ = invoke(server.client(), name, {})
+        assert "FunctionError" not in response
+        assert engines_under(data_dir), "no microVM is running for the environment"
+    finally:
+        server.stop(signal.SIGKILL)
+    leftovers = engines_under(data_dir)
+    assert leftovers  # kill -9 gave the server no chance to clean up
+    server = start_microvm_server(data_dir, microvm_images)
+    try:
+        assert wait_for(lambda: not engines_under(data_dir))
+        assert not list((data_dir / "sandboxes" / "microvm" / "vms").iterdir())
+        response, body = invoke(server.client(), name, {"n": 3})
+        assert "FunctionError" not in response and body["event"] == {"n": 3}
+    finally:
+        server.stop()
