@@ -209,30 +209,15 @@ class Agent:
                 await runtime_writer.drain()
 
 
-async def open_channel() -> channel.Mux:
-    """The guest end of the channel: one open of the port (it admits one), duplicated for
-    writing."""
-    loop = asyncio.get_running_loop()
-    fd = os.open(channel.find_port_device(), os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-    reader = asyncio.StreamReader(limit=channel.MAX_PAYLOAD * 4)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
-                                 os.fdopen(fd, "rb", buffering=0))
-    transport, _ = await loop.connect_write_pipe(asyncio.BaseProtocol,
-                                                 os.fdopen(os.dup(fd), "wb", buffering=0))
-    return channel.Mux(reader, transport, channel.GUEST_SIDE)
-
-
 async def serve() -> None:
-    mux = await open_channel()
-    reading = asyncio.ensure_future(mux.run())
+    mux = await channel.open_guest_channel()
     agent = Agent(mux)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGCHLD, agent.reap)
     mux.listen(CONTROL_PORT, agent.on_control)
     server = await asyncio.start_server(agent.on_runtime, "127.0.0.1", RUNTIME_API_PORT)
     async with server:
-        await asyncio.wait([reading, asyncio.ensure_future(server.serve_forever())],
-                           return_when=asyncio.FIRST_COMPLETED)
+        await server.serve_forever()
 
 
 def main() -> None:

@@ -1,0 +1,124 @@
+"""Units of the microvm backend and its guest image (no VM boots here: tests/e2e/test_microvm.py
+boots them)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from kiln.runtime.runtimes import BOOTSTRAP_DIR
+from kiln.sandbox.microvm import MicrovmBackend, guest_config, snapshot_key, vcpus_for
+from kiln.sandbox.types import SandboxSpec
+from kiln.vmm.guest import image
+from kiln.vmm.guest.image import GuestImage, ImageError
+
+TASK_ROOT = Path("/data/code/0123abcd")
+
+
+def python_spec(**changes: object) -> SandboxSpec:
+    spec = SandboxSpec(
+        env_id="e" * 32,
+        argv=["/opt/py/bin/python3.11", "-s", "-u", str(BOOTSTRAP_DIR / "python_bootstrap.py")],
+        env={"LAMBDA_TASK_ROOT": str(TASK_ROOT), "AWS_EXECUTION_ENV": "AWS_Lambda_python3.11",
+             "LD_LIBRARY_PATH": f"/lib64:{TASK_ROOT}:{TASK_ROOT}/lib:/opt/lib",
+             "LAMBDA_RUNTIME_DIR": str(BOOTSTRAP_DIR),
+             "AWS_LAMBDA_LOG_STREAM_NAME": "2026/11/27/[$LATEST]" + "e" * 32, "MINE": "x"},
+        task_root=TASK_ROOT)
+    return replace(spec, **changes)  # type: ignore[arg-type]
+
+
+def test_python_runtime_runs_on_the_guest_interpreter_with_guest_paths() -> None:
+    config = guest_config(python_spec())
+    assert config["argv"] == ["/usr/bin/python3.11", "-s", "-u",
+                              "/var/runtime/python_bootstrap.py"]
+    assert config["cwd"] == "/var/task"
+    env = config["env"]
+    assert env["LAMBDA_TASK_ROOT"] == "/var/task"
+    assert env["LD_LIBRARY_PATH"] == "/lib64:/var/task:/var/task/lib:/opt/lib"
+    assert env["LAMBDA_RUNTIME_DIR"] == "/var/runtime"
+    assert env["AWS_LAMBDA_RUNTIME_API"] == "127.0.0.1:9001"
+    assert env["MINE"] == "x"
+
+
+def test_other_python_versions_ask_for_their_own_guest_interpreter() -> None:
+    spec = python_spec()
+    spec = replace(spec, env={**spec.env, "AWS_EXECUTION_ENV": "AWS_Lambda_python3.12"})
+    assert guest_config(spec)["argv"][0] == "/usr/bin/python3.12"
+
+
+def test_provided_bootstrap_is_mapped_into_the_guest_task_root() -> None:
+    spec = python_spec(argv=[str(TASK_ROOT / "bootstrap")])
+    assert guest_config(spec)["argv"] == ["/var/task/bootstrap"]
+
+
+@pytest.mark.parametrize(("memory", "vcpus"), [(128, 1), (1769, 1), (1770, 2), (3008, 2),
+                                               (10240, 6)])
+def test_vcpus_follow_lambdas_memory_proportion(memory: int, vcpus: int) -> None:
+    assert vcpus_for(memory) == vcpus
+
+
+def test_snapshot_key_ignores_per_environment_values_only(tmp_path: Path) -> None:
+    fake = GuestImage(tmp_path / "abc", {})
+    spec = python_spec()
+    other_env = python_spec(env_id="f" * 32, env={
+        **spec.env, "AWS_LAMBDA_LOG_STREAM_NAME": "2026/11/27/[$LATEST]" + "f" * 32})
+
+    def key(s: SandboxSpec) -> str:
+        return snapshot_key(fake, s, guest_config(s))
+
+    assert key(spec) == key(other_env)
+    assert key(spec) != key(python_spec(memory_mb=256))
+    assert key(spec) != key(python_spec(env={**spec.env, "MINE": "y"}))
+    assert key(spec) != key(python_spec(task_root=Path("/data/code/ffff")))
+
+
+def read_cpio(data: bytes) -> dict[str, tuple[int, bytes, int]]:
+    """name -> (mode, data, rdev) of a newc archive."""
+    entries, offset = {}, 0
+    while True:
+        assert data[offset:offset + 6] == b"070701"
+        fields = [int(data[offset + 6 + 8 * i:offset + 14 + 8 * i], 16) for i in range(13)]
+        name_size, size = fields[11], fields[6]
+        start = offset + 110
+        name = data[start:start + name_size - 1].decode()
+        body = start + name_size + (-(start + name_size) % 4)
+        if name == "TRAILER!!!":
+            return entries
+        entries[name] = (fields[1], data[body:body + size], os.makedev(fields[9], fields[10]))
+        offset = body + size + (-(body + size) % 4)
+
+
+def test_initramfs_holds_busybox_the_modules_and_init(tmp_path: Path) -> None:
+    busybox = tmp_path / "busybox"
+    busybox.write_bytes(b"\x7fELF-busybox")
+    for module in image.MODULES:
+        (tmp_path / "modules" / module).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "modules" / module).write_bytes(module.encode())
+    entries = read_cpio(image._initramfs(busybox, tmp_path / "modules"))
+    mode, init, _ = entries["init"]
+    assert stat.S_ISREG(mode) and mode & 0o111 and init.decode() == image.INIT
+    assert entries["bin/busybox"][1] == b"\x7fELF-busybox"
+    assert stat.S_ISLNK(entries["bin/sh"][0]) and entries["bin/sh"][1] == b"busybox"
+    mode, _, rdev = entries["dev/console"]
+    assert stat.S_ISCHR(mode) and rdev == os.makedev(5, 1)
+    for module in image.MODULES:
+        assert entries[f"lib/modules/{Path(module).name}"][1] == module.encode()
+
+
+def test_a_missing_image_names_the_command_that_builds_it(tmp_path: Path) -> None:
+    with pytest.raises(ImageError, match="kiln microvm build-image"):
+        MicrovmBackend(tmp_path / "sandboxes")
+
+
+def test_an_image_of_another_kiln_version_is_refused(tmp_path: Path) -> None:
+    built = tmp_path / "images" / "0123"
+    built.mkdir(parents=True)
+    (built / "manifest.json").write_text(json.dumps({"files": {"agent.py": "old"}}))
+    (tmp_path / "images" / "current").symlink_to("0123")
+    with pytest.raises(ImageError, match="another version of Kiln"):
+        GuestImage.current(tmp_path / "images")
