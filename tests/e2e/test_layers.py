@@ -124,6 +124,16 @@ def test_publish_get_list_and_delete_layer_versions(lambda_client: Any) -> None:
               lambda_client.get_paginator("list_layers").paginate() for item in page["Layers"]}
     assert layers[name]["LayerArn"] == layer_arn(name)
     assert layers[name]["LatestMatchingVersion"]["Version"] == 2
+    publish(lambda_client, f"{name}-other", {"a.txt": "a"})
+    paged, marker = [], None
+    while True:  # one layer a page
+        answer = lambda_client.list_layers(MaxItems=1, **({"Marker": marker} if marker else {}))
+        assert len(answer["Layers"]) == 1
+        paged.append(answer["Layers"][0]["LayerName"])
+        marker = answer.get("NextMarker")
+        if marker is None:
+            break
+    assert paged == sorted(paged) and {name, f"{name}-other"} <= set(paged)
     by_runtime = {item["LayerName"]: item for item in
                   lambda_client.list_layers(CompatibleRuntime="python3.11")["Layers"]}
     assert by_runtime[name]["LatestMatchingVersion"]["LayerVersionArn"] == layer_arn(name, 1)
@@ -215,26 +225,18 @@ def test_layer_version_permissions(lambda_client: Any) -> None:
     assert document["Statement"][1]["Condition"] == {
         "StringEquals": {"aws:PrincipalOrgID": "o-abcdefghij"}}
 
-    expect_error(lambda_client, "ResourceConflictException", 409,
-                 lambda_client.add_layer_version_permission, LayerName=name,
-                 VersionNumber=version, StatementId="org", Principal="*",
-                 Action="lambda:GetLayerVersion")
-    expect_error(lambda_client, "PreconditionFailedException", 412,
-                 lambda_client.add_layer_version_permission, LayerName=name,
-                 VersionNumber=version, StatementId="other", Principal="*",
-                 Action="lambda:GetLayerVersion", RevisionId=added["RevisionId"])
-    expect_error(lambda_client, "InvalidParameterValueException", 400,
-                 lambda_client.add_layer_version_permission, LayerName=name,
-                 VersionNumber=version, StatementId="bad", Principal="*",
-                 Action="lambda:InvokeFunction")
-    expect_error(lambda_client, "InvalidParameterValueException", 400,
-                 lambda_client.add_layer_version_permission, LayerName=name,
-                 VersionNumber=version, StatementId="bad", Principal="someone",
-                 Action="lambda:GetLayerVersion")
-    expect_error(lambda_client, "ResourceNotFoundException", 404,
-                 lambda_client.add_layer_version_permission, LayerName=name,
-                 VersionNumber=version + 1, StatementId="x", Principal="*",
-                 Action="lambda:GetLayerVersion")
+    permission = {"LayerName": name, "VersionNumber": version, "StatementId": "new",
+                  "Principal": "*", "Action": "lambda:GetLayerVersion"}
+    for code, status, changes in [
+        ("ResourceConflictException", 409, {"StatementId": "org"}),
+        ("PreconditionFailedException", 412, {"RevisionId": added["RevisionId"]}),  # stale
+        ("InvalidParameterValueException", 400, {"Action": "lambda:InvokeFunction"}),
+        ("InvalidParameterValueException", 400, {"Principal": "someone"}),
+        ("InvalidParameterValueException", 400, {"StatementId": "no spaces"}),
+        ("ResourceNotFoundException", 404, {"VersionNumber": version + 1}),
+    ]:
+        expect_error(lambda_client, code, status, lambda_client.add_layer_version_permission,
+                     **{**permission, **changes})
     expect_error(lambda_client, "ResourceNotFoundException", 404,
                  lambda_client.remove_layer_version_permission, LayerName=name,
                  VersionNumber=version, StatementId="nobody")
