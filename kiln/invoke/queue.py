@@ -97,10 +97,6 @@ class AsyncQueue:
         self._ready.put_nowait(request.request_id)
         return request.request_id
 
-    def pending(self) -> int:
-        row = self.db.query_one("SELECT COUNT(*) AS n FROM async_events")
-        return int(row["n"]) if row else 0
-
     async def start(self) -> None:
         self._ready = asyncio.Queue()  # the table is the truth: each event once
         for row in self.db.query(
@@ -175,8 +171,8 @@ class AsyncQueue:
                 then: tuple[str, float] | None) -> None:
         """Write an event's outcome, and then schedule ``then`` (request id, when).
 
-        Outcomes finishing in the same turn of the loop are committed in one transaction,
-        which costs a fraction of one each.  A crash before that commit only means the events
+        Outcomes finishing within WRITE_BEHIND_SECONDS of each other share one transaction,
+        a fraction of a commit each.  A crash before that commit only means the events
         concerned run again: the queue promises at least once; and each event's writes stay
         atomic, so its outcome is still delivered exactly once."""
         self._writes += writes
