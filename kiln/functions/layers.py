@@ -24,7 +24,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -268,13 +268,15 @@ class LayerStore:
 
     # -- functions' layers --------------------------------------------------------------------
 
-    def attach(self, arns: list[str], code_unzipped: int) -> list[dict[str, Any]]:
+    def attach(self, arns: list[str], code_unzipped: int,
+               attached: Collection[str] = ()) -> list[dict[str, Any]]:
         """Validate a function's ``Layers`` (in order) against its code's unzipped size; the
-        FunctionConfiguration ``Layers`` value."""
+        FunctionConfiguration ``Layers`` value.  Versions the function already has
+        (``attached``) may have been deleted since: they still serve it."""
         if len(arns) > MAX_LAYERS:
             raise AwsError.invalid_parameter(f"Cannot reference more than {MAX_LAYERS} layers.")
         seen: dict[str, str] = {}
-        attached: list[dict[str, Any]] = []
+        configured: list[dict[str, Any]] = []
         total = code_unzipped
         for arn in arns:
             match = LAYER_ARN_RE.fullmatch(arn) if isinstance(arn, str) else None
@@ -288,8 +290,8 @@ class LayerStore:
                 raise AwsError.invalid_parameter(
                     "Layers are not in the same region as the function. Layers are expected to "
                     f"be in region {self.arns.region}.")
-            row = (self._row(match["name"], int(match["version"])) if self._ours(match)
-                   else None)
+            row = (self._row(match["name"], int(match["version"]), arn in attached)
+                   if self._ours(match) else None)
             if row is None:
                 raise AwsError.invalid_parameter(f"Layer version {arn} does not exist.")
             layer_arn = arn.rsplit(":", 1)[0]
@@ -300,13 +302,13 @@ class LayerStore:
                     "same layer.")
             seen[layer_arn] = arn
             total += int(row["unzipped"])
-            attached.append({"Arn": arn,
-                             "CodeSize": json.loads(row["info"])["Content"]["CodeSize"]})
+            configured.append({"Arn": arn,
+                               "CodeSize": json.loads(row["info"])["Content"]["CodeSize"]})
         if total > MAX_UNZIPPED_BYTES:
             raise AwsError.invalid_parameter(
                 "Function code combined with layers exceeds the maximum allowed size of "
                 f"{MAX_UNZIPPED_BYTES} bytes. The actual size is {total} bytes.")
-        return attached
+        return configured
 
     def opt_dir(self, record: FunctionRecord) -> Path | None:
         """The merged layers of a function version (built on first use), or None."""

@@ -214,9 +214,9 @@ class FunctionService:
         architectures = validation.architectures(fields)
         dry_run = fields.boolean("DryRun")
         publish = fields.boolean("Publish")
-        info, _layers = self._save_code(
-            fields, [layer["Arn"] for layer in current.config.get("Layers", [])],
-            store=not dry_run)
+        layer_arns = _layer_arns(current)
+        info, _layers = self._save_code(fields, layer_arns, attached=layer_arns,
+                                        store=not dry_run)
         config = {**current.config, "CodeSize": info.size, "CodeSha256": info.sha256}
         if architectures:
             config["Architectures"] = architectures
@@ -254,7 +254,8 @@ class FunctionService:
             self.runtimes.check(changes["Runtime"])
         if "Layers" in changes:
             changes["Layers"] = self.layers.attach(
-                changes["Layers"], self.code.unzipped_size(current.code_sha_hex))
+                changes["Layers"], self.code.unzipped_size(current.code_sha_hex),
+                attached=_layer_arns(current))
         config = {**current.config, **changes}
         if not config.get("Layers"):
             config.pop("Layers", None)  # AWS leaves the member out when there are none
@@ -470,12 +471,13 @@ class FunctionService:
         return record, True
 
     def _save_code(self, fields: Fields, layer_arns: builtins.list[str],
+                   attached: builtins.list[str] | None = None,
                    store: bool = True) -> tuple[CodeInfo, builtins.list[dict[str, Any]]]:
         """Store (with ``store=False`` only check) uploaded code, checked with the layers it
         will run with against the unzipped limit before anything is written; and the
-        configuration's ``Layers`` value."""
+        configuration's ``Layers`` value (``attached``: the ones the function already has)."""
         data = uploaded_zip(fields)
-        layers = self.layers.attach(layer_arns, declared_size(data))
+        layers = self.layers.attach(layer_arns, declared_size(data), attached or [])
         return (self.code.save(data) if store else self.code.inspect(data)), layers
 
     def _check_revision(self, current: FunctionRecord, revision_id: str | None) -> None:
@@ -525,6 +527,10 @@ def is_version(qualifier: str) -> bool:
 
 def _version_order(version: str) -> int:
     return 0 if version == LATEST else int(version) if version.isdigit() else -1
+
+
+def _layer_arns(record: FunctionRecord) -> list[str]:
+    return [layer["Arn"] for layer in record.config.get("Layers", [])]
 
 
 def _list_order(record: FunctionRecord) -> tuple[str, int]:

@@ -299,6 +299,11 @@ def test_python_layers_merge_in_order_and_versions_snapshot_them(lambda_client: 
     # environment), but no new configuration.
     lambda_client.delete_layer_version(LayerName=first["LayerArn"],
                                        VersionNumber=first["Version"])
+    # The function keeps it through changes of its code and configuration.
+    lambda_client.update_function_code(FunctionName=name,
+                                       ZipFile=make_zip({"app.py": PYTHON_APP + "\n"}))
+    lambda_client.update_function_configuration(FunctionName=name, Layers=arns)
+    assert invoke(lambda_client, name)["shared"] == "from-b"
     removed = lambda_client.update_function_configuration(FunctionName=name, Layers=[])
     assert "Layers" not in removed
     without = lambda_client.invoke(FunctionName=name, Payload=b"{}")
