@@ -99,7 +99,7 @@ class Frame:
     frame's lives in the execution row, a nested frame's under ``path`` (``/P[0]/M[3]``).
     """
 
-    __slots__ = ("cp", "path", "prev", "top", "variables")
+    __slots__ = ("cp", "dirty", "path", "prev", "top", "variables")
 
     def __init__(self, prev: int, variables: dict[str, JSON], top: bool, path: str = "") -> None:
         self.prev = prev
@@ -107,6 +107,7 @@ class Frame:
         self.top = top
         self.path = path
         self.cp: dict[str, Any] = {}
+        self.dirty = False  # queued in Interpreter.frame_writes
 
 
 def error_matches(errors: tuple[str, ...], failure: StatesFailure) -> bool:
@@ -260,9 +261,7 @@ class Interpreter:
         if self.checkpoint_dirty and self.checkpoint:
             self.checkpoint_dirty = False
             top = dict(self.checkpoint)
-        writes: list[tuple[str, dict[str, Any] | None]] = []
-        for path, value in self.frame_writes:
-            writes.append((path, value.cp if isinstance(value, Frame) else value))
+        writes = _coalesce(self.frame_writes)
         self.frame_writes = []
         self.history.flush(top, writes)
 
@@ -270,7 +269,8 @@ class Interpreter:
         """``frame.cp`` changed: write it with the next flush."""
         if frame.top:
             self.checkpoint_dirty = True
-        elif self.durable:
+        elif self.durable and not frame.dirty:
+            frame.dirty = True
             self.frame_writes.append((frame.path, frame))
 
     def sub_path(self, frame: Frame, state: State, index: int) -> str:
@@ -1462,6 +1462,30 @@ def _transform(writer: JSON, run: MapRun, inputs: list[JSON], results: list[JSON
                 flat.append(result)
         return flat
     return results
+
+
+def _coalesce(writes: list[tuple[str, Frame | dict[str, Any] | None]]) -> list[
+        tuple[str, dict[str, Any] | None]]:
+    """The frame writes that still matter, in order: a later write of the same path, or a later
+    drop of a prefix above it, makes a write moot (a Map's iterations finished within one
+    commit are never written at all)."""
+    dropped: set[str] = set()
+    seen: set[str] = set()
+    kept: list[tuple[str, dict[str, Any] | None]] = []
+    for path, value in reversed(writes):
+        if isinstance(value, Frame):
+            value.dirty = False
+        # Prefixes that could drop this path: each '/Name[' step down to it.
+        if path in seen or (dropped and any(
+                path[:i + 1] in dropped for i, c in enumerate(path)
+                if c == "[" and i + 1 < len(path))):
+            continue
+        if value is None:
+            dropped.add(path)
+        seen.add(path)
+        kept.append((path, value.cp if isinstance(value, Frame) else value))
+    kept.reverse()
+    return kept
 
 
 def _reuses_frames(resume: dict[str, Any] | None) -> bool:

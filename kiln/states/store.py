@@ -233,8 +233,9 @@ class StatesStore:
         with self.db.transaction() as tx:
             for path, body in frames:
                 if body is None:
+                    # Every path that starts with the prefix, as a range of the primary key.
                     tx.execute("DELETE FROM states_frames WHERE execution_arn = ? AND "
-                               "substr(path, 1, ?) = ?", (arn, len(path), path))
+                               "path >= ? AND path < ?", (arn, path, path + "\U0010ffff"))
                 else:
                     tx.execute("INSERT OR REPLACE INTO states_frames (execution_arn, path, body) "
                                "VALUES (?, ?, ?)", (arn, path, _dumps(body)))
