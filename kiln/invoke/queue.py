@@ -33,9 +33,11 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-from kiln.aws.arn import parse_function_id
+from kiln.aws.arn import FunctionId, parse_function_id
 from kiln.aws.errors import AwsError
 from kiln.config import Settings
 from kiln.functions.event_config import EventInvokeConfigs
@@ -66,6 +68,34 @@ _ADDED_COLUMNS = {"throttles": "INTEGER NOT NULL DEFAULT 0",
 MAX_BACKOFF_SECONDS = 300.0
 #: How long outcomes wait to share a commit: far below any retry delay that follows.
 WRITE_BEHIND_SECONDS = 0.005
+#: Payload bytes of accepted events also kept in memory, which spares a read per run; past
+#: this, a backlog is read back from the table.
+MEMORY_BYTES = 64 << 20
+
+
+@dataclass
+class _Event:
+    """One row of ``async_events``."""
+
+    request_id: str
+    function: str
+    qualifier: str | None
+    invoked_arn: str
+    payload: bytes
+    enqueued: float
+    attempts: int = 0
+    throttles: int = 0
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> _Event:
+        return cls(row["request_id"], row["function"], row["qualifier"], row["invoked_arn"],
+                   bytes(row["payload"]), row["enqueued"], row["attempts"], row["throttles"])
+
+    def insert(self) -> tuple[str, tuple[Any, ...]]:
+        return ("INSERT INTO async_events (request_id, function, qualifier, invoked_arn, "
+                "payload, enqueued) VALUES (?, ?, ?, ?, ?, ?)",
+                (self.request_id, self.function, self.qualifier, self.invoked_arn,
+                 self.payload, self.enqueued))
 
 
 class AsyncQueue:
@@ -88,17 +118,28 @@ class AsyncQueue:
         self._tasks: list[asyncio.Task[None]] = []
         # Outcomes are written behind, several per transaction (see _record).
         self._writes: list[tuple[str, tuple[Any, ...]]] = []
-        self._then: list[tuple[str, float]] = []
+        self._then: list[Callable[[], None]] = []
         self._flush_handle: asyncio.Handle | None = None
+        self._events: dict[str, _Event] = {}
+        self._event_bytes = 0
 
     def enqueue(self, name: str, qualifier: str | None, request: InvokeRequest) -> str:
-        self.db.execute(*self._insert(request.request_id, name, qualifier, request.invoked_arn,
-                                      request.payload))
-        self._ready.put_nowait(request.request_id)
-        return request.request_id
+        event = _Event(request.request_id, name, qualifier, request.invoked_arn,
+                       request.payload, self.clock())
+        self.db.execute(*event.insert())
+        self._accepted(event)
+        return event.request_id
+
+    def _accepted(self, event: _Event) -> None:
+        """Keep a committed event in memory (within MEMORY_BYTES) and make it ready."""
+        if self._event_bytes + len(event.payload) <= MEMORY_BYTES:
+            self._events[event.request_id] = event
+            self._event_bytes += len(event.payload)
+        self._ready.put_nowait(event.request_id)
 
     async def start(self) -> None:
         self._ready = asyncio.Queue()  # the table is the truth: each event once
+        self._events, self._event_bytes = {}, 0
         for row in self.db.query(
                 "SELECT request_id, not_before FROM async_events ORDER BY enqueued"):
             self._schedule(row["request_id"], row["not_before"])
@@ -125,22 +166,27 @@ class AsyncQueue:
                 log.exception("async invocation %s failed in the platform", request_id)
 
     async def _run(self, request_id: str) -> None:
-        row = self.db.query_one("SELECT * FROM async_events WHERE request_id = ?", (request_id,))
-        if row is None:
-            return
+        event = self._events.get(request_id)
+        if event is None:
+            row = self.db.query_one("SELECT * FROM async_events WHERE request_id = ?",
+                                    (request_id,))
+            if row is None:
+                return
+            event = _Event.from_row(row)
         try:
-            record = self.functions.resolve(row["function"], row["qualifier"])
+            record = self.functions.resolve(event.function, event.qualifier)
         except AwsError as exc:
             # Deleted after the event was accepted: nothing is left to run it.
             log.warning("dropped async invocation %s: %s", request_id, exc.message)
+            self._forget(event)
             self._record([("DELETE FROM async_events WHERE request_id = ?", (request_id,))], None)
             return
-        max_age = self.configs.effective(row["function"], row["qualifier"]).max_age
-        expires = row["enqueued"] + max_age
+        config = self.configs.effective(event.function, event.qualifier)
+        expires = event.enqueued + config.max_age
         if self.clock() >= expires:
-            self._finish(row, record, "EventAgeExceeded", row["attempts"], None)
+            self._finish(event, record, "EventAgeExceeded", None)
             return
-        request = InvokeRequest(payload=bytes(row["payload"]), invoked_arn=row["invoked_arn"],
+        request = InvokeRequest(payload=event.payload, invoked_arn=event.invoked_arn,
                                 request_id=request_id)
         try:
             outcome = await self.invoker.invoke(record, request)
@@ -148,28 +194,33 @@ class AsyncQueue:
             # Throttled (429), or Kiln could not start it: it did not run; try again later.
             if not (isinstance(exc, AwsError) and exc.status == 429):
                 log.warning("async invocation %s did not start", request_id, exc_info=exc)
-            backoff = min(self.settings.async_throttle_base_seconds * 2 ** row["throttles"],
+            backoff = min(self.settings.async_throttle_base_seconds * 2 ** event.throttles,
                           MAX_BACKOFF_SECONDS)
-            self._retry(request_id, row["attempts"], row["throttles"] + 1,
-                        min(self.clock() + backoff, expires))
+            event.throttles += 1
+            self._retry(event, min(self.clock() + backoff, expires))
             return
-        attempts = row["attempts"] + 1
+        event.attempts += 1
         if outcome.result.error_type is None:
-            self._finish(row, record, "Success", attempts, outcome)
-        elif attempts <= self.configs.effective(row["function"], row["qualifier"]).retries:
-            delay = self.settings.async_retry_base_seconds * attempts
-            self._retry(request_id, attempts, row["throttles"], min(self.clock() + delay, expires))
+            self._finish(event, record, "Success", outcome)
+        elif event.attempts <= config.retries:
+            delay = self.settings.async_retry_base_seconds * event.attempts
+            self._retry(event, min(self.clock() + delay, expires))
         else:
-            self._finish(row, record, "RetriesExhausted", attempts, outcome)
+            self._finish(event, record, "RetriesExhausted", outcome)
 
-    def _retry(self, request_id: str, attempts: int, throttles: int, at: float) -> None:
+    def _retry(self, event: _Event, at: float) -> None:
         self._record([("UPDATE async_events SET attempts = ?, throttles = ?, not_before = ? "
-                       "WHERE request_id = ?", (attempts, throttles, at, request_id))],
-                     (request_id, at))
+                       "WHERE request_id = ?",
+                       (event.attempts, event.throttles, at, event.request_id))],
+                     partial(self._schedule, event.request_id, at))
+
+    def _forget(self, event: _Event) -> None:
+        if self._events.pop(event.request_id, None) is not None:
+            self._event_bytes -= len(event.payload)
 
     def _record(self, writes: list[tuple[str, tuple[Any, ...]]],
-                then: tuple[str, float] | None) -> None:
-        """Write an event's outcome, and then schedule ``then`` (request id, when).
+                then: Callable[[], None] | None) -> None:
+        """Write an event's outcome, and once it is committed, call ``then``.
 
         Outcomes finishing within WRITE_BEHIND_SECONDS of each other share one transaction,
         a fraction of a commit each.  A crash before that commit only means the events
@@ -191,8 +242,8 @@ class AsyncQueue:
             with self.db.transaction() as tx:
                 for sql, params in writes:
                     tx.execute(sql, params)
-        for request_id, at in then:
-            self._schedule(request_id, at)
+        for call in then:
+            call()
 
     def _schedule(self, request_id: str, at: float) -> None:
         delay = at - self.clock()
@@ -201,64 +252,57 @@ class AsyncQueue:
         else:
             asyncio.get_running_loop().call_later(delay, self._ready.put_nowait, request_id)
 
-    def _finish(self, row: sqlite3.Row, record: FunctionRecord, condition: str, attempts: int,
+    def _finish(self, event: _Event, record: FunctionRecord, condition: str,
                 outcome: InvokeOutcome | None) -> None:
         """Remove the event and, in the same transaction, queue what its outcome produces."""
-        delivery = self._delivery(row, record, condition, attempts, outcome)
-        target = self._deliverable(row["function"], row["request_id"], delivery[0]) \
-            if delivery else None
+        self._forget(event)
         writes: list[tuple[str, tuple[Any, ...]]] = [
-            ("DELETE FROM async_events WHERE request_id = ?", (row["request_id"],))]
-        if delivery and target:
-            delivered = new_request_id()
-            writes.append(self._insert(delivered, target[0], target[1], delivery[0],
-                                       delivery[1]))
-            self._record(writes, (delivered, 0.0))
-        else:
+            ("DELETE FROM async_events WHERE request_id = ?", (event.request_id,))]
+        delivery = self._delivery(event, record, condition, outcome)
+        target = self._deliverable(event, delivery[0]) if delivery else None
+        if delivery is None or target is None:
             self._record(writes, None)
+            return
+        delivered = _Event(new_request_id(), target.name, target.qualifier, delivery[0],
+                           delivery[1], self.clock())
+        writes.append(delivered.insert())
+        self._record(writes, partial(self._accepted, delivered))
 
-    def _delivery(self, row: sqlite3.Row, record: FunctionRecord, condition: str, attempts: int,
+    def _delivery(self, event: _Event, record: FunctionRecord, condition: str,
                   outcome: InvokeOutcome | None) -> tuple[str, bytes] | None:
         """(target ARN, payload) of what a finished event produces, if anything."""
-        request_id = row["request_id"]
-        config = self.configs.effective(row["function"], row["qualifier"])
+        config = self.configs.effective(event.function, event.qualifier)
         destination = config.on_success if condition == "Success" else config.on_failure
-        payload = bytes(row["payload"])
         if destination:
-            function_arn = row["invoked_arn"] if row["qualifier"] else \
-                f"{row['invoked_arn']}:$LATEST"
+            function_arn = event.invoked_arn if event.qualifier else \
+                f"{event.invoked_arn}:$LATEST"
             return destination, json.dumps(destinations.invocation_record(
-                condition, request_id, function_arn, attempts, payload, outcome)).encode()
+                condition, event.request_id, function_arn, event.attempts, event.payload,
+                outcome)).encode()
         target = record.config.get("DeadLetterConfig", {}).get("TargetArn")
         if condition == "Success" or not target:
             return None
         if outcome is not None:
             code, message = "200", destinations.error_message(outcome)
         else:  # never ran to an end: 429 if it never ran at all
-            code = "200" if attempts else "429"
+            code = "200" if event.attempts else "429"
             message = f"Event age exceeded MaximumEventAgeInSeconds ({config.max_age})"
         return target, json.dumps(destinations.dead_letter_event(
-            payload, request_id, code, message, target, self.settings.region)).encode()
+            event.payload, event.request_id, code, message, target,
+            self.settings.region)).encode()
 
-    def _deliverable(self, source: str, request_id: str,
-                     arn: str) -> tuple[str, str | None] | None:
-        """The function (name, qualifier) at ``arn``, or None after logging, in the source
-        function's log, why Kiln cannot deliver there."""
+    def _deliverable(self, event: _Event, arn: str) -> FunctionId | None:
+        """The function at ``arn``, or None after saying in the log of the event's function
+        why Kiln cannot deliver there."""
         try:
             if arn.split(":")[2:3] != ["lambda"]:
                 raise AwsError.invalid_parameter("Kiln delivers to Lambda functions only")
             target = parse_function_id(arn, self.settings.account_id)
             self.functions.get(target.name, target.qualifier)
         except AwsError as exc:
-            line = (f"{destinations.iso_now()} {request_id} Kiln could not deliver the "
+            line = (f"{destinations.iso_now()} {event.request_id} Kiln could not deliver the "
                     f"async invocation's outcome to {arn}: {exc.message}")
-            log.warning("%s: %s", source, line)
-            self.invoker.logs.append(source, line + "\n")
+            log.warning("%s: %s", event.function, line)
+            self.invoker.logs.append(event.function, line + "\n")
             return None
-        return target.name, target.qualifier
-
-    def _insert(self, request_id: str, name: str, qualifier: str | None, invoked_arn: str,
-                payload: bytes) -> tuple[str, tuple[Any, ...]]:
-        return ("INSERT INTO async_events (request_id, function, qualifier, invoked_arn, "
-                "payload, enqueued) VALUES (?, ?, ?, ?, ?, ?)",
-                (request_id, name, qualifier, invoked_arn, payload, self.clock()))
+        return target
