@@ -75,7 +75,8 @@ RUNTIMES = (
     "python3.9", "python3.10", "python3.11", "python3.12", "python3.13", "python3.14",
     "dotnetcore1.0", "dotnetcore2.0", "dotnetcore2.1", "dotnetcore3.1", "dotnet6", "dotnet8",
     "dotnet10", "nodejs4.3-edge", "go1.x", "ruby2.5", "ruby2.7", "ruby3.2", "ruby3.3",
-    "ruby3.4", "provided", "provided.al2", "provided.al2023",
+    "ruby3.4", "ruby4.0", "provided", "provided.al2", "provided.al2023", "nodejs26.x",
+    "python3.15", "java8.al2023", "java11.al2023", "java17.al2023", "custom",
 )
 _POLICY_PRINCIPAL_RE = re.compile(r"\d{12}|\*|arn:(aws[a-zA-Z-]*):iam::\d{12}:root")
 _NOT_FOUND = "The resource you requested does not exist."

@@ -62,6 +62,7 @@ class Assignment:
         self._reaper: asyncio.Task[None] | None = None
         self._pools: dict[tuple[str, str], _Pool] = {}
         self._pool_of: dict[Environment, _Pool] = {}
+        self._retiring: set[asyncio.Task[None]] = set()  # referenced until they finish
 
     def start(self) -> None:
         self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
@@ -136,7 +137,7 @@ class Assignment:
         for env in pool.idle[:max(0, len(pool.envs) - count)]:  # fewer wanted: idle ones go
             self._forget(env)
             env.retired = True
-            asyncio.get_running_loop().create_task(self._destroy(env))
+            self._destroy_later(env)
         if pool.filling is None or pool.filling.done():
             pool.filling = asyncio.get_running_loop().create_task(self._fill(pool))
 
@@ -182,7 +183,12 @@ class Assignment:
             self._forget(env)
             env.retired = True
             if env.state is not State.BUSY:
-                asyncio.get_running_loop().create_task(self._destroy(env))
+                self._destroy_later(env)
+
+    def _destroy_later(self, env: Environment) -> None:
+        task = asyncio.get_running_loop().create_task(self._destroy(env))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     def _forget(self, env: Environment) -> None:
         pool = self._pool_of.pop(env, None)
@@ -196,6 +202,7 @@ class Assignment:
             if pool.filling is not None:
                 pool.filling.cancel()
         self._pools.clear()
+        await asyncio.gather(*self._retiring)
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
