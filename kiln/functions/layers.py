@@ -1,6 +1,6 @@
 """Layers: named series of immutable zips that functions stack, in order, at ``/opt``.
 
-    info = layers.publish("deps", body)              # PublishLayerVersion (without Location)
+    info, sha_hex = layers.publish("deps", body)     # PublishLayerVersion (but Location)
     attached = layers.attach(arns, code_unzipped)    # a function's ``Layers`` configuration
     opt = layers.opt_dir(record)                     # that version's merged /opt, on the host
 
@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import tempfile
 import uuid
 from collections.abc import Callable, Collection, Iterable
@@ -80,6 +81,8 @@ RUNTIMES = (
 )
 _POLICY_PRINCIPAL_RE = re.compile(r"\d{12}|\*|arn:(aws[a-zA-Z-]*):iam::\d{12}:root")
 _NOT_FOUND = "The resource you requested does not exist."
+_NAME_CONSTRAINT = ("Member must satisfy regular expression pattern: (arn:[a-zA-Z0-9-]+:lambda:"
+                    "[a-zA-Z0-9-]+:\\d{12}:layer:[a-zA-Z0-9-_]+)|[a-zA-Z0-9-_]+")
 
 
 def _invalid(value: Any, field: str, constraint: str) -> AwsError:
@@ -194,9 +197,9 @@ class LayerStore:
             before = int(key)
         rows = self.db.query("SELECT version, info FROM layer_versions WHERE name = ? "
                              "AND deleted = 0 ORDER BY version DESC", (name,))
-        infos = [_summary(json.loads(r["info"])) for r in rows
-                 if (before is None or int(r["version"]) < before)
-                 and _matches(json.loads(r["info"]), runtime, architecture)]
+        infos = [json.loads(r["info"]) for r in rows
+                 if before is None or int(r["version"]) < before]
+        infos = [_summary(info) for info in infos if _matches(info, runtime, architecture)]
         page = infos[:max_items]
         more = len(infos) > max_items
         return page, (encode_marker(str(page[-1]["Version"])) if more else None)
@@ -234,14 +237,12 @@ class LayerStore:
             raise AwsError.conflict(
                 f"The statement id ({sid}) provided already exists. Please provide a new "
                 "statement id, or remove the existing statement.")
+        account = principal if principal.startswith("arn:") else f"arn:aws:iam::{principal}:root"
         statement: dict[str, Any] = {
             "Sid": sid, "Effect": "Allow",
-            "Principal": (principal if principal == "*" or principal.startswith("arn:")
-                          else f"arn:aws:iam::{principal}:root"),
+            "Principal": "*" if principal == "*" else {"AWS": account},
             "Action": action, "Resource": self.arns.layer(name, number),
         }
-        if statement["Principal"] != "*":
-            statement["Principal"] = {"AWS": statement["Principal"]}
         if organization is not None:
             statement["Condition"] = {"StringEquals": {"aws:PrincipalOrgID": organization}}
         policy = {"Statements": [*policy["Statements"], statement],
@@ -369,33 +370,29 @@ class LayerStore:
             os.rename(staging, target)
         except OSError:
             remove_tree(staging)
-            if not target.is_dir():  # not a concurrent merge that won the race
-                raise
+            raise
 
     def _name(self, layer: str) -> str:
         if layer.startswith("arn:"):
             match = LAYER_ARN_RE.fullmatch(layer)
             if match is None or match["version"] is not None or not self._ours(match):
-                raise _invalid(layer, "layerName", "Member must satisfy regular expression "
-                               "pattern: (arn:[a-zA-Z0-9-]+:lambda:[a-zA-Z0-9-]+:\\d{12}:layer:"
-                               "[a-zA-Z0-9-_]+)|[a-zA-Z0-9-_]+")
+                raise _invalid(layer, "layerName", _NAME_CONSTRAINT)
             return match["name"]
         if not NAME_RE.fullmatch(layer):
-            raise _invalid(layer, "layerName", "Member must satisfy regular expression pattern: "
-                           "(arn:[a-zA-Z0-9-]+:lambda:[a-zA-Z0-9-]+:\\d{12}:layer:"
-                           "[a-zA-Z0-9-_]+)|[a-zA-Z0-9-_]+")
+            raise _invalid(layer, "layerName", _NAME_CONSTRAINT)
         return layer
 
     def _ours(self, match: re.Match[str]) -> bool:
         return (match["account"] == self.arns.account_id
                 and match["region"] == self.arns.region)
 
-    def _row(self, name: str, version: int, include_deleted: bool = False) -> Any:
+    def _row(self, name: str, version: int,
+             include_deleted: bool = False) -> sqlite3.Row | None:
         return self.db.query_one(
             "SELECT * FROM layer_versions WHERE name = ? AND version = ?"
             + ("" if include_deleted else " AND deleted = 0"), (name, version))
 
-    def _policy_target(self, layer: str, version: str) -> tuple[str, int, Any]:
+    def _policy_target(self, layer: str, version: str) -> tuple[str, int, sqlite3.Row]:
         name, number = self._name(layer), _version_number(version)
         row = self._row(name, number)
         if row is None:
