@@ -4,9 +4,11 @@
 
 Covers paths with JSONata's sequence semantics, predicates, wildcards, operators, conditionals,
 blocks and ``:=`` bindings, lambdas, ``~>`` chains, ``^()`` sorting, array/object constructors,
-ranges, regular expressions and the standard function library (``$eval`` fails, as on AWS;
-picture strings live in ``jsonata_pictures``), plus AWS's
-``$partition``, ``$range``, ``$hash``, ``$random``, ``$uuid`` and ``$parse``.
+ranges, regular expressions, ``#$i`` / ``@$v`` / ``%`` (positional, focus and parent; such
+expressions evaluate paths as tuple streams), the ``|loc|update, delete|`` transform and the
+standard function library (``$eval`` fails, as on AWS; picture strings live in
+``jsonata_pictures``), plus AWS's ``$partition``, ``$range``, ``$hash``, ``$random``,
+``$uuid`` and ``$parse``.
 """
 
 from __future__ import annotations
@@ -211,7 +213,7 @@ def _unescape(body: str) -> str:
 # --------------------------------------------------------------------------- parser
 
 _BINARY = {
-    ".": 75, "[": 80, "(": 80, "^": 80, "{": 70,
+    ".": 75, "[": 80, "(": 80, "^": 80, "#": 80, "@": 80, "{": 70,
     "*": 60, "/": 60, "%": 60, "+": 50, "-": 50, "&": 50,
     "=": 40, "!=": 40, "<": 40, "<=": 40, ">": 40, ">=": 40, "in": 40, "~>": 40,
     "and": 30, "or": 25, "..": 20, "?": 20, ":=": 10,
@@ -223,6 +225,7 @@ class _Parser:
         self.text = text
         self.tokens = _tokenize(text)
         self.i = 0
+        self.tuples = False  # '#', '@' or '%' seen: paths are evaluated as tuple streams
 
     def peek(self) -> tuple[str, Any]:
         return self.tokens[self.i]
@@ -241,7 +244,7 @@ class _Parser:
         node = self.expression(0)
         if self.peek()[0] != "end":
             raise JsonataError(f"Unexpected token {self.peek()[1]!r} in {self.text!r}")
-        return node
+        return _tuple_paths(node) if self.tuples else node
 
     def expression(self, rbp: int) -> Node:
         left = self.prefix()
@@ -276,6 +279,19 @@ class _Parser:
             raise JsonataError(f"Unexpected end of JSONata expression {self.text!r}")
         if value == "-":
             return ("neg", self.expression(70))
+        if value == "%":
+            self.tuples = True
+            return ("parent",)
+        if value == "|":  # |location|update[, delete]|: a function that copies and modifies
+            location = self.expression(0)
+            self.expect("|")
+            update = self.expression(0)
+            delete: Node | None = None
+            if self.peek() == ("op", ","):
+                self.next()
+                delete = self.expression(0)
+            self.expect("|")
+            return ("transform", location, update, delete)
         if value == "*":
             return ("wildcard",)
         if value == "**":
@@ -383,6 +399,12 @@ class _Parser:
             return ("sort", left, terms)
         if op == "{":
             return ("group", left, self.pairs())
+        if op in ("#", "@"):
+            kind, value = self.next()
+            if kind != "var":
+                raise JsonataError(f"'{op}' must be followed by a variable in {self.text!r}")
+            self.tuples = True
+            return ("index_bind" if op == "#" else "focus_bind", left, value[1:])
         if op == "?":
             then = self.expression(0)
             other: Node = ("value", UNDEF)
@@ -439,6 +461,28 @@ class _Lambda:
     @property
     def arity(self) -> int:
         return len(self.params)
+
+
+_PARENTS = "\x00parents"  # the env entry holding a tuple's chain of parent items
+
+
+def _tuple_paths(node: Any) -> Any:
+    """Every ``path`` node as a ``tpath`` over its flattened steps (recursively)."""
+    if isinstance(node, list):
+        return [_tuple_paths(n) for n in node]
+    if not isinstance(node, tuple) or not node:
+        return node
+    if node[0] == "path":
+        steps: list[Any] = []
+        current: Any = node
+        while isinstance(current, tuple) and current and current[0] == "path":
+            steps.insert(0, _tuple_paths(current[2]))
+            current = current[1]
+        steps.insert(0, _tuple_paths(current))
+        return ("tpath", steps)
+    if node[0] == "value":
+        return node
+    return tuple(_tuple_paths(n) for n in node)
 
 
 def _collapse(value: Any) -> Any:
@@ -671,6 +715,89 @@ class _Evaluator:
                 if value is not UNDEF:
                     out[key] = value
         return out
+
+    # Tuple streams: paths using '#$i' (position), '@$v' (focus) or '%' (parent) carry, per
+    # item, the variables bound so far and the chain of parents that led to it.
+
+    def e_tpath(self, node: Node, ctx: Any, env: _Env) -> Any:
+        parents = env.lookup(_PARENTS)
+        tuples: list[tuple[Any, dict[str, Any], list[Any]]] = [
+            (ctx, {}, parents if isinstance(parents, list) else [])]
+        for step in node[1]:
+            tuples = self.tuple_step(step, tuples, env)
+        out = Sequence()
+        for item, _, _ in tuples:
+            out.append(item)
+        return out
+
+    def tuple_step(self, step: Node, tuples: list[tuple[Any, dict[str, Any], list[Any]]],
+                   env: _Env) -> list[tuple[Any, dict[str, Any], list[Any]]]:
+        kind = step[0]
+        if kind == "parent":
+            return [(parents[-1], bound, parents[:-1]) for _, bound, parents in tuples
+                    if parents]
+        if kind == "filter" and step[1][0] in ("index_bind", "focus_bind"):
+            kept = []
+            for item, bound, parents in self.tuple_step(step[1], tuples, env):
+                probe = bound[step[1][2]] if step[1][0] == "focus_bind" else item
+                if _truthy(self.eval(step[2], probe, _Env({**bound, _PARENTS: parents}, env))):
+                    kept.append((item, bound, parents))
+            return kept
+        inner = step[1] if kind in ("index_bind", "focus_bind") else step
+        out = []
+        for item, bound, parents in tuples:
+            value = self.eval(inner, item, _Env({**bound, _PARENTS: parents}, env))
+            if value is UNDEF:
+                continue
+            value = _collapse(value) if isinstance(value, Sequence) and not value.keep else value
+            results = value if isinstance(value, list) and inner[0] != "array" and not (
+                isinstance(value, Sequence) and value.keep) else [value]
+            for result in results:
+                if kind == "focus_bind":  # the context stays; the variable holds the item
+                    out.append((item, {**bound, step[2]: result}, parents))
+                else:
+                    out.append((result, bound, [*parents, item]))
+        if kind == "index_bind":
+            return [(item, {**bound, step[2]: i}, parents)
+                    for i, (item, bound, parents) in enumerate(out)]
+        return out
+
+    def e_parent(self, node: Node, ctx: Any, env: _Env) -> Any:
+        parents = env.lookup(_PARENTS)
+        return parents[-1] if isinstance(parents, list) and parents else UNDEF
+
+    def e_index_bind(self, node: Node, ctx: Any, env: _Env) -> Any:
+        return self.e_tpath(("tpath", [node]), ctx, env)
+
+    e_focus_bind = e_index_bind
+
+    def e_transform(self, node: Node, ctx: Any, env: _Env) -> Any:
+        def transform(value: Any) -> Any:
+            if value is UNDEF:
+                return UNDEF
+            copy = json.loads(json.dumps(_to_json(_collapse(value))))
+            for match in _seq(_collapse(self.eval(node[1], copy, env))):
+                if not isinstance(match, dict):
+                    continue
+                update = _collapse(self.eval(node[2], match, env))
+                if update is not UNDEF:
+                    if not isinstance(update, dict):
+                        raise JsonataError("The update clause of a transform must evaluate to "
+                                           "an object")
+                    match.update(update)
+                if node[3] is not None:
+                    names = _collapse(self.eval(node[3], match, env))
+                    if names is UNDEF:
+                        continue
+                    if not all(isinstance(n, str) for n in _seq(names)):
+                        raise JsonataError("The delete clause of a transform must evaluate to "
+                                           "a string or an array of strings")
+                    for name in _seq(names):
+                        match.pop(name, None)
+            return copy
+
+        transform.arity = 1  # type: ignore[attr-defined]
+        return transform
 
     def e_neg(self, node: Node, ctx: Any, env: _Env) -> Any:
         value = _collapse(self.eval(node[1], ctx, env))

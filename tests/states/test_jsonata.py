@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from kiln.states import jsonata
 from kiln.states.definition import validate_definition
 from tests.states.helpers import run
 
@@ -31,6 +32,28 @@ def test_expression(expr: str, data: Any, expected: Any) -> None:
     assert outcome.status == "SUCCEEDED", outcome
     assert outcome.output == expected
     assert type(outcome.output) is type(expected)
+
+
+_VOLATILE = ("$random", "$uuid", "$now", "$millis", "$shuffle")
+
+
+@pytest.mark.parametrize(("expr", "data"), [
+    (c[0], c[1]) for c in TABLE if not any(v in c[0] for v in _VOLATILE)])
+def test_tuple_stream_paths_agree_with_plain_paths(expr: str, data: Any) -> None:
+    """Expressions using '#', '@' or '%' evaluate every path as a tuple stream; that evaluator
+    must give the same answer as the plain one on every expression of the table."""
+    bindings = {"states": {"input": data, "context": {}}, "var_constant_1": 1}
+
+    def outcome(node: Any) -> Any:
+        try:
+            value = jsonata._collapse(jsonata._Evaluator(data).eval(
+                node, data, jsonata._Env(dict(bindings), None)))
+        except jsonata.JsonataError:
+            return "error"
+        return "error" if value is jsonata.UNDEF else jsonata._to_json(value)
+
+    plain = jsonata.compile_expression(expr)
+    assert outcome(jsonata._tuple_paths(plain)) == outcome(plain)
 
 
 def test_uuid_random_now() -> None:
