@@ -15,7 +15,7 @@ from enum import Enum
 from kiln.functions.types import FunctionRecord
 from kiln.runtime.api import RuntimeApi
 from kiln.runtime.types import Invocation, InvocationResult
-from kiln.sandbox.types import Sandbox
+from kiln.sandbox.types import ResourceLimited, Sandbox
 
 
 class State(Enum):
@@ -119,12 +119,14 @@ class Environment:
         self.init_duration_ms = (time.perf_counter() - started) * 1000
         if ready in done and not self.api.init_error:
             self.state = State.IDLE
+            if isinstance(self.sandbox, ResourceLimited):
+                self.sandbox.end_init()
             return None
         if self.api.init_error is not None:
             failure = self.api.init_error
         elif self._exit in done:
             failure = InvocationResult.platform_error(
-                "Runtime.ExitError",
+                self._exit_error_type(),
                 f"{prefix}Error: Runtime exited with error: "
                 f"{exit_description(self._exit.result())}")
         else:
@@ -150,7 +152,7 @@ class Environment:
         def on_exit(exit_task: asyncio.Task[int]) -> None:
             nonlocal status
             if not exit_task.cancelled() and invocation.finish(InvocationResult.platform_error(
-                    "Runtime.ExitError",
+                    self._exit_error_type(),
                     f"RequestId: {request_id} Error: Runtime exited with error: "
                     f"{exit_description(exit_task.result())}")):
                 status = "crash"
@@ -177,6 +179,12 @@ class Environment:
             return result, status
         self.state = State.IDLE
         return result, "ok" if result.error_type is None else "error"
+
+    def _exit_error_type(self) -> str:
+        """How Lambda names a runtime's death: the memory limit's kill is its own error."""
+        if isinstance(self.sandbox, ResourceLimited) and self.sandbox.oom_killed():
+            return "Runtime.OutOfMemory"
+        return "Runtime.ExitError"
 
     def schedule_freeze(self, delay: float) -> None:
         """Freeze the idle environment ``delay`` seconds after its last use unless work arrives

@@ -99,6 +99,13 @@ class Cgroup:
             fd = self._held[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         return os.pread(fd, 4096, 0).decode()
 
+    def _write_held(self, path: Path, value: bytes) -> None:
+        """Write through a held descriptor (the freezer: written on every freeze and thaw)."""
+        fd = self._held.get(path)
+        if fd is None:
+            fd = self._held[path] = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        os.pwrite(fd, value, 0)
+
     def _close_held(self) -> None:
         for fd in self._held.values():
             os.close(fd)
@@ -187,7 +194,8 @@ class CgroupV1(Cgroup):
         return sorted(found)
 
     def request_freeze(self, frozen: bool) -> None:
-        _write(self.dirs["freezer"] / "freezer.state", "FROZEN" if frozen else "THAWED")
+        self._write_held(self.dirs["freezer"] / "freezer.state",
+                         b"FROZEN" if frozen else b"THAWED")
 
     def is_frozen(self) -> bool:
         return _read(self.dirs["freezer"] / "freezer.state").strip() == "FROZEN"
@@ -207,7 +215,10 @@ class CgroupV1(Cgroup):
         if not pids:
             return True
         # Frozen tasks only die once thawed; freezing first stops a fork bomb from outrunning us.
+        # Dying takes CPU time too, charged to the cgroup: lift its quota (else a thousand
+        # killed processes at a small function's share take seconds to go).
         with contextlib.suppress(OSError):
+            self.set_cpu(None)
             self.request_freeze(True)
         _kill_pids(pids)
         with contextlib.suppress(OSError):
@@ -257,7 +268,7 @@ class CgroupV2(Cgroup):
             return []
 
     def request_freeze(self, frozen: bool) -> None:
-        _write(self.path / "cgroup.freeze", "1" if frozen else "0")
+        self._write_held(self.path / "cgroup.freeze", b"1" if frozen else b"0")
 
     def is_frozen(self) -> bool:
         return _keyed(_read(self.path / "cgroup.events"), "frozen") == 1
@@ -274,6 +285,8 @@ class CgroupV2(Cgroup):
     def kill_step(self) -> bool:
         if not self.path.exists():
             return True
+        with contextlib.suppress(OSError):  # dying takes CPU time too (see CgroupV1.kill_step)
+            self.set_cpu(None)
         if (self.path / "cgroup.kill").exists():
             _write(self.path / "cgroup.kill", "1")  # also kills frozen tasks
         else:

@@ -185,9 +185,10 @@ def _remove_cgroups(environments: list[list[str]], parents: list[str]) -> None:
                 os.rmdir(d)
 
 
-#: Freeze (so nothing forks), kill (v2 ``cgroup.kill``; v1 signals each pid), thaw (v1 frozen
-#: tasks only die once thawed).
-_KILL_STEPS = (("freezer.state", "FROZEN"), ("cgroup.kill", "1"), ("freezer.state", "THAWED"))
+#: Lift the CPU quota (dying takes CPU time), freeze (so nothing forks), kill (v2
+#: ``cgroup.kill``; v1 signals each pid), thaw (v1 frozen tasks only die once thawed).
+_KILL_STEPS = (("cpu.cfs_quota_us", "-1"), ("cpu.max", "max"), ("freezer.state", "FROZEN"),
+               ("cgroup.kill", "1"), ("freezer.state", "THAWED"))
 
 
 # -- setup: cgroups and namespaces --------------------------------------------------------------

@@ -433,20 +433,20 @@ class IsolatedSandbox:
         self.end_init()
         self.cgroup.request_freeze(True)
         self._frozen = True
+        # Returns once frozen, unless a thaw came first (an invoke arrived meanwhile).
         deadline = time.monotonic() + 5
-        while not self.cgroup.is_frozen():
+        while self._frozen and not self.cgroup.is_frozen():
             if time.monotonic() > deadline:
                 raise SandboxError(f"environment {self.env_id} did not freeze")
             await asyncio.sleep(0.001)
 
     async def thaw(self) -> None:
+        """Resume at once: thawing takes effect immediately, so nothing is waited for (one
+        ``pwrite`` on the invoke path)."""
         if self._destroyed:
             return
         self.cgroup.request_freeze(False)
         self._frozen = False
-        deadline = time.monotonic() + 5
-        while self.cgroup.is_frozen() and time.monotonic() < deadline:
-            await asyncio.sleep(0.001)
 
     async def destroy(self) -> None:
         if self._destroyed:

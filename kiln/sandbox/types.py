@@ -6,7 +6,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,18 @@ class Sandbox(Protocol):
 
     async def destroy(self) -> None:
         """Kill every process and release every resource; safe to call twice."""
+
+
+@runtime_checkable
+class ResourceLimited(Protocol):
+    """A sandbox that enforces Lambda's memory and CPU limits (the isolated backend) also
+    says whether its memory limit killed the runtime, and lowers the CPU after INIT."""
+
+    def oom_killed(self) -> bool:
+        """Whether the kernel's OOM killer killed a process of the environment."""
+
+    def end_init(self) -> None:
+        """INIT is over: from now on the CPU share proportional to memory applies."""
 
 
 class SandboxBackend(Protocol):
