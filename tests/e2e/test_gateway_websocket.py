@@ -18,10 +18,11 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.conftest import REPO, KilnServer, create_python_function, expect_error, start_server
+from tests.conftest import KilnServer, create_python_function, expect_error, start_server
 
-# Functions call back into Kiln over loopback, so they need the host's network.
-BACKEND = "unisolated" if (REPO / "kiln/sandbox/unisolated.py").exists() else "process"
+# Functions call back into Kiln's @connections over loopback: the isolated backend gives each
+# environment a network namespace of its own, so these run on the host's.
+BACKEND = "unisolated"
 
 CHAT = """
 import base64, json
