@@ -72,7 +72,8 @@ class InvokeApp:
     async def _invoke(self, scope: Scope, receive: Receive,
                       name: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         kiln = self.kiln
-        headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in scope["headers"]}
+        headers = {key.decode("latin-1"): value.decode("latin-1")
+                   for key, value in scope["headers"]}
         query = scope["query_string"]
         qualifier = (dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True))
                      .get("Qualifier") if query else None)
