@@ -56,6 +56,7 @@ MB_PER_VCPU, MAX_VCPUS = 1769, 6
 BOOT_ARGS = "console=ttyS0 quiet panic=1 reboot=k mitigations=off"
 #: A cold boot under software emulation takes seconds; a restore well under one.
 AGENT_TIMEOUT = 120.0
+REFILL_DELAY = 1.0
 #: Environment variables that differ between environments of one configuration.
 PER_ENVIRONMENT = ("AWS_LAMBDA_LOG_STREAM_NAME",)
 
@@ -96,17 +97,16 @@ def snapshot_key(image: GuestImage, spec: SandboxSpec, config: dict[str, Any]) -
 
 
 class MicrovmSandbox:
-    def __init__(self, spec: SandboxSpec, backend: MicrovmBackend) -> None:
+    def __init__(self, spec: SandboxSpec, backend: MicrovmBackend,
+                 monitor: MonitorProcess) -> None:
         self.env_id = spec.env_id
         self.spec = spec
         self._backend = backend
-        self.vm_id = spec.env_id[:16]
-        self.dir = backend.vms_dir / self.vm_id
-        self.dir.mkdir(parents=True)
+        self._monitor = monitor
+        self.dir = Path(monitor.vm_dir)
         self.listener = _unix_listener(self.dir / "runtime.sock")
         self._guest_listener = _unix_listener(self.dir / f"v.sock_{agent.RUNTIME_API_PORT}")
         self._guest_server: asyncio.Server | None = None
-        self._monitor: MonitorProcess | None = None
         self._control: socket.socket | None = None
         self._buffer = bytearray()
         self._exited: asyncio.Future[int] | None = None
@@ -116,25 +116,15 @@ class MicrovmSandbox:
         self._key = ""
         self._restored = False
         self._destroyed = False
-        #: What the guest timed: cold boot or restore, to the agent's first answer.
-        self.start_seconds = 0.0
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        started = time.perf_counter()
         backend = self._backend
         config = guest_config(self.spec)
         self._key = snapshot_key(backend.image, self.spec, config)
         self._exited = loop.create_future()
         self._guest_server = await asyncio.start_unix_server(self._serve_guest,
                                                              sock=self._guest_listener)
-        console = open(self.dir / "monitor.log", "wb")  # noqa: SIM115 - the monitor owns it
-        try:
-            self._monitor = await start_monitor(str(self.dir / "api.sock"), self.vm_id,
-                                                base_dir=str(backend.vms_dir),
-                                                stdout=console, stderr=console)
-        finally:
-            console.close()
         snapshot = backend.snapshots.get(self._key)
         client = self._monitor.client
         uds_path = str(self.dir / "v.sock")
@@ -149,19 +139,22 @@ class MicrovmSandbox:
                 log.warning("restoring %s from its snapshot failed (%s); booting cold",
                             self.env_id, exc)
                 backend.forget_snapshot(self._key)
-                await self._monitor.stop()
-                self._monitor = await start_monitor(str(self.dir / "api.sock"), self.vm_id,
-                                                    base_dir=str(backend.vms_dir))
+                # A new monitor in the same directory (stop() would remove our sockets too).
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self._monitor.process.pid, signal.SIGKILL)
+                await self._monitor.process.wait()
+                self._monitor = await backend.spawn_monitor(self._monitor.vm_id)
                 client = self._monitor.client
         if not self._restored:
             await self._boot(uds_path, config)
         answer = await self._attach(uds_path, start=not self._restored)
-        self.start_seconds = time.perf_counter() - started
+        # The next spare starts once this environment's first invoke is likely done: a
+        # starting monitor would take CPU from it.
+        loop.call_later(REFILL_DELAY, backend.refill)
         if "errno" in answer:
             raise OSError(answer["errno"], answer["strerror"], answer["filename"])
 
     async def _boot(self, uds_path: str, config: dict[str, Any]) -> None:
-        assert self._monitor is not None
         spec, image, client = self.spec, self._backend.image, self._monitor.client
         code = await self._backend.code_drive(spec.task_root)
         await client.put("/machine-config", {"vcpu_count": vcpus_for(spec.memory_mb),
@@ -185,7 +178,6 @@ class MicrovmSandbox:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + AGENT_TIMEOUT
         while True:
-            assert self._monitor is not None
             if self._monitor.process.returncode is not None:
                 raise MicrovmError(f"the microVM monitor exited: {self._monitor_log()}")
             with contextlib.suppress(OSError):
@@ -331,7 +323,6 @@ class MicrovmSandbox:
         await waiter
 
     async def take_snapshot(self, path: Path) -> None:
-        assert self._monitor is not None
         client = self._monitor.client
         await client.patch("/vm", {"state": "Paused"})
         try:
@@ -361,7 +352,7 @@ class MicrovmSandbox:
         await self._set_state("Resumed")
 
     async def _set_state(self, state: str) -> None:
-        if self._monitor is not None and not self._destroyed:
+        if not self._destroyed:
             with contextlib.suppress(VmmError, OSError):
                 await self._monitor.client.patch("/vm", {"state": state})
 
@@ -374,10 +365,9 @@ class MicrovmSandbox:
         self._exit(-signal.SIGKILL)
         if self._guest_server is not None:
             self._guest_server.close()
-        if self._monitor is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._monitor.process.pid, signal.SIGKILL)
-            await self._monitor.stop()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._monitor.process.pid, signal.SIGKILL)
+        await self._monitor.stop()
         self.listener.close()
         self._guest_listener.close()
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -409,11 +399,34 @@ class MicrovmBackend:
         self._snapshotting: dict[str, asyncio.Task[None]] = {}
         self._code_builds: dict[Path, asyncio.Task[Path]] = {}
         self._live: dict[str, MicrovmSandbox] = {}
+        #: A monitor started ahead, as Firecracker hosts pre-spawn theirs: a restore then
+        #: pays only for loading the snapshot, not for starting a process.
+        self._spare: asyncio.Task[MonitorProcess] | None = None
 
     async def create(self, spec: SandboxSpec) -> MicrovmSandbox:
-        sandbox = MicrovmSandbox(spec, self)
+        spare, self._spare = self._spare, None
+        monitor = None
+        if spare is not None:
+            with contextlib.suppress(MonitorFailed, OSError):
+                monitor = await spare
+        sandbox = MicrovmSandbox(spec, self, monitor or await self.spawn_monitor())
         self._live[spec.env_id] = sandbox
         return sandbox
+
+    def refill(self) -> None:
+        """Start the next spare monitor (after a start, not during it: they share the CPU)."""
+        if self._spare is None:
+            self._spare = asyncio.ensure_future(self.spawn_monitor())
+
+    async def spawn_monitor(self, vm_id: str | None = None) -> MonitorProcess:
+        """A monitor for a new VM in its own directory (its output in ``monitor.log``)."""
+        vm_id = vm_id or os.urandom(8).hex()
+        directory = self.vms_dir / vm_id
+        directory.mkdir(exist_ok=True)
+        with open(directory / "monitor.log", "ab") as console:
+            return await start_monitor(str(directory / "api.sock"), vm_id,
+                                       base_dir=str(self.vms_dir), stdout=console,
+                                       stderr=console)
 
     def forget(self, env_id: str) -> None:
         self._live.pop(env_id, None)
@@ -461,6 +474,10 @@ class MicrovmBackend:
             shutil.rmtree(path, ignore_errors=True)
 
     async def close(self) -> None:
+        if self._spare is not None:
+            with contextlib.suppress(MonitorFailed, OSError):
+                await (await self._spare).stop()
+            self._spare = None
         for sandbox in list(self._live.values()):
             await sandbox.destroy()
         self._live.clear()

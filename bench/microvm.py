@@ -1,0 +1,158 @@
+"""microVM environments against the ``process`` backend, measured in the same run, and against
+Firecracker's published 125 ms (InstanceStart to guest init).
+
+    python bench/microvm.py [--cold 3] [--restores 5]
+
+For each backend, through a started ``kiln serve`` and its Invoke API:
+- cold: the first invoke of a new function (microvm: boot, INIT, snapshot) to its response;
+- new environment: an invoke after the idle environment was reaped (microvm: restored from the
+  function's snapshot) to its response;
+- memory of one idle environment (microvm: the monitor and its QEMU; process: the runtime).
+
+Target on hosts without hardware KVM (QEMU in TCG): restore <= 0.25 s to first response.
+Needs a built guest image: ``kiln microvm build-image --data-dir DIR`` (pass ``--images``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._http import Connection
+from bench.invoke import cold_starts, create_function
+from kiln.vmm.client import VmmClient
+from kiln.vmm.guest.image import images_dir
+from tests.conftest import KilnServer, start_server
+
+FIRECRACKER_BOOT_MS = 125.0
+KEEP_ALIVE = 1.0
+
+
+def rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+async def invoke(port: int, name: str) -> float:
+    conn = await Connection.open(port)
+    started = time.perf_counter()
+    status, body = await conn.post(f"/2015-03-31/functions/{name}/invocations", b"{}")
+    elapsed = (time.perf_counter() - started) * 1000
+    conn.close()
+    assert status == 200 and b"errorType" not in body, body
+    return elapsed
+
+
+async def new_environments(server: KilnServer, count: int) -> tuple[list[float], int]:
+    """Invokes that each meet a new environment (every earlier one reaped while idle), and the
+    largest memory (kB) of the one idle environment after such an invoke."""
+    name = f"fresh-{os.getpid()}"
+    await create_function(server.port, name)
+    await invoke(server.port, name)  # the cold one: boots and (microvm) snapshots
+    samples, memory = [], 0
+    for _ in range(count):
+        await asyncio.sleep(KEEP_ALIVE * 2.5)  # the reaper destroys the idle environments
+        samples.append(await invoke(server.port, name))
+        memory = max(memory, sum(rss_kb(p) for p in descendants(server.process.pid)))
+    return samples, memory
+
+
+async def engine(data_dir: Path) -> str:
+    for api_sock in (data_dir / "sandboxes" / "microvm" / "vms").glob("*/api.sock"):
+        info = await VmmClient(str(api_sock)).get("/")
+        kiln = info.get("kiln", {})
+        return f"{kiln.get('engine', '?')} ({kiln.get('accelerator', '?')})"
+    return "?"
+
+
+def stats(samples: list[float]) -> str:
+    return (f"median {statistics.median(samples):8.1f} ms  min {min(samples):8.1f}  "
+            f"max {max(samples):8.1f}  (n={len(samples)})")
+
+
+@dataclass
+class Result:
+    cold: list[float]
+    fresh: list[float]
+    memory_kb: int
+    engine: str
+
+
+async def measure(backend: str, images: Path, cold: int, restores: int) -> Result:
+    data_dir = Path(tempfile.mkdtemp(prefix=f"kiln-bench-{backend}-")) / "data"
+    (data_dir / "microvm").mkdir(parents=True)
+    (data_dir / "microvm" / "images").symlink_to(images)
+    server = start_server(data_dir, KILN_SANDBOX_BACKEND=backend,
+                          KILN_KEEP_ALIVE_SECONDS=str(KEEP_ALIVE))
+    try:
+        cold_samples = await cold_starts(server.port, cold)
+        fresh, memory = await new_environments(server, restores)
+        name = await engine(data_dir) if backend == "microvm" else "host processes"
+    finally:
+        server.stop()
+    return Result(cold_samples, fresh, memory, name)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cold", type=int, default=3)
+    parser.add_argument("--restores", type=int, default=5)
+    parser.add_argument("--images", type=Path,
+                        default=images_dir(Path.home() / ".cache" / "kiln" / "microvm-test"))
+    args = parser.parse_args()
+    vm = await measure("microvm", args.images, args.cold, args.restores)
+    process = await measure("process", args.images, args.cold, args.restores)
+    print(f"microvm engine: {vm.engine}; baseline: the process backend, same run")
+    for label, vm_samples, base in (
+            ("cold: boot+INIT to first response", vm.cold, process.cold),
+            ("new environment (microvm: snapshot restore) to first response", vm.fresh,
+             process.fresh)):
+        print(f"{label}")
+        print(f"  microvm  {stats(vm_samples)}")
+        print(f"  process  {stats(base)}")
+        ratio = statistics.median(vm_samples) / statistics.median(base)
+        firecracker = statistics.median(vm_samples) / FIRECRACKER_BOOT_MS
+        print(f"  microvm/process {ratio:6.1f}x   microvm/Firecracker's 125 ms {firecracker:6.2f}x")
+    restore = statistics.median(vm.fresh)
+    print(f"restore target <= 250 ms: {'met' if restore <= 250 else 'NOT met'} "
+          f"({restore:.0f} ms median)")
+    print(f"memory of one idle environment: microvm {vm.memory_kb // 1024} MB (monitor + QEMU), "
+          f"process {process.memory_kb // 1024} MB (runtime); Firecracker publishes <= 5 MB "
+          "of VMM overhead")
+    print(json.dumps({"microvm": asdict(vm), "process": asdict(process)}))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
