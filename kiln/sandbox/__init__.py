@@ -27,4 +27,8 @@ def make_backend(name: str, root: str, shared_dirs: Sequence[str] = ()) -> Sandb
         from kiln.sandbox.unisolated import UnisolatedBackend
 
         return UnisolatedBackend(root)
-    raise ValueError(f"unknown sandbox backend {name!r} (known: process, unisolated)")
+    if name == "microvm":
+        from kiln.sandbox.microvm import MicrovmBackend
+
+        return MicrovmBackend(root)
+    raise ValueError(f"unknown sandbox backend {name!r} (known: process, unisolated, microvm)")

@@ -402,6 +402,7 @@ class MicrovmBackend:
         #: A monitor started ahead, as Firecracker hosts pre-spawn theirs: a restore then
         #: pays only for loading the snapshot, not for starting a process.
         self._spare: asyncio.Task[MonitorProcess] | None = None
+        self._closed = False
 
     async def create(self, spec: SandboxSpec) -> MicrovmSandbox:
         spare, self._spare = self._spare, None
@@ -415,7 +416,7 @@ class MicrovmBackend:
 
     def refill(self) -> None:
         """Start the next spare monitor (after a start, not during it: they share the CPU)."""
-        if self._spare is None:
+        if self._spare is None and not self._closed:
             self._spare = asyncio.ensure_future(self.spawn_monitor())
 
     async def spawn_monitor(self, vm_id: str | None = None) -> MonitorProcess:
@@ -474,6 +475,7 @@ class MicrovmBackend:
             shutil.rmtree(path, ignore_errors=True)
 
     async def close(self) -> None:
+        self._closed = True
         if self._spare is not None:
             with contextlib.suppress(MonitorFailed, OSError):
                 await (await self._spare).stop()
