@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import inspect
 import json
 import math
 import random
@@ -185,7 +186,7 @@ def _tokenize(text: str) -> list[tuple[str, Any]]:
     return tokens
 
 
-_ESCAPES = {'"': '"', "'": "'", "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n",
+_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n",
             "r": "\r", "t": "\t"}
 
 
@@ -361,7 +362,10 @@ class _Parser:
 
     def infix(self, op: str, left: Node) -> Node:
         if op == ".":
-            return ("path", left, self.expression(75))
+            right = self.expression(75)
+            if right[0] == "sort":  # A.B^(...) orders the whole sequence A.B, not each B
+                return ("sort", ("path", left, right[1]), right[2])
+            return ("path", left, right)
         if op == "[":
             if self.peek() == ("op", "]"):
                 self.next()
@@ -565,8 +569,9 @@ class _Evaluator:
                 value = self.step(item, fn) if isinstance(item, list) else fn(item)
                 if value is UNDEF:
                     continue
-                if isinstance(value, list) and not (isinstance(value, Sequence) and value.keep):
+                if isinstance(value, list):
                     out.extend(value)
+                    out.keep = out.keep or (isinstance(value, Sequence) and value.keep)
                 else:
                     out.append(value)
             return out
@@ -603,17 +608,20 @@ class _Evaluator:
         left = self.eval(node[1], ctx, env)
         if left is UNDEF:
             return UNDEF
+        keep = isinstance(left, Sequence) and left.keep  # a '[]' earlier in the path
         left = _collapse(left) if isinstance(left, Sequence) else left
         right = node[2]
         if isinstance(left, list):
             out = Sequence()
+            out.keep = keep
             for item in left:
                 value = self.eval(right, item, env)
                 if value is UNDEF:
                     continue
-                if isinstance(value, list) and not (isinstance(value, Sequence) and value.keep) \
-                        and right[0] != "array":
+                if isinstance(value, list) and right[0] != "array":
+                    # '[]' (a kept sequence) flattens too, but keeps the result an array.
                     out.extend(value)
+                    out.keep = out.keep or (isinstance(value, Sequence) and value.keep)
                 else:
                     out.append(value)
             return out
@@ -728,6 +736,7 @@ class _Evaluator:
         out = Sequence()
         for item, _, _ in tuples:
             out.append(item)
+        out.keep = any(step[0] == "keep" for step in node[1])
         return out
 
     def tuple_step(self, step: Node, tuples: list[tuple[Any, dict[str, Any], list[Any]]],
@@ -750,16 +759,14 @@ class _Evaluator:
             if value is UNDEF:
                 continue
             value = _collapse(value) if isinstance(value, Sequence) and not value.keep else value
-            results = value if isinstance(value, list) and inner[0] != "array" and not (
-                isinstance(value, Sequence) and value.keep) else [value]
-            for result in results:
+            results = value if isinstance(value, list) and inner[0] != "array" else [value]
+            for position, result in enumerate(results):
                 if kind == "focus_bind":  # the context stays; the variable holds the item
                     out.append((item, {**bound, step[2]: result}, parents))
+                elif kind == "index_bind":  # the position among this context's results
+                    out.append((result, {**bound, step[2]: position}, [*parents, item]))
                 else:
                     out.append((result, bound, [*parents, item]))
-        if kind == "index_bind":
-            return [(item, {**bound, step[2]: i}, parents)
-                    for i, (item, bound, parents) in enumerate(out)]
         return out
 
     def e_parent(self, node: Node, ctx: Any, env: _Env) -> Any:
@@ -929,14 +936,66 @@ def _string(value: Any) -> str:
         return ""
     if isinstance(value, str):
         return value
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e21:
-        return str(int(value))
-    if isinstance(value, float):
-        text = repr(value)
-        return text
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return _js_number(value)
     if callable(value):
         return ""
-    return json.dumps(_to_json(value), separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(_to_json(_precise(value)), separators=(",", ":"), ensure_ascii=False)
+
+
+def _precise(value: Any) -> Any:
+    """Floats rounded to 15 significant digits, as JSONata's $string does (0.1+0.2 -> 0.3)."""
+    if isinstance(value, float):
+        return float(f"{value:.15g}")
+    if isinstance(value, list):
+        return [_precise(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _precise(v) for k, v in value.items()}
+    return value
+
+
+def _js_number(value: float) -> str:
+    """ECMAScript Number::toString of ``value`` (after toPrecision(15) for non-integers)."""
+    if isinstance(value, int):
+        return str(value)
+    if not math.isfinite(value):
+        raise JsonataError("Attempting to invoke string function on Infinity or NaN")
+    value = float(f"{value:.15g}")
+    if value == 0:
+        return "0"
+    sign = "-" if value < 0 else ""
+    mantissa, _, exponent = repr(abs(value)).partition("e")
+    whole, _, fraction = mantissa.partition(".")
+    digits = whole + fraction
+    point = len(whole) + (int(exponent) if exponent else 0)
+    stripped = digits.lstrip("0")
+    point -= len(digits) - len(stripped)
+    digits = stripped.rstrip("0") or "0"
+    k, n = len(digits), point
+    if k <= n <= 21:
+        text = digits + "0" * (n - k)
+    elif 0 < n <= 21:
+        text = digits[:n] + "." + digits[n:]
+    elif -6 < n <= 0:
+        text = "0." + "0" * -n + digits
+    else:
+        exp = n - 1
+        text = (digits if k == 1 else digits[0] + "." + digits[1:]) + (
+            f"e{'+' if exp > 0 else '-'}{abs(exp)}")
+    return sign + text
+
+
+def _native_arity(fn: Any) -> int | None:
+    """How many arguments a built-in takes (None: any number), as JSONata's signatures say."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return None
+    return sum(1 for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
 
 
 def _num_arg(name: str, value: Any) -> float:
@@ -965,6 +1024,8 @@ def _java_random(seed: int) -> Callable[[], float]:
 def _functions(ev: _Evaluator) -> dict[str, Any]:
     def apply(fn: Any, *args: Any) -> Any:
         arity = getattr(fn, "arity", None)
+        if arity is None:
+            arity = _native_arity(fn)
         if arity is not None:
             args = args[:arity]
         return _collapse(fn(*args))
@@ -985,8 +1046,9 @@ def _functions(ev: _Evaluator) -> dict[str, Any]:
             return 1 if value else 0
         if isinstance(value, str):
             try:
-                if re.fullmatch(r"0[xX][0-9a-fA-F]+", value.strip()):
-                    return int(value, 16)
+                for prefix, base in (("0x", 16), ("0b", 2), ("0o", 8)):
+                    if re.fullmatch(f"{prefix}[0-9a-fA-F]+", value.strip().lower()):
+                        return int(value.strip()[2:], base)
                 result = json.loads(value.strip())
                 if _is_num(result):
                     return result
@@ -1116,7 +1178,7 @@ def _functions(ev: _Evaluator) -> dict[str, Any]:
             return UNDEF
         matches = [{"match": m.group(0), "index": m.start(), "groups": list(m.groups())}
                    for m in pattern.finditer(text("match", value))]
-        return matches[: int(limit)] if limit is not UNDEF else matches
+        return Sequence(matches[: int(limit)] if limit is not UNDEF else matches)
 
     def f_keys(value: Any) -> Any:
         if isinstance(value, list):
@@ -1298,6 +1360,9 @@ def _functions(ev: _Evaluator) -> dict[str, Any]:
         from kiln.states.choice import parse_timestamp
 
         parsed = parse_timestamp(value)
+        if parsed is None and isinstance(value, str) and re.fullmatch(
+                r"\d{4}-\d{2}-\d{2}", value):
+            parsed = parse_timestamp(value + "T00:00:00Z")
         if parsed is None:
             raise JsonataError(f"Unable to parse timestamp: {value}")
         return round(parsed.timestamp() * 1000)
@@ -1317,11 +1382,17 @@ def _functions(ev: _Evaluator) -> dict[str, Any]:
         # Step Functions leaves $eval out of its JSONata; $parse covers reading JSON text.
         raise JsonataError("The function $eval is not supported by AWS Step Functions")
 
+    # Like btoa/atob in jsonata-js: each character is one byte (Latin-1).
     def f_base64encode(value: Any) -> Any:
-        return UNDEF if value is UNDEF else base64.b64encode(value.encode()).decode()
+        if value is UNDEF:
+            return UNDEF
+        raw = bytes(ord(c) & 0xFF for c in text("base64encode", value))
+        return base64.b64encode(raw).decode()
 
     def f_base64decode(value: Any) -> Any:
-        return UNDEF if value is UNDEF else base64.b64decode(value).decode()
+        if value is UNDEF:
+            return UNDEF
+        return base64.b64decode(text("base64decode", value)).decode("latin-1")
 
     def f_error(message: Any = "$error() function evaluated") -> Any:
         raise JsonataError(str(message))
@@ -1335,10 +1406,19 @@ def _functions(ev: _Evaluator) -> dict[str, Any]:
         if value is UNDEF:
             return UNDEF
         n = _num_arg("formatNumber", value)
-        pic = str(picture)
-        percent = pic.endswith("%")
+        positive, _, negative = str(picture).partition(";")
+        pic = negative if negative and n < 0 else positive
+        # Characters around the digit pattern are literal: "(#,##0.00)", "$#0".
+        pattern = re.search(r"[#0-9][#0-9,.]*", pic)
+        if pattern is None:
+            raise JsonataError(f"The picture string '{picture}' has no digits")
+        prefix, suffix = pic[:pattern.start()], pic[pattern.end():]
+        pic = pattern.group(0)
+        if negative and n < 0:
+            n = -n
+        percent = "%" in suffix
         if percent:
-            pic, n = pic[:-1], n * 100
+            n = n * 100
         integer, _, fraction = pic.partition(".")
         decimals = sum(1 for c in fraction if c in "0#")
         min_decimals = sum(1 for c in fraction if c == "0")
@@ -1352,7 +1432,7 @@ def _functions(ev: _Evaluator) -> dict[str, Any]:
         digits = head.replace(",", "")
         if len(digits) < min_int:
             head = digits.zfill(min_int)
-        return ("-" if n < 0 else "") + head + dot + tail + ("%" if percent else "")
+        return ("-" if n < 0 else "") + prefix + head + dot + tail + suffix
 
     def f_format_base(value: Any, radix: Any = 10) -> Any:
         if value is UNDEF:

@@ -115,7 +115,7 @@ def format_integer(n: int, picture: str) -> str:
     primary, ordinal = _split_modifier(picture)
     if primary in ("w", "W", "Ww"):
         words = _words(abs(n), ordinal)
-        words = ("minus " if n < 0 else "") + words
+        words = ("-" if n < 0 else "") + words
         if primary == "W":
             return words.upper()
         if primary == "Ww":
@@ -202,10 +202,9 @@ def _component(dt: datetime, spec: str) -> str:
     width = ""
     if "," in presentation:
         presentation, width = presentation.split(",", 1)
-    max_width = None
-    if "-" in width:
-        max_text = width.split("-", 1)[1]
-        max_width = None if max_text in ("", "*") else int(max_text)
+    # ",min-max" or ",width" (both bounds); '*' leaves a bound open
+    max_text = width.split("-", 1)[1] if "-" in width else width
+    max_width = None if max_text in ("", "*") else int(max_text)
     if name == "Z" or name == "z":
         return _zone(dt, name, presentation)
     if name == "P":

@@ -176,7 +176,8 @@ def test_undefined_result_is_an_error() -> None:
     assert history.types()[-1] == "ExecutionFailed"
 
 
-def test_syntax_error_rejected_at_definition_time() -> None:
-    diagnostics = validate_definition(json.dumps(_machine("1 +")))
+@pytest.mark.parametrize("expr", ["1 +", "'it\\'s'", "$x.#"])
+def test_syntax_error_rejected_at_definition_time(expr: str) -> None:
+    diagnostics = validate_definition(json.dumps(_machine(expr)))
     assert [d.code for d in diagnostics] == ["SCHEMA_VALIDATION_FAILED"]
     assert diagnostics[0].location == "/States/J/Output"
