@@ -300,7 +300,7 @@ def test_fork_bomb_dies_inside(battery: Battery) -> None:
 
 
 def test_allocating_past_memory_size_is_out_of_memory(battery: Battery) -> None:
-    name = create_python_function(battery.client, HOSTILE, MemorySize=128)
+    name = create_python_function(battery.client, HOSTILE, MemorySize=128, Timeout=10)
     response, body = battery.attack({"alloc_mb": 256}, name, LogType="Tail")
     request_id = response["ResponseMetadata"]["RequestId"]
     assert response["FunctionError"] == "Unhandled"
