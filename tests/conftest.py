@@ -43,10 +43,12 @@ class KilnServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def client(self, service: str = "lambda", **config: Any) -> Any:
+    def client(self, service: str = "lambda", path: str = "", **config: Any) -> Any:
+        """A boto3 client for ``service`` at this server (``path``: under an endpoint prefix,
+        e.g. ``/_aws/execute-api/{api}/{stage}`` for apigatewaymanagementapi)."""
         options = {"retries": {"max_attempts": 0}, "read_timeout": 120, **config}
         return boto3.client(
-            service, endpoint_url=self.url, region_name="us-east-1",
+            service, endpoint_url=self.url + path, region_name="us-east-1",
             aws_access_key_id="kiln", aws_secret_access_key="kiln",
             config=Config(**options))
 
