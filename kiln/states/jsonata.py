@@ -162,7 +162,12 @@ def _tokenize(text: str) -> list[tuple[str, Any]]:
             flags = re.IGNORECASE if "i" in flags_text else 0
             if "m" in flags_text:
                 flags |= re.MULTILINE
-            tokens.append(("regex", re.compile(text[pos + 1:end], flags)))
+            # JavaScript's (?<name>...) is Python's (?P<name>...).
+            source = re.sub(r"\(\?<(?=[A-Za-z_])", "(?P<", text[pos + 1:end])
+            try:
+                tokens.append(("regex", re.compile(source, flags)))
+            except re.error as exc:
+                raise JsonataError(f"Invalid regular expression /{source}/: {exc}") from None
             pos = end + 1 + len(flags_text)
             continue
         m = _TOKEN_RE.match(text, pos)
@@ -362,7 +367,7 @@ class _Parser:
 
     def infix(self, op: str, left: Node) -> Node:
         if op == ".":
-            right = self.expression(75)
+            left, right = _step(left), _step(self.expression(75))
             if right[0] == "sort":  # A.B^(...) orders the whole sequence A.B, not each B
                 return ("sort", ("path", left, right[1]), right[2])
             return ("path", left, right)
@@ -468,6 +473,18 @@ class _Lambda:
 
 
 _PARENTS = "\x00parents"  # the env entry holding a tuple's chain of parent items
+
+
+def _step(node: Node) -> Node:
+    """A path step: a string literal names a field ("'my key'.x"); other literals cannot be."""
+    if node[0] in ("filter", "keep", "index_bind", "focus_bind"):  # the step they qualify
+        return (node[0], _step(node[1]), *node[2:])
+    if node[0] != "value" or isinstance(node[1], re.Pattern) or node[1] is UNDEF:
+        return node
+    if isinstance(node[1], str):
+        return ("name", node[1])
+    raise JsonataError(f"The literal value {_string(node[1]) if node[1] is not None else 'null'} "
+                       "cannot be used as a step within a path expression")
 
 
 def _tuple_paths(node: Any) -> Any:
@@ -634,6 +651,12 @@ class _Evaluator:
         return out
 
     def e_filter(self, node: Node, ctx: Any, env: _Env) -> Any:
+        if isinstance(ctx, list) and node[1][0] in ("name", "wildcard"):
+            # A step's predicate applies within each context item: (a sequence).x[0]
+            out = Sequence()
+            for item in ctx:
+                out.extend(_seq(_collapse(self.e_filter(node, item, env))))
+            return out
         value = _collapse(self.eval(node[1], ctx, env))
         items = _seq(value)
         pred = node[2]
@@ -862,6 +885,12 @@ class _Evaluator:
             args = [_collapse(self.eval(a, ctx, env)) for a in right[2]]
             return fn(value, *args)
         fn = _collapse(self.eval(right, ctx, env))
+        if isinstance(fn, re.Pattern):  # a regex is a function returning its first match
+            if value is UNDEF:
+                return UNDEF
+            found = fn.search(_string(value))
+            return UNDEF if found is None else {
+                "match": found.group(0), "index": found.start(), "groups": list(found.groups())}
         if not callable(fn):
             raise JsonataError("The right side of ~> must be a function")
         return fn(value)
@@ -895,12 +924,12 @@ class _Evaluator:
                 raise JsonataError(
                     f"The {'left' if not _is_num(left) else 'right'} side of the '{op}' "
                     "operator must evaluate to a number")
-            if op == "+":
-                return left + right
-            if op == "-":
-                return left - right
-            if op == "*":
-                return left * right
+            if op in ("+", "-", "*"):
+                result = left + right if op == "+" else left - right if op == "-" else (
+                    left * right)
+                if isinstance(result, float) and not math.isfinite(result):
+                    raise JsonataError("Number out of range")
+                return result
             if right == 0:
                 if op == "%":
                     raise JsonataError("Division by zero")
@@ -911,7 +940,9 @@ class _Evaluator:
         if op == "in":
             if left is UNDEF or right is UNDEF:
                 return False
-            return any(_equal(left, r) for r in _seq(right))
+            # Arrays and objects are never 'in' another array (JavaScript identity).
+            return not isinstance(left, dict | list) and any(
+                _equal(left, r) for r in _seq(right))
         if op in ("=", "!="):
             if left is UNDEF or right is UNDEF:
                 return False
@@ -987,6 +1018,73 @@ def _js_number(value: float) -> str:
     return sign + text
 
 
+def _format_number(n: float, picture: str) -> str:
+    """XPath's fn:format-number, as $formatNumber: sub-pictures ``pos;neg``, literal prefix and
+    suffix, grouping (regular or at the positions given), %, and ``e`` exponents."""
+    positive, _, negative = picture.partition(";")
+    sub = negative if negative and n < 0 else positive
+    active = re.search(r"[#0-9][#0-9,.]*(?:e[0-9]+)?", sub)
+    if active is None:
+        raise JsonataError(f"The picture string '{picture}' has no digits")
+    prefix, suffix = sub[:active.start()], sub[active.end():]
+    mantissa_picture, _, exponent_picture = active.group(0).partition("e")
+    value = abs(n) if negative or n >= 0 else -n
+    if "%" in prefix + suffix:
+        value *= 100
+    elif "\u2030" in prefix + suffix:
+        value *= 1000
+    integer_picture, _, fraction_picture = mantissa_picture.partition(".")
+    min_int = sum(c.isdigit() for c in integer_picture)
+    max_frac = sum(c.isdigit() or c == "#" for c in fraction_picture)
+    min_frac = sum(c.isdigit() for c in fraction_picture)
+    exponent = 0
+    if exponent_picture and value:
+        # The mantissa gets min_int integer digits (below 1 when there are none).
+        exponent = math.floor(math.log10(value)) + 1 - min_int
+        value /= 10.0 ** exponent
+    elif min_int == 0 and max_frac == 0:
+        min_int = 1
+    digits = f"{value:.{max_frac}f}"
+    whole, _, fraction = digits.partition(".")
+    fraction = fraction.rstrip("0").ljust(min_frac, "0")
+    whole = whole.lstrip("0").rjust(min_int, "0")
+    if not whole and exponent_picture:
+        whole = "0"
+    elif not whole and not fraction:
+        fraction = "0"
+    positions = [sum(c in "#0123456789" for c in integer_picture[i + 1:])
+                 for i, c in enumerate(integer_picture) if c == ","]
+    if positions:
+        step = min(positions)
+        regular = all(p % step == 0 for p in positions)
+        grouped = ""
+        for i, char in enumerate(reversed(whole)):
+            if i and (i % step == 0 if regular else i in positions):
+                grouped = "," + grouped
+            grouped = char + grouped
+        whole = grouped
+    text = whole + ("." + fraction if fraction else "")
+    if exponent_picture:
+        text += "e" + ("-" if exponent < 0 else "") + str(abs(exponent)).rjust(
+            len(exponent_picture), "0")
+    return ("-" if n < 0 and not negative else "") + prefix + text + suffix
+
+
+def _expand(template: str, match: re.Match[str]) -> str:
+    """A $replace replacement: ``$n`` is group n (``$0`` the match), ``$$`` a dollar sign."""
+    def group(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        digits = m.group(1)
+        # The longest group number that exists, as jsonata-js reads "$12".
+        for end in range(len(digits), 0, -1):
+            if int(digits[:end]) <= (match.re.groups or 0):
+                return (match.group(int(digits[:end])) or "") + digits[end:]
+        return "" if digits == "0" else m.group(0)
+
+    return re.sub(r"\$\$|\$(\d+)", group, template)
+
+
 def _native_arity(fn: Any) -> int | None:
     """How many arguments a built-in takes (None: any number), as JSONata's signatures say."""
     try:
@@ -1047,10 +1145,11 @@ def _functions(ev: _Evaluator) -> dict[str, Any]:
         if isinstance(value, str):
             try:
                 for prefix, base in (("0x", 16), ("0b", 2), ("0o", 8)):
-                    if re.fullmatch(f"{prefix}[0-9a-fA-F]+", value.strip().lower()):
-                        return int(value.strip()[2:], base)
-                result = json.loads(value.strip())
-                if _is_num(result):
+                    if re.fullmatch(f"{prefix}[0-9a-fA-F]+", value.lower()):
+                        return int(value[2:], base)
+                result = json.loads(value) if value == value.strip() else None
+                if isinstance(result, int | float) and not isinstance(result, bool) and (
+                        math.isfinite(result)):
                     return result
             except ValueError:
                 pass
@@ -1167,8 +1266,8 @@ def _functions(ev: _Evaluator) -> dict[str, Any]:
                 return pattern.sub(lambda m: _string(apply(replacement, {
                     "match": m.group(0), "index": m.start(), "groups": list(m.groups())})),
                     s, count=count)
-            repl = re.sub(r"\$(\d+)", r"\\\1", str(replacement))
-            return pattern.sub(repl, s, count=count)
+            template = str(replacement)
+            return pattern.sub(lambda m: _expand(template, m), s, count=count)
         if pattern == "":
             raise JsonataError("Second argument of replace function cannot be an empty string")
         return s.replace(pattern, str(replacement), -1 if limit is UNDEF else count)
@@ -1195,6 +1294,8 @@ def _functions(ev: _Evaluator) -> dict[str, Any]:
         return value.get(key, UNDEF) if isinstance(value, dict) else UNDEF
 
     def f_merge(values: Any) -> Any:
+        if values is UNDEF:
+            return UNDEF
         out: dict[str, Any] = {}
         for v in _seq(values):
             if isinstance(v, dict):
@@ -1207,9 +1308,17 @@ def _functions(ev: _Evaluator) -> dict[str, Any]:
         return value
 
     def f_each(obj: Any, fn: Any) -> Any:
+        if obj is UNDEF:
+            return UNDEF
+        if not isinstance(obj, dict):
+            raise JsonataError('Argument 1 of function "each" does not match function signature')
         return Sequence(apply(fn, v, k, obj) for k, v in obj.items())
 
     def f_sift(obj: Any, fn: Any) -> Any:
+        if obj is UNDEF:
+            return UNDEF
+        if not isinstance(obj, dict):
+            raise JsonataError('Argument 1 of function "sift" does not match function signature')
         out = {k: v for k, v in obj.items() if _truthy(apply(fn, v, k, obj))}
         return out or UNDEF
 
@@ -1304,6 +1413,8 @@ def _functions(ev: _Evaluator) -> dict[str, Any]:
         return Sequence(items)
 
     def f_zip(*arrays: Any) -> Any:
+        if not arrays:
+            raise JsonataError('Argument 1 of function "zip" does not match function signature')
         lists = [_seq(a) for a in arrays]
         return [list(t) for t in zip(*lists, strict=False)]
 
@@ -1405,34 +1516,7 @@ def _functions(ev: _Evaluator) -> dict[str, Any]:
     def f_format_number(value: Any, picture: Any, options: Any = UNDEF) -> Any:
         if value is UNDEF:
             return UNDEF
-        n = _num_arg("formatNumber", value)
-        positive, _, negative = str(picture).partition(";")
-        pic = negative if negative and n < 0 else positive
-        # Characters around the digit pattern are literal: "(#,##0.00)", "$#0".
-        pattern = re.search(r"[#0-9][#0-9,.]*", pic)
-        if pattern is None:
-            raise JsonataError(f"The picture string '{picture}' has no digits")
-        prefix, suffix = pic[:pattern.start()], pic[pattern.end():]
-        pic = pattern.group(0)
-        if negative and n < 0:
-            n = -n
-        percent = "%" in suffix
-        if percent:
-            n = n * 100
-        integer, _, fraction = pic.partition(".")
-        decimals = sum(1 for c in fraction if c in "0#")
-        min_decimals = sum(1 for c in fraction if c == "0")
-        min_int = sum(1 for c in integer if c == "0")
-        text = f"{abs(n):,.{decimals}f}" if "," in integer else f"{abs(n):.{decimals}f}"
-        if decimals > min_decimals and "." in text:
-            head, tail = text.split(".")
-            tail = tail.rstrip("0").ljust(min_decimals, "0")
-            text = f"{head}.{tail}" if tail else head
-        head, dot, tail = text.partition(".")
-        digits = head.replace(",", "")
-        if len(digits) < min_int:
-            head = digits.zfill(min_int)
-        return ("-" if n < 0 else "") + prefix + head + dot + tail + suffix
+        return _format_number(_num_arg("formatNumber", value), str(picture))
 
     def f_format_base(value: Any, radix: Any = 10) -> Any:
         if value is UNDEF:

@@ -183,9 +183,6 @@ def parse_integer(text: str, picture: str) -> int:
 
 # ---------------------------------------------------------------------- date/time
 
-_MARKER = re.compile(r"\[([^\]]*)\]")
-
-
 def _offset(tz: str | None) -> timezone:
     if not tz:
         return UTC
@@ -261,25 +258,47 @@ def _zone(dt: datetime, name: str, presentation: str) -> str:
     return ("GMT" if name == "z" else "") + sign + text
 
 
+def _parts(picture: str) -> list[tuple[bool, str]]:
+    """A picture as (is_marker, text) pieces; '[[' and ']]' outside markers are literal."""
+    parts: list[tuple[bool, str]] = []
+    literal, i = "", 0
+    while i < len(picture):
+        if picture.startswith("[[", i) or picture.startswith("]]", i):
+            literal += picture[i]
+            i += 2
+        elif picture[i] == "[":
+            end = picture.find("]", i)
+            if end < 0:
+                raise PictureError(f"The picture string '{picture}' has an unclosed '['")
+            if literal:
+                parts.append((False, literal))
+                literal = ""
+            parts.append((True, picture[i + 1:end]))
+            i = end + 1
+        else:
+            literal += picture[i]
+            i += 1
+    if literal:
+        parts.append((False, literal))
+    return parts
+
+
 def format_datetime(millis: float, picture: str | None, tz: str | None) -> str:
-    dt = datetime.fromtimestamp(millis / 1000, UTC).astimezone(_offset(tz))
-    picture = picture or DEFAULT_PICTURE
-    out, last = [], 0
-    for match in _MARKER.finditer(picture.replace("[[", "\x00").replace("]]", "\x01")):
-        out.append(picture[last:match.start()])
-        out.append(_component(dt, match[1]))
-        last = match.end()
-    out.append(picture[last:])
-    return "".join(out).replace("\x00", "[").replace("\x01", "]")
+    # Whole milliseconds from the epoch, without float rounding at large values.
+    dt = (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=int(millis))).astimezone(
+        _offset(tz))
+    return "".join(_component(dt, text) if marker else text
+                   for marker, text in _parts(picture or DEFAULT_PICTURE))
 
 
 def parse_datetime(text: str, picture: str) -> int:
     """Milliseconds for ``text`` read with ``picture`` (missing parts: start of the period)."""
     pattern, fields = "", []
-    last = 0
-    for match in _MARKER.finditer(picture):
-        pattern += re.escape(picture[last:match.start()])
-        spec = re.sub(r"\s+", "", match[1])
+    for marker, piece in _parts(picture):
+        if not marker:
+            pattern += re.escape(piece)
+            continue
+        spec = re.sub(r"\s+", "", piece)
         name, presentation = spec[0], spec[1:].split(",")[0]
         if name in "Zz":
             pattern += r"(Z|(?:GMT)?[+-]\d{1,2}:?\d{2}?)"
@@ -287,11 +306,11 @@ def parse_datetime(text: str, picture: str) -> int:
             pattern += r"([aApP][mM])"
         elif presentation[:1] in ("N", "n"):
             pattern += r"([A-Za-z]+)"
+        elif len(presentation) > 1 and presentation.isdigit():  # "0001": exactly 4 digits
+            pattern += rf"(\d{{{len(presentation)}}})"
         else:
             pattern += r"(\d+)"
         fields.append((name, presentation))
-        last = match.end()
-    pattern += re.escape(picture[last:])
     found = re.fullmatch(pattern, text.strip())
     if found is None:
         raise PictureError(f"Unable to parse '{text}' with picture '{picture}'")

@@ -176,7 +176,7 @@ def test_undefined_result_is_an_error() -> None:
     assert history.types()[-1] == "ExecutionFailed"
 
 
-@pytest.mark.parametrize("expr", ["1 +", "'it\\'s'", "$x.#"])
+@pytest.mark.parametrize("expr", ["1 +", "'it\\'s'", "$x.#", "5.$", "null.a", "/(/"])
 def test_syntax_error_rejected_at_definition_time(expr: str) -> None:
     diagnostics = validate_definition(json.dumps(_machine(expr)))
     assert [d.code for d in diagnostics] == ["SCHEMA_VALIDATION_FAILED"]
