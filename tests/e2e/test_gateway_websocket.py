@@ -199,6 +199,16 @@ async def test_connect_event_and_message_event(chat: Chat) -> None:
         assert info["Identity"] == {"SourceIp": "127.0.0.1", "UserAgent": "chat-test/1.0"}
 
 
+async def test_host_addressing(chat: Chat) -> None:
+    domain = f"{chat.api_id}.execute-api.localhost:{chat.server.port}"
+    async with connect(f"ws://{domain}/prod", host="127.0.0.1", port=chat.server.port) as ws:
+        await ws.send(json.dumps({"action": "echo"}))
+        context = (await _json(ws))["event"]["requestContext"]
+        assert (context["domainName"], context["stage"]) == (domain, "prod")
+        info = chat.mgmt.get_connection(ConnectionId=context["connectionId"])
+        assert info["Identity"]["SourceIp"] == "127.0.0.1"
+
+
 async def test_subprotocol_chosen_by_connect(chat: Chat) -> None:
     async with connect(chat.ws_url, subprotocols=["chat.v2", "chat.v1"]) as ws:
         assert ws.subprotocol == "chat.v2"
