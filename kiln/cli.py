@@ -100,6 +100,20 @@ def _microvm_build_image(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _vmm_run(args: argparse.Namespace) -> int:
+    from kiln.vmm.monitor import run
+
+    return run(args)
+
+
+def _vmm_sweep(args: argparse.Namespace) -> int:
+    from kiln.vmm.launch import sweep
+
+    for vm_id in sweep(str(args.base_dir)):
+        print(vm_id)
+    return EXIT_OK
+
+
 def _settings(_args: argparse.Namespace) -> int:
     for name, value, doc in Settings.from_env().describe():
         print(f"{name} = {value!r}\n    {doc}")
@@ -373,6 +387,19 @@ def _add_config_flags(parser: argparse.ArgumentParser, creating: bool) -> None:
     parser.add_argument("--description", metavar="TEXT", help="a description")
 
 
+def _add_vmm(commands: Any) -> None:
+    from kiln.vmm.monitor import build_parser as monitor_parser
+
+    vmm = commands.add_parser("vmm", help="microVM monitors speaking Firecracker's API")
+    sub = vmm.add_subparsers(dest="vmm_command", metavar="SUBCOMMAND", required=True)
+    run = sub.add_parser("run", help="run one microVM monitor (as python -m kiln.vmm)")
+    monitor_parser(run).set_defaults(func=_vmm_run)
+    sweep = sub.add_parser("sweep", help="kill monitors left under BASE_DIR and remove their "
+                                         "sockets, directories and cgroups; prints their ids")
+    sweep.add_argument("base_dir", type=Path, metavar="BASE_DIR")
+    sweep.set_defaults(func=_vmm_sweep)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kiln", description="Kiln: a self-hosted, AWS Lambda-compatible endpoint.",
@@ -394,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
     settings = commands.add_parser("settings", help="print every setting with its value")
     settings.set_defaults(func=_settings)
+    _add_vmm(commands)
     microvm = commands.add_parser("microvm", help="microVM sandbox backend tools")
     microvm_commands = microvm.add_subparsers(dest="microvm_command", metavar="COMMAND",
                                               required=True)

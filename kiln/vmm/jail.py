@@ -1,7 +1,8 @@
 """Jail the monitor as Firecracker's jailer does: cgroup, namespaces, a new root, no privileges.
 
-``enter(spec)`` runs as root at the monitor's start.  It puts the process in the cgroup
-``kiln/vmm/<id>``, unshares mount/PID/IPC/UTS/network namespaces and forks; the parent stays
+``enter(spec)`` runs as root at the monitor's start.  It creates the cgroup ``kiln/vmm/<id>``,
+unshares PID/IPC/UTS/network namespaces and forks (the child joins the cgroup and unshares its
+mount namespace); the parent stays
 outside as a waiter (it relays SIGTERM, and on the child's exit removes the cgroup and API
 socket, then exits with the child's status); the child, pid 1 of the new PID namespace, dies with
 the waiter (``PR_SET_PDEATHSIG``), builds its root in ``<vm dir>/root`` -- read-only binds of the
@@ -69,15 +70,18 @@ def enter(spec: JailSpec, api_sock: str) -> None:
     tree.ensure()
     group = tree.cgroup(spec.vm_id)
     group.create(Limits(spec.memory_mb, spec.cpus, PIDS_MAX))
-    for procs in group.procs_files():
-        with open(procs, "w") as f:
-            f.write("0")
-    ns.unshare(ns.CLONE_NEWNS | ns.CLONE_NEWPID | ns.CLONE_NEWIPC | ns.CLONE_NEWUTS
-               | ns.CLONE_NEWNET)
+    ns.unshare(ns.CLONE_NEWPID | ns.CLONE_NEWIPC | ns.CLONE_NEWUTS | ns.CLONE_NEWNET)
     pid = os.fork()
     if pid:
         _wait(pid, group, api_sock)
     ns.prctl(ns.PR_SET_PDEATHSIG, signal.SIGKILL)
+    # The waiter stays out of the cgroup: it freezes and kills the cgroup's content at the end.
+    for procs in group.procs_files():
+        with open(procs, "w") as f:
+            f.write("0")
+    # Only the child: pivot_root moves every process of the mount namespace that shares the
+    # old root, and the waiter must keep the host's view to clean up.
+    ns.unshare(ns.CLONE_NEWNS)
     hostname = spec.vm_id.encode()[:64]
     ns.libc.sethostname(hostname, len(hostname))
     _build_root(spec)
