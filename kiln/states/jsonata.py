@@ -93,8 +93,13 @@ def evaluate(text: str, bindings: dict[str, Any]) -> JSON:
     env = _Env(dict(bindings), None)
     states = bindings.get("states")
     context = states.get("input") if isinstance(states, dict) else None
-    result = _Evaluator(context).eval(node, context, env)
-    result = _collapse(result)
+    try:
+        result = _collapse(_Evaluator(context).eval(node, context, env))
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError,
+            RecursionError) as exc:
+        # An expression the evaluator cannot handle fails the state, never the engine.
+        raise JsonataError(f"The JSONata expression '{text.strip()}' could not be evaluated: "
+                           f"{exc!r}") from None
     if result is UNDEF:
         raise JsonataError(f"The JSONata expression '{text.strip()}' returned nothing "
                            "(undefined)")
@@ -875,7 +880,7 @@ class _Evaluator:
         args = [_collapse(self.eval(a, ctx, env)) for a in node[2]]
         if getattr(fn, "uses_context", False) and len(args) < getattr(fn, "min_args", 0):
             args.insert(0, _collapse(ctx))
-        return fn(*args)
+        return _call(fn, node[1], args)
 
     def e_chain(self, node: Node, ctx: Any, env: _Env) -> Any:
         value = _collapse(self.eval(node[1], ctx, env))
@@ -904,6 +909,10 @@ class _Evaluator:
                 y = _collapse(self.eval(term, b, env))
                 if x is UNDEF or y is UNDEF or x == y:
                     continue
+                if not (_is_num(x) and _is_num(y)) and not (
+                        isinstance(x, str) and isinstance(y, str)):
+                    raise JsonataError("The expressions within an order-by clause must "
+                                       "evaluate to numeric or string values")
                 result = -1 if x < y else 1
                 return -result if descending else result
             return 0
@@ -1070,6 +1079,18 @@ def _format_number(n: float, picture: str) -> str:
     return ("-" if n < 0 and not negative else "") + prefix + text + suffix
 
 
+def _call(fn: Any, name_node: Node, args: list[Any]) -> Any:
+    """``fn(*args)``; arguments a built-in cannot take are JSONata's signature error (T0410),
+    never a Python exception."""
+    try:
+        return fn(*args)
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError,
+            ZeroDivisionError, UnicodeError) as exc:
+        name = name_node[1] if name_node[0] == "var" else "function"
+        raise JsonataError(f"The arguments of function ${name} do not match its signature: "
+                           f"{exc}") from None
+
+
 def _expand(template: str, match: re.Match[str]) -> str:
     """A $replace replacement: ``$n`` is group n (``$0`` the match), ``$$`` a dollar sign."""
     def group(m: re.Match[str]) -> str:
@@ -1128,7 +1149,13 @@ def _functions(ev: _Evaluator) -> dict[str, Any]:
             args = args[:arity]
         return _collapse(fn(*args))
 
+    def signature_error(name: str, position: int) -> JsonataError:
+        return JsonataError(f'Argument {position} of function "{name}" does not match '
+                            "function signature")
+
     def f_string(value: Any = UNDEF, pretty: Any = False) -> Any:
+        if not isinstance(pretty, bool):
+            raise signature_error("string", 2)
         if value is UNDEF:
             return UNDEF
         if pretty is True and not isinstance(value, str):
@@ -1245,6 +1272,9 @@ def _functions(ev: _Evaluator) -> dict[str, Any]:
         else:
             parts = s.split(sep)
         if limit is not UNDEF:
+            if not _is_num(limit) or limit < 0:
+                raise JsonataError("Third argument of split function must evaluate to a "
+                                   "positive number")
             parts = parts[: int(limit)]
         return parts
 
@@ -1254,7 +1284,9 @@ def _functions(ev: _Evaluator) -> dict[str, Any]:
         items = _seq(values)
         if not all(isinstance(i, str) for i in items):
             raise JsonataError("Argument 1 of function $join must be an array of strings")
-        return (sep if isinstance(sep, str) else "").join(items)
+        if not isinstance(sep, str):
+            raise signature_error("join", 2)
+        return sep.join(items)
 
     def f_replace(value: Any, pattern: Any, replacement: Any, limit: Any = UNDEF) -> Any:
         if value is UNDEF:
@@ -1288,7 +1320,9 @@ def _functions(ev: _Evaluator) -> dict[str, Any]:
             return Sequence(keys)
         return Sequence(value.keys()) if isinstance(value, dict) else UNDEF
 
-    def f_lookup(value: Any, key: Any) -> Any:
+    def f_lookup(value: Any, key: Any = UNDEF) -> Any:
+        if key is not UNDEF and not isinstance(key, str):
+            raise signature_error("lookup", 2)
         if isinstance(value, list):
             return Sequence(v[key] for v in value if isinstance(v, dict) and key in v)
         return value.get(key, UNDEF) if isinstance(value, dict) else UNDEF
@@ -1298,13 +1332,20 @@ def _functions(ev: _Evaluator) -> dict[str, Any]:
             return UNDEF
         out: dict[str, Any] = {}
         for v in _seq(values):
-            if isinstance(v, dict):
-                out.update(v)
+            if not isinstance(v, dict):
+                raise JsonataError('Argument 1 of function "merge" must be an array of '
+                                   '"objects"')
+            out.update(v)
         return out
 
     def f_spread(value: Any) -> Any:
+        if isinstance(value, list):
+            out = Sequence()
+            for item in value:
+                out.extend(_seq(_collapse(f_spread(item))))
+            return out
         if isinstance(value, dict):
-            return [{k: v} for k, v in value.items()]
+            return Sequence({k: v} for k, v in value.items())
         return value
 
     def f_each(obj: Any, fn: Any) -> Any:
@@ -1367,6 +1408,8 @@ def _functions(ev: _Evaluator) -> dict[str, Any]:
         return Sequence(v for i, v in enumerate(items) if _truthy(apply(fn, v, i, items)))
 
     def f_single(values: Any, fn: Any = UNDEF) -> Any:
+        if values is UNDEF:
+            return UNDEF
         items = _seq(values)
         found = [v for i, v in enumerate(items)
                  if fn is UNDEF or _truthy(apply(fn, v, i, items))]
@@ -1375,6 +1418,8 @@ def _functions(ev: _Evaluator) -> dict[str, Any]:
         return found[0]
 
     def f_reduce(values: Any, fn: Any, init: Any = UNDEF) -> Any:
+        if not callable(fn):
+            raise signature_error("reduce", 2)
         items = _seq(values)
         if init is UNDEF:
             if not items:
@@ -1382,21 +1427,29 @@ def _functions(ev: _Evaluator) -> dict[str, Any]:
             acc, rest = items[0], items[1:]
         else:
             acc, rest = init, items
-        for i, v in enumerate(rest):
+        first = len(items) - len(rest)  # $i is each value's position in the array
+        for i, v in enumerate(rest, first):
             acc = apply(fn, acc, v, i, items)
         return acc
 
+    # $sort, $reverse and $distinct answer arrays (a single value becomes [value]).
     def f_sort(values: Any, fn: Any = UNDEF) -> Any:
+        if fn is not UNDEF and not callable(fn):
+            raise signature_error("sort", 2)
+        if values is UNDEF:
+            return UNDEF
         items = _seq(values)
+        if len(items) <= 1:
+            return list(items)
         if fn is UNDEF:
             if not (all(_is_num(v) for v in items) or all(isinstance(v, str) for v in items)):
                 raise JsonataError("$sort needs an array of numbers or strings, or a function")
-            return Sequence(sorted(items))
-        return Sequence(sorted(items, key=cmp_to_key(
-            lambda a, b: 1 if _truthy(apply(fn, a, b)) else -1)))
+            return sorted(items)
+        return sorted(items, key=cmp_to_key(
+            lambda a, b: 1 if _truthy(apply(fn, a, b)) else -1))
 
     def f_reverse(values: Any) -> Any:
-        return UNDEF if values is UNDEF else Sequence(reversed(_seq(values)))
+        return UNDEF if values is UNDEF else list(reversed(_seq(values)))
 
     def f_distinct(values: Any) -> Any:
         if not isinstance(values, list):
@@ -1405,7 +1458,7 @@ def _functions(ev: _Evaluator) -> dict[str, Any]:
         for v in values:
             if not any(_equal(v, o) for o in out):
                 out.append(v)
-        return Sequence(out)
+        return out
 
     def f_shuffle(values: Any) -> Any:
         items = _seq(values)
@@ -1428,7 +1481,12 @@ def _functions(ev: _Evaluator) -> dict[str, Any]:
         return _norm(rounded / 10**p) if p > 0 else _norm(float(rounded) / 10**p)
 
     def f_power(base: Any, exp: Any) -> Any:
-        result = _num_arg("power", base) ** _num_arg("power", exp)
+        if base is UNDEF:
+            return UNDEF
+        try:
+            result = float(_num_arg("power", base)) ** float(_num_arg("power", exp))
+        except (OverflowError, ZeroDivisionError):
+            result = math.inf
         if isinstance(result, complex) or (isinstance(result, float) and not math.isfinite(
                 result)):
             raise JsonataError("The power function has resulted in a value that cannot be "
@@ -1436,6 +1494,8 @@ def _functions(ev: _Evaluator) -> dict[str, Any]:
         return _norm(result)
 
     def f_sqrt(value: Any) -> Any:
+        if value is UNDEF:
+            return UNDEF
         n = _num_arg("sqrt", value)
         if n < 0:
             raise JsonataError("The sqrt function cannot be applied to a negative number")
@@ -1505,11 +1565,13 @@ def _functions(ev: _Evaluator) -> dict[str, Any]:
             return UNDEF
         return base64.b64decode(text("base64decode", value)).decode("latin-1")
 
-    def f_error(message: Any = "$error() function evaluated") -> Any:
-        raise JsonataError(str(message))
+    def f_error(message: Any = UNDEF) -> Any:
+        raise JsonataError("$error() function evaluated" if message is UNDEF else str(message))
 
     def f_assert(cond: Any, message: Any = "$assert() statement failed") -> Any:
-        if not _truthy(cond):
+        if not isinstance(cond, bool):
+            raise signature_error("assert", 1)
+        if not cond:
             raise JsonataError(str(message))
         return UNDEF
 
@@ -1598,10 +1660,12 @@ def _functions(ev: _Evaluator) -> dict[str, Any]:
         "round": f_round, "power": f_power, "sqrt": f_sqrt, "now": f_now, "millis": f_millis,
         "fromMillis": f_from_millis, "toMillis": f_to_millis,
         "base64encode": f_base64encode, "base64decode": f_base64decode,
-        "encodeUrlComponent": lambda v: urllib.parse.quote(v, safe="-_.!~*'()"),
-        "encodeUrl": lambda v: urllib.parse.quote(v, safe="-_.!~*'();/?:@&=+$,#"),
-        "decodeUrlComponent": lambda v: urllib.parse.unquote(v),
-        "decodeUrl": lambda v: urllib.parse.unquote(v),
+        "encodeUrlComponent": lambda v: UNDEF if v is UNDEF else urllib.parse.quote(
+            v, safe="-_.!~*'()"),
+        "encodeUrl": lambda v: UNDEF if v is UNDEF else urllib.parse.quote(
+            v, safe="-_.!~*'();/?:@&=+$,#"),
+        "decodeUrlComponent": lambda v: UNDEF if v is UNDEF else urllib.parse.unquote(v),
+        "decodeUrl": lambda v: UNDEF if v is UNDEF else urllib.parse.unquote(v),
         "error": f_error, "assert": f_assert, "formatNumber": f_format_number,
         "formatBase": f_format_base, "formatInteger": f_format_integer,
         "parseInteger": f_parse_integer, "eval": f_eval,
