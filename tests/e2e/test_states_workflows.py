@@ -130,7 +130,7 @@ def test_execution_survives_kill_9(tmp_path: Path) -> None:
                     "Resource": f"arn:aws:lambda:us-east-1:000000000000:function:{name}"}}},
                 {"StartAt": "W1", "States": {
                     "W1": {"Type": "Wait", "Seconds": 1, "Next": "W2"},
-                    "W2": {"Type": "Wait", "Seconds": 2, "End": True}}}]},
+                    "W2": {"Type": "Wait", "Seconds": 1, "End": True}}}]},
             "B": {"Type": "Pass", "Result": "after", "ResultPath": "$.b", "End": True}}})
         exec_arn = sfn.start_execution(stateMachineArn=arn, name="survivor")["executionArn"]
         # Kill once the Lambda branch's end is committed and the other branch sits in W2.
