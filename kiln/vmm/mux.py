@@ -111,6 +111,11 @@ class Mux:
         """Tell the peer every connection is gone (after attaching to a channel)."""
         self._send(0, RESET)
 
+    def close(self) -> None:
+        """Close every connection and the channel."""
+        self._drop_all()
+        self._writer.close()
+
     # -- the channel --------------------------------------------------------------------------
 
     async def run(self) -> None:

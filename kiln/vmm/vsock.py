@@ -49,11 +49,15 @@ class VsockHost:
 
     def attach(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Use this (freshly connected) channel; the guest is told to drop old connections."""
+        if self._mux is not None:
+            self._mux.close()
         self._mux = Mux(reader, writer, HOST_SIDE, self._accept_from_guest)
         self._mux.reset()
         self._spawn(self._mux.run())
 
     async def close(self) -> None:
+        if self._mux is not None:
+            self._mux.close()
         for task in list(self._tasks):
             task.cancel()
         for server in self._servers:
