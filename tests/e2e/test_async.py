@@ -143,6 +143,15 @@ def test_event_invoke_config_lifecycle(lambda_client: Any) -> None:
         FunctionName=name, PaginationConfig={"PageSize": 1})
     assert sum(len(p["FunctionEventInvokeConfigs"]) for p in paginated) == 3
 
+    # A deleted version takes its config with it.
+    client.update_function_configuration(FunctionName=name, Timeout=5)
+    second = client.publish_version(FunctionName=name)["Version"]
+    client.put_function_event_invoke_config(FunctionName=name, Qualifier=second,
+                                            MaximumRetryAttempts=0)
+    client.delete_function(FunctionName=name, Qualifier=second)
+    assert len(client.list_function_event_invoke_configs(
+        FunctionName=name)["FunctionEventInvokeConfigs"]) == 3
+
     for qualifier in ("$LATEST", version, "live"):
         deleted = client.delete_function_event_invoke_config(FunctionName=name,
                                                              Qualifier=qualifier)
