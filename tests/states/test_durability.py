@@ -43,6 +43,16 @@ async def _create_and_start(api: StatesApi, definition: dict[str, Any],
     return str(started["executionArn"])
 
 
+async def _restart(node: Node, path: Path, clock: FakeClock, functions: FakeFunctions,
+                   downtime: float = 0) -> Node:
+    """Crash ``node``, let ``downtime`` pass, and start a new one over the same database."""
+    await node.crash()
+    clock.t += downtime
+    node = Node(path, clock, functions)
+    await node.api.start()
+    return node
+
+
 async def _finish(node: Node, clock: FakeClock, arn: str) -> dict[str, Any]:
     running = node.api.executions.running[arn]
     await clock.drive(asyncio.shield(running.done))
@@ -67,10 +77,8 @@ def test_wait_keeps_its_deadline(tmp_path: Path) -> None:
             "W": {"Type": "Wait", "Seconds": 100, "Next": "B"},
             "B": {"Type": "Pass", "Result": 2, "ResultPath": "$.b", "End": True}}})
         await clock.settle()
-        await node.crash()
-        clock.t += 30  # the server is down for a while
-        node = Node(tmp_path / "db", clock, functions)
-        await node.api.start()
+        # The server is down for a while.
+        node = await _restart(node, tmp_path / "db", clock, functions, 30)
         done = await _finish(node, clock, arn)
         assert done["status"] == "SUCCEEDED"
         assert json.loads(done["output"]) == {"a": 1, "b": 2}
@@ -96,10 +104,7 @@ def test_retry_backoff_survives_restart(tmp_path: Path) -> None:
             {"k": 1})
         await clock.settle()
         assert functions.counts == {"flaky-1": 1}
-        await node.crash()
-        clock.t += 10
-        node = Node(tmp_path / "db", clock, functions)
-        await node.api.start()
+        node = await _restart(node, tmp_path / "db", clock, functions, 10)
         done = await _finish(node, clock, arn)
         assert done["status"] == "SUCCEEDED"
         assert clock.now() - START == 100
@@ -118,9 +123,7 @@ def test_in_flight_task_is_redispatched(tmp_path: Path) -> None:
             "Type": "Task", "Resource": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:sleep-50",
             "End": True}}}, {"v": 1})
         await clock.settle()
-        await node.crash()
-        node = Node(tmp_path / "db", clock, functions)
-        await node.api.start()
+        node = await _restart(node, tmp_path / "db", clock, functions)
         done = await _finish(node, clock, arn)
         assert done["status"] == "SUCCEEDED"
         assert json.loads(done["output"]) == {"v": 1}
@@ -151,9 +154,7 @@ def test_callback_token_survives_restart(tmp_path: Path) -> None:
             "End": True}}})
         await clock.settle()
         assert len(tokens) == 1
-        await node.crash()
-        node = Node(tmp_path / "db", clock, functions)
-        await node.api.start()
+        node = await _restart(node, tmp_path / "db", clock, functions)
         await clock.settle()
         await node.api.call("SendTaskSuccess", {"taskToken": tokens[0], "output": '{"ok": 1}'})
         done = await _finish(node, clock, arn)
@@ -177,9 +178,7 @@ def test_variables_survive_restart(tmp_path: Path) -> None:
             "W": {"Type": "Wait", "Seconds": 5, "Next": "B"},
             "B": {"Type": "Pass", "Parameters": {"x.$": "$x"}, "End": True}}})
         await clock.settle()
-        await node.crash()
-        node = Node(tmp_path / "db", clock, functions)
-        await node.api.start()
+        node = await _restart(node, tmp_path / "db", clock, functions)
         done = await _finish(node, clock, arn)
         assert json.loads(done["output"]) == {"x": 42}
         await node.crash()
@@ -259,10 +258,7 @@ def test_parallel_resumes_inside_its_branches(tmp_path: Path) -> None:
                 {"StartAt": "X", "States": {"X": {"Type": "Pass", "Result": "x",
                                                     "End": True}}}]}}})
         await clock.settle()
-        await node.crash()
-        clock.t += 10
-        node = Node(tmp_path / "db", clock, functions)
-        await node.api.start()
+        node = await _restart(node, tmp_path / "db", clock, functions, 10)
         done = await _finish(node, clock, arn)
         assert json.loads(done["output"]) == {"a": "a", "p": [{"a": "a"}, "x"]}
         assert clock.now() - START == 50  # the branch's Wait kept its deadline
@@ -294,9 +290,7 @@ def test_map_iterations_finished_before_a_restart_are_not_run_again(tmp_path: Pa
         await clock.drive(asyncio.shield(running.done),
                           until=lambda: functions.counts.get("double") == 2)
         await clock.settle()  # iteration 1 waits; iteration 0's result is committed
-        await node.crash()
-        node = Node(tmp_path / "db", clock, functions)
-        await node.api.start()
+        node = await _restart(node, tmp_path / "db", clock, functions)
         done = await _finish(node, clock, arn)
         assert json.loads(done["output"]) == [{"n": 1, "d": 2}, {"n": 2, "d": 4},
                                               {"n": 3, "d": 6}]
@@ -331,9 +325,7 @@ def test_nested_parallel_in_map_resumes_at_depth(tmp_path: Path) -> None:
         running = node.api.executions.running[arn]
         await clock.drive(asyncio.shield(running.done), until=lambda: clock.now() - START >= 20)
         await clock.settle()  # inner Waits pending: U until 30 (after $v was assigned), W1 40
-        await node.crash()
-        node = Node(tmp_path / "db", clock, functions)
-        await node.api.start()
+        node = await _restart(node, tmp_path / "db", clock, functions)
         done = await _finish(node, clock, arn)
         # $v, assigned inside each branch before the crash, is read back after it.
         assert json.loads(done["output"]) == [[20, {"v": 20}], [40, {"v": 40}]]
@@ -392,9 +384,7 @@ def test_distributed_map_run_continues_after_a_restart(tmp_path: Path) -> None:
         await clock.drive(asyncio.shield(running.done),
                           until=lambda: functions.counts.get("double") == 2)
         await clock.settle()  # child 1 waits; child 0's end is committed
-        await node.crash()
-        node = Node(tmp_path / "db", clock, functions)
-        await node.api.start()
+        node = await _restart(node, tmp_path / "db", clock, functions)
         done = await _finish(node, clock, arn)
         assert json.loads(done["output"]) == [2, 4, 6]
         # Child 0 is not run again; child 1 was in flight and runs again from its start.
