@@ -59,6 +59,17 @@ class Settings:
     async_workers: int = field(
         default=16, metadata={"doc": "Workers draining the Event (async) invocation queue."}
     )
+    async_retry_base_seconds: float = field(
+        default=60.0,
+        metadata={"doc": "Wait before retrying an Event invoke whose function failed or timed "
+                         "out; the second retry waits twice as long (AWS: about 1, then 2 "
+                         "minutes)."},
+    )
+    async_throttle_base_seconds: float = field(
+        default=1.0,
+        metadata={"doc": "First wait before retrying a throttled Event invoke; it doubles per "
+                         "throttle, up to 5 minutes, until the event's maximum age."},
+    )
     dedupe_seconds: float = field(
         default=600.0,
         metadata={"doc": "How long a sync result is kept to answer a retried "
@@ -74,7 +85,36 @@ class Settings:
     node_binary: str = field(
         default="node", metadata={"doc": "Node.js executable serving nodejs20.x/nodejs22.x."}
     )
+    vmm_firecracker: str = field(
+        default="",
+        metadata={"doc": "Path of a firecracker binary; when set, microVM monitors pass "
+                         "Firecracker's API through to it instead of running QEMU."},
+    )
+    vmm_qemu: str = field(
+        default="qemu-system-x86_64",
+        metadata={"doc": "QEMU binary microVM monitors run (-M microvm; KVM on hardware KVM, "
+                         "else TCG); scripts/ensure-qemu installs it."},
+    )
     log_level: str = field(default="warning", metadata={"doc": "Server log level."})
+    websocket_idle_seconds: float = field(
+        default=600.0,
+        metadata={"doc": "A WebSocket API connection with no message either way for this long "
+                         "is closed (1001), as API Gateway's 10-minute idle timeout."},
+    )
+    websocket_max_seconds: float = field(
+        default=7200.0,
+        metadata={"doc": "Longest life of a WebSocket API connection before it is closed "
+                         "(1001), as API Gateway's 2-hour maximum."},
+    )
+    alb_targets: str = field(
+        default="",
+        metadata={"doc": "ALB-style listeners, space-separated, each "
+                         "PORT=FUNCTION[,multi][,health=/PATH]: its own port on this host, "
+                         "requests become ALB events for FUNCTION (name, name:qualifier or ARN); "
+                         "'multi' turns on lambda.multi_value_headers.enabled; 'health=' answers "
+                         "that path with an ALB health check (200 healthy / 503 unhealthy). "
+                         "Also `kiln serve --alb-target`."},
+    )
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:

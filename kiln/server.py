@@ -23,8 +23,19 @@ from kiln.aws.arn import ArnBuilder
 from kiln.aws.errors import AwsError
 from kiln.config import Settings
 from kiln.functions import api as functions_api
+from kiln.functions import event_config_api, layers_api, provisioned_api
 from kiln.functions.code import CodeStore
+from kiln.functions.event_config import EventInvokeConfigs
+from kiln.functions.provisioned import Provisioning
 from kiln.functions.service import FunctionService
+from kiln.gateway import api as gateway_api
+from kiln.gateway import urls as gateway_urls
+from kiln.gateway.alb import AlbTargets, parse_targets
+from kiln.gateway.dispatch import GatewayDispatch
+from kiln.gateway.proxy import HttpProxy
+from kiln.gateway.store import GatewayStore
+from kiln.gateway.urls import FunctionUrls
+from kiln.gateway.websocket import WebSocketApis
 from kiln.invoke import api as invoke_api
 from kiln.invoke.assignment import Assignment
 from kiln.invoke.counting import Counting
@@ -57,24 +68,42 @@ class Kiln:
         self.backend = backend or make_backend(settings.sandbox_backend,
                                                str(data / "sandboxes"),
                                                settings.sandbox_shared_dirs)
-        self.assignment = Assignment(self.backend, self.runtimes, self.code, settings)
+        self.assignment = Assignment(self.backend, self.runtimes, self.code, settings,
+                                     self.functions.layers.opt_dir)
         # Reserved concurrency is the control plane's; every invoke path (the Invoke route,
         # the async queue, Step Functions tasks) takes its lease here, so it applies to all.
         self.counting = Counting(settings.account_concurrency,
-                                 reservations=self.functions.concurrency.reserved)
+                                 reservations=self.functions.concurrency.reserved,
+                                 provisioned=self.functions.provisioned.totals)
         self.invoker = Invoker(self.assignment, self.counting, self.logs, settings.dedupe_seconds)
-        self.queue = AsyncQueue(self.db, self.functions, self.invoker, settings.async_workers)
+        self.event_configs = EventInvokeConfigs(self.db, self.functions)
+        self.queue = AsyncQueue(self.db, self.functions, self.event_configs, self.invoker,
+                                settings)
         self.functions.listeners.append(self.assignment.retire)
+        self.provisioning = Provisioning(self.functions, self.assignment,
+                                         settings.account_concurrency)
+        self.functions.listeners.append(self.provisioning.reconcile)
+        self.functions.listeners.append(self.event_configs.prune)
         self.local = LocalInvoker(self.functions, self.invoker)
+        endpoint = f"localhost:{settings.port}"
+        self.gateway = GatewayStore(self.db, self.arns, endpoint)
+        self.function_urls = FunctionUrls(self.db, self.functions, self.arns, endpoint)
+        self.http_proxy = HttpProxy(self.gateway, self.function_urls, self.local, settings)
+        self.websockets = WebSocketApis(self.gateway, self.local, settings.websocket_idle_seconds,
+                                        settings.websocket_max_seconds)
         self.states = StatesApi(self.db, _StatesLambda(self.local), settings.region,
                                 settings.account_id)
+        self.albs = AlbTargets(parse_targets(settings.alb_targets), self.local, self.arns)
 
     async def start(self) -> None:
         self.assignment.start()
+        await self.provisioning.start()
         await self.queue.start()
         await self.states.start()
+        await self.albs.start(self.settings.host)
 
     async def stop(self) -> None:
+        await self.albs.stop()
         await self.states.stop()
         await self.queue.stop()
         await self.assignment.close()
@@ -129,6 +158,11 @@ def create_app(kiln: Kiln) -> ASGIApp:
     routes = [
         *invoke_api.routes(kiln),
         *functions_api.routes(kiln),
+        *layers_api.routes(kiln),
+        *provisioned_api.routes(kiln),
+        *event_config_api.routes(kiln),
+        *gateway_urls.routes(kiln),
+        *gateway_api.routes(kiln),
         Route("/kiln/v1/health", health, methods=["GET"]),
         Route("/", json_rpc, methods=["POST"]),
     ]
@@ -138,4 +172,4 @@ def create_app(kiln: Kiln) -> ASGIApp:
         exception_handlers={HTTPException: _unknown_route, Exception: _internal_error},
     )
     app.state.kiln = kiln
-    return invoke_api.InvokeApp(kiln, app)
+    return GatewayDispatch(kiln, invoke_api.InvokeApp(kiln, app))
