@@ -9,7 +9,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from kiln.aws.restjson import aws_endpoint, empty_response, json_body, json_response
-from kiln.functions.api import MAX_CONFIG_BYTES, function_id, max_items, page
+from kiln.functions.api import MAX_CONFIG_BYTES, function_id, page
+from kiln.functions.layers_api import max_items_up_to_50
 
 if TYPE_CHECKING:
     from kiln.server import Kiln
@@ -45,7 +46,7 @@ def routes(kiln: Kiln) -> list[Route]:
     async def list_configs(request: Request) -> Response:
         fid = function_id(kiln, request)
         items, marker = configs.list(fid.name, request.query_params.get("Marker"),
-                                     max_items(request))
+                                     max_items_up_to_50(request))
         return page("FunctionEventInvokeConfigs", items, marker)
 
     path = "/2019-09-25/functions/{name}/event-invoke-config"

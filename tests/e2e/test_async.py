@@ -263,6 +263,8 @@ def test_event_invoke_config_errors(kiln_server: KilnServer, lambda_client: Any)
     assert error.response["Error"]["Message"] == "The function doesn't exist."
     expect_error(client, "InvalidParameterValueException", 400,
                  client.list_function_event_invoke_configs, FunctionName=name, Marker="!!")
+    expect_error(client, "InvalidParameterValueException", 400,
+                 client.list_function_event_invoke_configs, FunctionName=name, MaxItems=51)
 
     # Queues, topics and buses are accepted (AWS checks only the ARN's form for them).
     queue = "arn:aws:sqs:us-east-1:000000000000:failures"
