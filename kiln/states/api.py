@@ -654,6 +654,12 @@ class StatesApi:
         if not isinstance(raw, dict):
             raise _err("InvalidDefinition", "Invalid State Machine Definition: "
                        "'Definition must be a valid JSON object'")
+        level = body.get("inspectionLevel", "INFO")
+        if level not in ("INFO", "DEBUG", "TRACE"):
+            raise _validation(f"1 validation error detected: Value '{level}' at "
+                              "'inspectionLevel' failed to satisfy constraint: Member must "
+                              "satisfy enum value set: [INFO, DEBUG, TRACE]")
+        debug = level != "INFO"  # TRACE adds HTTP details, which only HTTP Tasks have
         input_text = self._input(body.get("input"))
         variables_text = body.get("variables")
         try:
@@ -664,12 +670,12 @@ class StatesApi:
             raise _validation("The variables must be a JSON object")
         try:
             result = await self.executions.test_state(raw, body.get("stateName"),
-                                                      json.loads(input_text), variables)
+                                                      json.loads(input_text), variables, debug)
         except DefinitionError as exc:
             raise _err("InvalidDefinition", exc.message()) from None
         except KeyError as exc:
             raise _validation(f"State {exc} does not exist in the definition") from None
-        if body.get("inspectionLevel") in ("DEBUG", "TRACE"):
+        if debug:
             result["inspectionData"]["variables"] = dumps(variables)
         return result
 

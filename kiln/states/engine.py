@@ -164,6 +164,9 @@ class Interpreter:
         self.frame_writes: list[tuple[str, Frame | dict[str, Any] | None]] = []
         self.saved_frames: dict[str, dict[str, Any]] = {}
         self.parent: Interpreter | None = None  # a Distributed Map child's parent execution
+        # TestState at DEBUG: each data-flow step's value, as JSON text (afterInputPath...)
+        self.inspection: dict[str, str] | None = None
+        self.inspected: Frame | None = None
         self._dumped: tuple[JSON, str] = (None, "null")
 
     # ------------------------------------------------------------------ execution
@@ -234,6 +237,11 @@ class Interpreter:
         if not self.recording:
             return self.history.add(event_type, previous)
         return self.history.add(event_type, previous, details() if details else None)
+
+    def note(self, frame: Frame, step: str, value: JSON) -> None:
+        """Record a data-flow step of the state TestState inspects (not of states inside it)."""
+        if self.inspection is not None and frame is self.inspected:
+            self.inspection[step] = dumps(value)
 
     def dump(self, value: JSON) -> str:
         """JSON text for events; a state's output is usually the next state's input."""
@@ -457,6 +465,7 @@ class Interpreter:
                assign_source: JSON) -> JSON:
         """ResultPath, Assign and OutputPath (JSONPath mode), then the Exited event."""
         merged = self.merge(state.result_path, data, result)
+        self.note(frame, "afterResultPath", merged)
         assigned = None
         if state.assign is not None:
             assigned = state.assign(env.with_input(assign_source))
@@ -497,9 +506,12 @@ class Interpreter:
             return state.next, self.jsonata_finish(state, b, data, frame)
         env = Env(data, self.lazy_context(state, entered_time, 0), frame.variables)
         value = self.select(state.input_path, data, env)
+        self.note(frame, "afterInputPath", value)
         if state.parameters is not None:
             value = state.parameters(env.with_input(value))
+            self.note(frame, "afterParameters", value)
         result = state.result if state.has_result else value
+        self.note(frame, "result", result)
         return state.next, self.finish(state, data, result, frame, env, result)
 
     async def run_succeed(self, state: State, data: JSON, frame: Frame, entered: int,
@@ -559,6 +571,7 @@ class Interpreter:
             return state.default, self.jsonata_finish(state, b, data, frame)
         env = Env(data, self.lazy_context(state, entered_time, 0), frame.variables)
         value = self.select(state.input_path, data, env)
+        self.note(frame, "afterInputPath", value)
         probe = env.with_input(value)
         target = state.default
         rule_assign: Expression | None = None
@@ -697,14 +710,17 @@ class Interpreter:
                 b = self.jsonata_bindings(state, data, frame, entered_time, retry, extra)
                 value = (jsonata.evaluate_template(state.arguments, b)
                          if state.has_arguments else data)
+                self.note(frame, "afterArguments", value)
                 timeout = self.jsonata_seconds(state.timeout_seconds, b, "TimeoutSeconds")
                 heartbeat = self.jsonata_seconds(state.heartbeat_seconds, b, "HeartbeatSeconds")
             else:
                 env = Env(data, self.lazy_context(state, entered_time, retry, extra),
                           frame.variables)
                 value = self.select(state.input_path, data, env)
+                self.note(frame, "afterInputPath", value)
                 if state.parameters is not None:
                     value = state.parameters(env.with_input(value))
+                    self.note(frame, "afterParameters", value)
                 timeout = self.task_seconds(state.timeout_seconds, state.timeout_path, env,
                                             "TimeoutSecondsPath")
                 heartbeat = self.task_seconds(state.heartbeat_seconds, state.heartbeat_path,
@@ -714,10 +730,12 @@ class Interpreter:
                                            token_holder[0] if token_holder else None, resume)
             except PathFailure as exc:
                 raise self.runtime(state, entered, str(exc)) from None
+            self.note(frame, "result", result)
             if state.jsonata:
                 return result
             if state.result_selector is not None:
                 result = state.result_selector(env.with_input(result))
+                self.note(frame, "afterResultSelector", result)
             return result
 
         result = await self.with_retry(state, frame, resume, attempt)
@@ -1013,8 +1031,10 @@ class Interpreter:
             else:
                 env = Env(data, self.lazy_context(state, entered_time, retry), frame.variables)
                 value = self.select(state.input_path, data, env)
+                self.note(frame, "afterInputPath", value)
                 if state.parameters is not None:
                     value = state.parameters(env.with_input(value))
+                    self.note(frame, "afterParameters", value)
             resuming = bool(restart and restart.pop())
             if not resuming:
                 self.drop_sub_frames(frame, state)
@@ -1038,8 +1058,11 @@ class Interpreter:
                 raise
             self.drop_sub_frames(frame, state)
             frame.prev = self.add("ParallelStateSucceeded", frame.prev)
+            self.note(frame, "result", results)
             if not state.jsonata and state.result_selector is not None:
-                return state.result_selector(env.with_input(results))
+                selected = state.result_selector(env.with_input(results))
+                self.note(frame, "afterResultSelector", selected)
+                return selected
             return results
 
         result = await self.with_retry(state, frame, resume, attempt)
@@ -1142,7 +1165,9 @@ class Interpreter:
                     f"was '{_json_type(items)}' for value: {dumps(items)}")
         else:
             value = self.select(state.input_path, data, env)
+            self.note(frame, "afterInputPath", value)
             items = self.select(state.items_path, value, env)
+            self.note(frame, "afterItemsPath", items)
             if not isinstance(items, list):
                 raise PathFailure(
                     f"Invalid path '{state.items_path.source if state.items_path else '$'}' : "
@@ -1181,8 +1206,10 @@ class Interpreter:
             output = await self.inline_map(state, inputs, frame, int(concurrency),
                                            tolerated_count, tolerated_pct, resume is not None)
         frame.prev = self.add("MapStateSucceeded", frame.prev)
+        self.note(frame, "result", output)
         if not state.jsonata and state.result_selector is not None:
             output = state.result_selector(env.with_input(output))
+            self.note(frame, "afterResultSelector", output)
         return output
 
     async def inline_map(self, state: State, inputs: list[JSON], frame: Frame,

@@ -276,8 +276,9 @@ class ExecutionService:
     # ------------------------------------------------------------------ TestState
 
     async def test_state(self, raw: dict[str, Any], state_name: str | None, input_value: JSON,
-                         variables: dict[str, JSON]) -> dict[str, Any]:
-        """Run one state once (no retries) and report its output, next state and status."""
+                         variables: dict[str, JSON], debug: bool = False) -> dict[str, Any]:
+        """Run one state once (no retries) and report its output, next state and status;
+        ``debug`` adds inspectionData (the value after each data-flow step, errorDetails)."""
         if "States" in raw and isinstance(raw["States"], dict):
             name = state_name or raw.get("StartAt")
             body = raw["States"][name]
@@ -308,19 +309,33 @@ class ExecutionService:
             "TestState", f"arn:aws:iam::{self.account_id}:role/TestState", input_value, now)
         interp = Interpreter(self.services, machine, info, History(self.clock, keep=False))
         frame = Frame(0, dict(variables), top=False)
-        out: dict[str, Any] = {"inspectionData": {"input": dumps(input_value)}}
+        out: dict[str, Any] = {}
+        inspection: dict[str, Any] = {"input": dumps(input_value)}
+        if debug:
+            interp.inspection, interp.inspected = inspection, frame
+            out["inspectionData"] = inspection
         try:
             nxt, output = await interp.run_state(state, input_value, frame)
         except StatesFailure as failure:
             out["error"], out["cause"] = failure.error, failure.cause or ""
-            if any(error_matches(r.errors, failure) and r.max_attempts > 0 for r in retriers):
+            retry = next((i for i, r in enumerate(retriers)
+                          if error_matches(r.errors, failure)), None)
+            if retry is not None and retriers[retry].max_attempts > 0:
                 out["status"] = "RETRIABLE"
+                retrier = retriers[retry]
+                inspection["errorDetails"] = {
+                    "retryIndex": retry,
+                    "retryBackoffIntervalSeconds": int(min(
+                        retrier.interval, retrier.max_delay or retrier.interval))}
                 return out
-            catcher = next((c for c in catchers if error_matches(c.errors, failure)), None)
-            if catcher is None:
+            index = next((i for i, c in enumerate(catchers)
+                          if error_matches(c.errors, failure)), None)
+            if index is None:
                 out["status"] = "FAILED"
                 return out
-            nxt, output = interp.caught(state, catcher, failure, input_value, frame, 0, now)
+            inspection["errorDetails"] = {"catchIndex": index}
+            nxt, output = interp.caught(state, catchers[index], failure, input_value, frame, 0,
+                                        now)
             out["status"] = "CAUGHT_ERROR"
         else:
             out["status"] = "SUCCEEDED"

@@ -451,16 +451,49 @@ def test_test_state(h: Harness) -> None:
     assert out["status"] == "SUCCEEDED"
     assert json.loads(out["output"]) == {"a": 1, "b": 2, "r": {"sum": 3}}
     assert out["nextState"] == "After"
+    assert out["inspectionData"] == {
+        "input": '{"a":1,"b":2}', "afterInputPath": '{"a":1,"b":2}',
+        "afterParameters": '{"sum":3}', "result": '{"sum":3}',
+        "afterResultPath": '{"a":1,"b":2,"r":{"sum":3}}', "variables": "{}"}
+    assert "inspectionData" not in h.client.test_state(definition=json.dumps(state),
+                                                        roleArn=ROLE, input="{}")
+    task = {"Type": "Task", "Resource": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:double",
+            "InputPath": "$.n", "ResultSelector": {"d.$": "$"}, "ResultPath": "$.out",
+            "End": True}
+    out = h.client.test_state(definition=json.dumps(task), roleArn=ROLE, input='{"n": 4}',
+                              inspectionLevel="DEBUG")
+    assert {k: out["inspectionData"][k] for k in (
+        "afterInputPath", "result", "afterResultSelector", "afterResultPath")} == {
+        "afterInputPath": "4", "result": "8", "afterResultSelector": '{"d":8}',
+        "afterResultPath": '{"n":4,"out":{"d":8}}'}
+    mapping = {"Type": "Map", "InputPath": "$.in", "ItemsPath": "$.xs", "End": True,
+               "ItemProcessor": {"StartAt": "P", "States": {"P": {"Type": "Pass", "End": True}}},
+               "ResultSelector": {"n.$": "States.ArrayLength($)"}}
+    out = h.client.test_state(definition=json.dumps(mapping), roleArn=ROLE,
+                              input='{"in": {"xs": [1, 2]}}', inspectionLevel="DEBUG")
+    assert {k: out["inspectionData"][k] for k in ("afterInputPath", "afterItemsPath", "result",
+                                                  "afterResultSelector")} == {
+        "afterInputPath": '{"xs":[1,2]}', "afterItemsPath": "[1,2]", "result": "[1,2]",
+        "afterResultSelector": '{"n":2}'}
     failing = {"Type": "Task", "Resource": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:fail",
                "Retry": [{"ErrorEquals": ["Nope"]}],
                "Catch": [{"ErrorEquals": ["States.ALL"], "Next": "Handler",
                           "ResultPath": "$.err"}], "End": True}
-    out = h.client.test_state(definition=json.dumps(failing), roleArn=ROLE, input="{}")
+    out = h.client.test_state(definition=json.dumps(failing), roleArn=ROLE, input="{}",
+                              inspectionLevel="DEBUG")
     assert out["status"] == "CAUGHT_ERROR"
     assert out["nextState"] == "Handler" and out["error"] == "Exception"
-    failing["Retry"] = [{"ErrorEquals": ["States.ALL"]}]
-    out = h.client.test_state(definition=json.dumps(failing), roleArn=ROLE, input="{}")
+    assert out["inspectionData"]["errorDetails"] == {"catchIndex": 0}
+    failing["Retry"] = [{"ErrorEquals": ["Other"]}, {"ErrorEquals": ["States.ALL"],
+                                                     "IntervalSeconds": 7}]
+    out = h.client.test_state(definition=json.dumps(failing), roleArn=ROLE, input="{}",
+                              inspectionLevel="DEBUG")
     assert out["status"] == "RETRIABLE"
+    assert out["inspectionData"]["errorDetails"] == {"retryIndex": 1,
+                                                     "retryBackoffIntervalSeconds": 7}
+    failing["Retry"] = [{"ErrorEquals": ["States.ALL"], "MaxAttempts": 0}]
+    out = h.client.test_state(definition=json.dumps(failing), roleArn=ROLE, input="{}")
+    assert out["status"] == "CAUGHT_ERROR"  # a matching retrier with no attempts left
     machine = {"StartAt": "A", "States": {
         "A": {"Type": "Pass", "Next": "B"},
         "B": {"Type": "Choice", "Choices": [{"Variable": "$x", "NumericEquals": 1, "Next": "A"}],
