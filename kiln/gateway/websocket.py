@@ -1,6 +1,6 @@
 """API Gateway WebSocket APIs: the connection lifecycle and the ``@connections`` API.
 
-    apis = WebSocketApis(kiln.gateway, kiln.local, settings)
+    apis = WebSocketApis(kiln.gateway, kiln.local, idle_seconds=600, max_seconds=7200)
     await apis.handle_websocket(scope, receive, send, api_id, stage)      # ASGI websocket scope
     await apis.handle_http(scope, receive, send, api_id, stage, path)     # /@connections/{id}
 
@@ -12,6 +12,11 @@ message is routed by the API's RouteSelectionExpression (``$request.body.action`
 RouteResponseSelectionExpression sends the integration's ``body`` back (two-way).  ``$disconnect``
 runs after the client closes, a ``DELETE @connections/{id}``, the idle timeout or the maximum
 duration (both close with 1001).  Frame and message limits are ``_ws_protocol``'s.
+
+``requestContext.domainName`` is the Host the client connected to (with its port), so a
+function reaches ``@connections`` at ``http://{domainName}/_aws/execute-api/{apiId}/{stage}``.
+A push to a client that has stopped reading fails with LimitExceededException after
+``connections.BACKLOG_WAIT_SECONDS`` rather than holding the caller.
 """
 
 from __future__ import annotations
