@@ -57,6 +57,10 @@ BOOT_ARGS = "console=ttyS0 quiet panic=1 reboot=k mitigations=off"
 #: A cold boot under software emulation takes seconds; a restore well under one.
 AGENT_TIMEOUT = 120.0
 REFILL_DELAY = 1.0
+#: The jailed monitor's user (nobody), and its cgroup's memory: Lambda's largest function
+#: plus the engine's own.
+JAIL_UID = 65534
+JAIL_MEMORY_MB = 10240 + 512
 #: Environment variables that differ between environments of one configuration.
 PER_ENVIRONMENT = ("AWS_LAMBDA_LOG_STREAM_NAME",)
 
@@ -104,15 +108,25 @@ class MicrovmSandbox:
         self._backend = backend
         self._monitor = monitor
         self.dir = Path(monitor.vm_dir)
+        # The monitor's files: in its jail's /run when jailed (paths in API bodies are the
+        # jail's), else in the VM's directory.
+        uid = backend.jail_uid
+        jailed = uid is not None
+        self._run = Path(monitor.jail_root) / "run" if jailed else self.dir
+        self._monitor_run = "/run" if jailed else str(self.dir)
         self.listener = _unix_listener(self.dir / "runtime.sock")
-        self._guest_listener = _unix_listener(self.dir / f"v.sock_{agent.RUNTIME_API_PORT}")
+        self._guest_listener = _unix_listener(self._run / f"v.sock_{agent.RUNTIME_API_PORT}")
+        if uid is not None:  # the jailed monitor connects to it as its unprivileged user
+            os.chown(self._run / f"v.sock_{agent.RUNTIME_API_PORT}", uid, -1)
         self._guest_server: asyncio.Server | None = None
+        self._replies: set[asyncio.Task[None]] = set()
         self._control: socket.socket | None = None
         self._buffer = bytearray()
         self._exited: asyncio.Future[int] | None = None
         self._output_seen = 0
         self._output_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._peak_kb = 0
+        self._oom_killed = False
         self._key = ""
         self._restored = False
         self._destroyed = False
@@ -127,7 +141,7 @@ class MicrovmSandbox:
                                                              sock=self._guest_listener)
         snapshot = backend.snapshots.get(self._key)
         client = self._monitor.client
-        uds_path = str(self.dir / "v.sock")
+        uds_path = f"{self._monitor_run}/v.sock"
         if snapshot is not None:
             try:
                 await client.put("/snapshot/load", {
@@ -147,7 +161,7 @@ class MicrovmSandbox:
                 client = self._monitor.client
         if not self._restored:
             await self._boot(uds_path, config)
-        answer = await self._attach(uds_path, start=not self._restored)
+        answer = await self._attach(str(self._run / "v.sock"), start=not self._restored)
         # The next spare starts once this environment's first invoke is likely done: a
         # starting monitor would take CPU from it.
         loop.call_later(REFILL_DELAY, backend.refill)
@@ -183,9 +197,14 @@ class MicrovmSandbox:
             with contextlib.suppress(OSError):
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 sock.setblocking(False)
+                # The hello goes with the CONNECT (no wait for OK: one guest round trip less).
+                # The guest's clock is stale after a restore (and unset after a boot).
+                hello = {"time_ns": time.time_ns(), "entropy": os.urandom(32).hex(),
+                         "start": start}
                 try:
                     await loop.sock_connect(sock, uds_path)
-                    await loop.sock_sendall(sock, f"CONNECT {agent.CONTROL_PORT}\n".encode())
+                    await loop.sock_sendall(sock, f"CONNECT {agent.CONTROL_PORT}\n".encode()
+                                            + json.dumps(hello).encode() + b"\n")
                     reply = await _read_line(loop, sock)
                 except OSError:
                     sock.close()
@@ -197,9 +216,6 @@ class MicrovmSandbox:
                 raise MicrovmError(f"the guest agent did not answer within {AGENT_TIMEOUT} s: "
                                    f"{self._monitor_log()}")
             await asyncio.sleep(0.02)
-        # The guest's clock is stale after a restore (and unset after a boot): set it now.
-        hello = {"time_ns": time.time_ns(), "entropy": os.urandom(32).hex(), "start": start}
-        await loop.sock_sendall(sock, json.dumps(hello).encode() + b"\n")
         self._control = sock
         kind, payload = await self._read_message(loop, sock)
         answer: dict[str, Any] = json.loads(payload)
@@ -253,7 +269,9 @@ class MicrovmSandbox:
                 self._output_seen += len(payload)
                 self.spec.on_output(payload)
             elif kind == agent.EXITED:
-                self._exit(int(json.loads(payload)["status"]))
+                exited = json.loads(payload)
+                self._oom_killed = int(exited.get("oom_kills", 0)) > 0
+                self._exit(int(exited["status"]))
         self._release_output_waiters()
         if ended:
             self._close_control()
@@ -293,6 +311,9 @@ class MicrovmSandbox:
             guest_writer.close()
             return
         back = asyncio.ensure_future(_reply(api_reader, guest_writer))
+        self._replies.add(back)  # it outlives this handler when the guest half-closes
+        back.add_done_callback(self._replies.discard)
+        back.add_done_callback(lambda _task: _close(api_writer, guest_writer))
         try:
             while True:
                 header = await guest_reader.readexactly(agent.CHUNK.size)
@@ -308,12 +329,11 @@ class MicrovmSandbox:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
+            # The guest is done sending (or the VM went away): half-close towards the
+            # RuntimeApi; the reply pump closes both sides when its answer is through.
             with contextlib.suppress(OSError):
                 if api_writer.can_write_eof():
                     api_writer.write_eof()
-            await asyncio.wait([back])
-            api_writer.close()
-            guest_writer.close()
 
     async def _output_until(self, total: int) -> None:
         if self._output_seen >= total or self._control is None:
@@ -322,15 +342,22 @@ class MicrovmSandbox:
         self._output_waiters.append((total, waiter))
         await waiter
 
-    async def take_snapshot(self, path: Path) -> None:
+    async def take_snapshot(self, target: Path) -> None:
+        """Pause, snapshot into the monitor's own directory, resume; then move it to
+        ``target`` (a jailed monitor can write only inside its jail)."""
         client = self._monitor.client
+        made = self._run / "snapshot"
+        made.mkdir()
+        if self._backend.jail_uid is not None:
+            os.chown(made, self._backend.jail_uid, -1)
         await client.patch("/vm", {"state": "Paused"})
         try:
             await client.put("/snapshot/create", {
-                "snapshot_type": "Full", "snapshot_path": str(path / "state"),
-                "mem_file_path": str(path / "mem")})
+                "snapshot_type": "Full", "snapshot_path": f"{self._monitor_run}/snapshot/state",
+                "mem_file_path": f"{self._monitor_run}/snapshot/mem"})
         finally:
             await client.patch("/vm", {"state": "Resumed"})
+        os.rename(made, target)
 
     # -- the Sandbox protocol -----------------------------------------------------------------
 
@@ -344,6 +371,13 @@ class MicrovmSandbox:
 
     def max_memory_used_mb(self) -> int:
         return max(1, -(-self._peak_kb // 1024))
+
+    def oom_killed(self) -> bool:
+        """Whether the guest ran out of memory (Lambda's Runtime.OutOfMemory)."""
+        return self._oom_killed
+
+    def end_init(self) -> None:
+        """Nothing to lower after INIT: the VM's vCPUs are its share from the start."""
 
     async def freeze(self) -> None:
         await self._set_state("Paused")
@@ -383,11 +417,14 @@ class MicrovmBackend:
     """``KILN_SANDBOX_BACKEND=microvm``: needs a built guest image (``kiln microvm
     build-image``) and QEMU (``scripts/ensure-qemu``) or a configured Firecracker."""
 
-    def __init__(self, root: str | Path, images: Path | None = None) -> None:
+    def __init__(self, root: str | Path, images: Path | None = None, jail: bool = False) -> None:
         base = Path(root) / "microvm"
-        self.snapshots_dir = base / "snapshots"
-        self.code_dir = base / "code"
+        self.snapshots_dir = (base / "snapshots").resolve()
+        self.code_dir = (base / "code").resolve()
         self.image = GuestImage.current(images or images_dir(Path(root).parent))
+        #: With ``jail`` (needs root) monitors run jailed, as Firecracker's jailer runs it; the
+        #: image, code drives and snapshots are bound read-only into each jail.
+        self.jail_uid = JAIL_UID if jail else None
         for directory in (base / "vms", self.snapshots_dir, self.code_dir):
             directory.mkdir(parents=True, exist_ok=True)
         self.vms_dir = _short_path(base / "vms")
@@ -424,10 +461,13 @@ class MicrovmBackend:
         vm_id = vm_id or os.urandom(8).hex()
         directory = self.vms_dir / vm_id
         directory.mkdir(exist_ok=True)
+        jail = self.jail_uid is not None
         with open(directory / "monitor.log", "ab") as console:
-            return await start_monitor(str(directory / "api.sock"), vm_id,
-                                       base_dir=str(self.vms_dir), stdout=console,
-                                       stderr=console)
+            return await start_monitor(
+                str(directory / "api.sock"), vm_id, base_dir=str(self.vms_dir), stdout=console,
+                stderr=console, jail=jail, uid=self.jail_uid or 0, gid=self.jail_uid or 0,
+                binds=[str(self.image.path), str(self.code_dir), str(self.snapshots_dir)],
+                extra_args=["--cgroup-mem-mb", str(JAIL_MEMORY_MB)] if jail else [])
 
     def forget(self, env_id: str) -> None:
         self._live.pop(env_id, None)
@@ -456,17 +496,12 @@ class MicrovmBackend:
             self._snapshotting.pop(key, None)
 
     async def _take(self, key: str, sandbox: MicrovmSandbox) -> None:
-        staging = self.snapshots_dir / f".{key}"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
+        target = self.snapshots_dir / key
         try:
-            await sandbox.take_snapshot(staging)
+            await sandbox.take_snapshot(target)
         except (VmmError, OSError, MonitorFailed) as exc:
             log.warning("snapshot of %s failed: %s", sandbox.env_id, exc)
-            shutil.rmtree(staging, ignore_errors=True)
             return
-        target = self.snapshots_dir / key
-        os.rename(staging, target)
         self.snapshots[key] = target
 
     def forget_snapshot(self, key: str) -> None:
@@ -522,6 +557,11 @@ async def _read_line(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> by
             raise ConnectionResetError("closed before a line")
         line += data
     return line
+
+
+def _close(*writers: asyncio.StreamWriter) -> None:
+    for writer in writers:
+        writer.close()
 
 
 async def _reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

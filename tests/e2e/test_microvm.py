@@ -163,6 +163,17 @@ def test_crash_is_runtime_exit_error(client: Any, action: str, description: str)
     assert "FunctionError" not in response and isinstance(body["pid"], int)
 
 
+def test_running_out_of_the_vms_memory_is_out_of_memory(client: Any) -> None:
+    source = ("def handler(event, context):\n    chunks = []\n    while True:\n"
+              "        chunks.append(b'x' * (8 << 20))\n")
+    name = create_python_function(client, source, MemorySize=128, Timeout=60)
+    response, body = invoke(client, name, {})
+    assert response["FunctionError"] == "Unhandled"
+    assert body == {"errorType": "Runtime.OutOfMemory",
+                    "errorMessage": f"RequestId: {request_id(response)} Error: Runtime exited "
+                                    "with error: signal: killed"}
+
+
 def test_crash_during_init(client: Any) -> None:
     name = create_python_function(client, "import os\nos._exit(2)\n")
     response, body = invoke(client, name, {})

@@ -8,7 +8,7 @@ It talks to the host over the channel of :mod:`kiln.vmm.mux` (vsock's semantics)
   at ``/kiln/runtime``, starts the runtime and answers a ``STARTED`` message
   (``{"pid": ..., "output_total": ...}``) or ``FAILED`` (``{"errno", "strerror", "filename"}``).
   After that the connection carries ``OUTPUT`` (the runtime's stdout and stderr) and
-  ``EXITED`` (``{"status": returncode}``) messages: ``MESSAGE`` header then payload.
+  ``EXITED`` (``{"status": returncode, "oom_kills": n}``) messages: ``MESSAGE`` header then payload.
 * The runtime's Runtime API is ``127.0.0.1:9001`` here; each of its connections is carried to the
   host's port 9001, every chunk prefixed by ``CHUNK`` (length, output bytes sent so far, the
   runtime's peak memory in kB) so the host delivers output written before a response first;
@@ -143,7 +143,8 @@ class Agent:
             if self.runtime is not None and pid == self.runtime.pid:
                 self.runtime.returncode = os.waitstatus_to_exitcode(status)
                 self.flush_output()
-                self.send(EXITED, json.dumps({"status": self.runtime.returncode}).encode())
+                self.send(EXITED, json.dumps({"status": self.runtime.returncode,
+                                              "oom_kills": oom_kills()}).encode())
 
     # -- the Runtime API bridge -------------------------------------------------------------
 
@@ -207,6 +208,16 @@ class Agent:
                 unanswered.clear()
                 runtime_writer.write(data)
                 await runtime_writer.drain()
+
+
+def oom_kills() -> int:
+    """How often the guest kernel's OOM killer ran: the VM's memory is the function's, so
+    any kill is the function's."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/vmstat") as vmstat:
+        for line in vmstat:
+            if line.startswith("oom_kill "):
+                return int(line.split()[1])
+    return 0
 
 
 async def serve() -> None:
