@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import importlib.metadata
+import json
 import os
 import signal
 import subprocess
@@ -36,6 +37,17 @@ def microvm_images() -> Path:
     subprocess.run([sys.executable, "-m", "kiln.cli", "microvm", "build-image",
                     "--data-dir", str(CACHE)], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
     return CACHE / "microvm" / "images"
+
+
+def test_build_image_is_cached_by_its_inputs(microvm_images: Path) -> None:
+    built = subprocess.run([sys.executable, "-m", "kiln.cli", "microvm", "build-image",
+                            "--data-dir", str(CACHE)], capture_output=True, text=True,
+                           check=True, cwd=REPO)
+    assert "up to date" in built.stderr  # the session's build is reused, not redone
+    assert Path(built.stdout.strip()) == (microvm_images / "current").resolve()
+    manifest = json.loads((microvm_images / "current" / "manifest.json").read_text())
+    assert manifest["kernel"][0].startswith("linux-image-") and manifest["kernel_release"]
+    assert {"python3.11", "busybox-static"} <= {name for name, _ in manifest["packages"]}
 
 
 def start_microvm_server(data_dir: Path, images: Path) -> KilnServer:
