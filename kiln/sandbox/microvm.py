@@ -30,6 +30,7 @@ import signal
 import socket
 import tempfile
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,9 @@ BOOT_ARGS = "console=ttyS0 quiet panic=1 reboot=k mitigations=off"
 #: A cold boot under software emulation takes seconds; a restore well under one.
 AGENT_TIMEOUT = 120.0
 REFILL_DELAY = 1.0
+#: Snapshots kept (each about the guest memory in use): the least recently used go first; a
+#: restore already reading one keeps its open file.
+MAX_SNAPSHOTS = 32
 #: The jailed monitor's user (nobody), and its cgroup's memory: Lambda's largest function
 #: plus the engine's own.
 JAIL_UID = 65534
@@ -139,7 +143,7 @@ class MicrovmSandbox:
         self._exited = loop.create_future()
         self._guest_server = await asyncio.start_unix_server(self._serve_guest,
                                                              sock=self._guest_listener)
-        snapshot = backend.snapshots.get(self._key)
+        snapshot = backend.use_snapshot(self._key)
         client = self._monitor.client
         uds_path = f"{self._monitor_run}/v.sock"
         if snapshot is not None:
@@ -432,7 +436,8 @@ class MicrovmBackend:
         sweep(str(self.vms_dir))
         shutil.rmtree(self.snapshots_dir, ignore_errors=True)
         self.snapshots_dir.mkdir()
-        self.snapshots: dict[str, Path] = {}
+        #: By key, least recently used first.
+        self.snapshots: OrderedDict[str, Path] = OrderedDict()
         self._snapshotting: dict[str, asyncio.Task[None]] = {}
         self._code_builds: dict[Path, asyncio.Task[Path]] = {}
         self._live: dict[str, MicrovmSandbox] = {}
@@ -502,7 +507,18 @@ class MicrovmBackend:
         except (VmmError, OSError, MonitorFailed) as exc:
             log.warning("snapshot of %s failed: %s", sandbox.env_id, exc)
             return
-        self.snapshots[key] = target
+        self.add_snapshot(key, target)
+
+    def add_snapshot(self, key: str, path: Path) -> None:
+        self.snapshots[key] = path
+        while len(self.snapshots) > MAX_SNAPSHOTS:
+            self.forget_snapshot(next(iter(self.snapshots)))
+
+    def use_snapshot(self, key: str) -> Path | None:
+        path = self.snapshots.get(key)
+        if path is not None:
+            self.snapshots.move_to_end(key)
+        return path
 
     def forget_snapshot(self, key: str) -> None:
         path = self.snapshots.pop(key, None)

@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 
 from kiln.runtime.runtimes import BOOTSTRAP_DIR
-from kiln.sandbox.microvm import MicrovmBackend, guest_config, snapshot_key, vcpus_for
+from kiln.sandbox.microvm import (
+    MAX_SNAPSHOTS,
+    MicrovmBackend,
+    guest_config,
+    snapshot_key,
+    vcpus_for,
+)
 from kiln.sandbox.types import SandboxSpec
 from kiln.vmm.guest import image
 from kiln.vmm.guest.image import GuestImage, ImageError
@@ -122,3 +128,22 @@ def test_an_image_of_another_kiln_version_is_refused(tmp_path: Path) -> None:
     (tmp_path / "images" / "current").symlink_to("0123")
     with pytest.raises(ImageError, match="another version of Kiln"):
         GuestImage.current(tmp_path / "images")
+
+
+def test_snapshots_are_evicted_least_recently_used_first(tmp_path: Path) -> None:
+    built = tmp_path / "images" / "0123"
+    built.mkdir(parents=True)
+    (built / "manifest.json").write_text(json.dumps({"files": image._file_digests()}))
+    (tmp_path / "images" / "current").symlink_to("0123")
+    backend = MicrovmBackend(tmp_path / "sandboxes", images=tmp_path / "images")
+    paths = {}
+    for index in range(MAX_SNAPSHOTS):
+        paths[index] = backend.snapshots_dir / f"k{index}"
+        paths[index].mkdir()
+        backend.add_snapshot(f"k{index}", paths[index])
+    assert backend.use_snapshot("k0") == paths[0]  # now the most recently used
+    extra = backend.snapshots_dir / "extra"
+    extra.mkdir()
+    backend.add_snapshot("extra", extra)
+    assert backend.use_snapshot("k1") is None and not paths[1].exists()  # evicted, removed
+    assert backend.use_snapshot("k0") == paths[0] and backend.use_snapshot("extra") == extra
