@@ -551,6 +551,9 @@ def _short_path(directory: Path) -> Path:
     alias = Path(tempfile.gettempdir()) / "kiln-vms" / hashlib.sha256(
         str(directory).encode()).hexdigest()[:12]
     alias.parent.mkdir(exist_ok=True)
+    for other in alias.parent.iterdir():  # aliases of data directories since removed
+        if other.is_symlink() and not other.exists():
+            other.unlink(missing_ok=True)
     if not (alias.is_symlink() and alias.resolve() == directory.resolve()):
         alias.unlink(missing_ok=True)
         alias.symlink_to(directory)
