@@ -13,6 +13,7 @@ import importlib.metadata
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -314,6 +315,8 @@ def handler(event, context):
         "processes": cmdlines(),
         "interfaces": [name for _, name in socket.if_nameindex()],
         "kiln_port": attempt(lambda: connect(("127.0.0.1", host["port"]))),
+        "host_ip": attempt(lambda: connect((host["ip"], host["port"]))),
+        "signal_host": attempt(lambda: os.kill(host["pid"], 0)),
         "outside": attempt(lambda: connect(("10.0.2.2", 22))),
         "dns": attempt(lambda: socket.getaddrinfo("deb.debian.org", 80) and "resolved"),
         "disks": sorted(os.listdir("/sys/block")),
@@ -326,8 +329,11 @@ def test_hostile_function_sees_nothing_of_the_host(server: KilnServer, client: A
                                                    tmp_path: Path) -> None:
     marker = tmp_path / "host-secret"
     marker.write_text("secret")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("10.255.255.255", 1))  # no packet is sent: picks the host's address
+        host_ip = probe.getsockname()[0]
     host = {"paths": [str(marker), str(REPO), str(server.data_dir), "/root/.cache/kiln"],
-            "pid": server.process.pid, "port": server.port}
+            "pid": server.process.pid, "port": server.port, "ip": host_ip}
     name = create_python_function(client, HOSTILE, Timeout=20)
     response, body = invoke(client, name, {"host": host})
     assert "FunctionError" not in response, body
@@ -337,6 +343,8 @@ def test_hostile_function_sees_nothing_of_the_host(server: KilnServer, client: A
     assert all("/usr/lib/kiln" in c or "python" in c or not c for c in body["processes"])
     assert body["interfaces"] == ["lo"]
     assert body["kiln_port"] == "ECONNREFUSED"  # the guest's loopback is its own
+    assert body["host_ip"] in ("ENETUNREACH", "EHOSTUNREACH")  # and it has no other network
+    assert body["signal_host"] == "ESRCH"  # the guest's processes are all it can see
     assert body["outside"] in ("ENETUNREACH", "EHOSTUNREACH")
     assert body["dns"] != "resolved"
     assert body["disks"] == ["vda", "vdb"]  # the read-only root and the code, nothing else
