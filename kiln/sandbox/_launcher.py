@@ -31,6 +31,7 @@ and the launcher forks:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import json
 import os
@@ -102,8 +103,25 @@ def _reap_all(_signum: int = 0, _frame: object = None) -> None:
             return
 
 
-def main(fd: int) -> None:
-    """Serve fork requests on ``fd`` until the server closes its end."""
+#: Loaded once by the zygote, inherited by every fork: what Kiln's Python runtime imports, and
+#: standard modules functions commonly import (fresh per process after the fork, like any
+#: module state; ``random`` is re-seeded).
+ZYGOTE_PRELOAD = (
+    "json", "traceback", "time", "random", "importlib.machinery", "asyncio", "base64",
+    "collections", "dataclasses", "datetime", "decimal", "email.message", "email.parser",
+    "enum", "hashlib", "http.client", "re", "typing", "urllib.parse", "uuid",
+)
+
+
+def main(fd: int, python_path: list[str] | None = None) -> None:
+    """Serve fork requests on ``fd`` until the server closes its end.
+
+    ``python_path``: ``sys.path`` as the interpreter set it up, before Kiln's own directory was
+    added -- given when this launcher also serves as the Python zygote (``-s -u``, the flags of
+    Kiln's Python runtime), so that a runtime can start as a fork instead of an ``execve``."""
+    if python_path is not None:
+        for module in ZYGOTE_PRELOAD:
+            __import__(module)
     server = socket.socket(fileno=fd)
     server.setblocking(True)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -125,6 +143,7 @@ def main(fd: int) -> None:
         if not msg:
             break
         cfg = json.loads(msg)
+        cfg["python_path"] = python_path
         environments.append([os.path.dirname(p) for p in cfg["cgroup_procs"]])
         parents = cfg.get("cgroup_parents", parents)
         pid = os.fork()
@@ -485,11 +504,19 @@ def _exec_runtime(cfg: dict[str, Any], out_w: int, err_w: int, program: bytes) -
     resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     os.umask(0o022)
+    zygote = cfg.get("zygote") and cfg.get("python_path") is not None
     ns.drop_privileges(cfg["uid"], cfg["gid"])
+    if zygote:
+        # Dumpable again, as an execve would make it (the uid change cleared it): its /proc
+        # files belong to the sandbox user, so the function can read /proc/self/environ.
+        ns.prctl(ns.PR_SET_DUMPABLE, 1)
     if program:
         _seccomp.install(program)
     argv: list[str] = cfg["argv"]
     env: dict[str, str] = cfg["env"]
+    if zygote:
+        os.close(err_w)  # "exec" succeeded: from here on this process is the runtime
+        _run_python(argv[-1], env, cfg["python_path"])
     exe = argv[0]
     if "/" not in exe:
         for directory in env.get("PATH", "/usr/local/bin:/usr/bin:/bin").split(":"):
@@ -498,6 +525,76 @@ def _exec_runtime(cfg: dict[str, Any], out_w: int, err_w: int, program: bytes) -
                 exe = candidate
                 break
     os.execve(exe, argv, env)
+
+
+#: Flags of Kiln's Python runtime, which the zygote was started with.
+ZYGOTE_FLAGS = ("-s", "-u")
+#: The zygote's only start-up variable: room for ``_show_as_exec`` to write a runtime's
+#: environment in (Lambda allows 4 KB of variables; Kiln adds about 1 KB).
+ENVIRONMENT_ROOM = {"KILN_ENVIRONMENT_ROOM": "." * 8192}
+
+
+def _show_as_exec(argv: list[str], env: dict[str, str]) -> None:
+    """Write ``argv`` and ``env`` over this process's start-up argument and environment areas
+    (as setproctitle does; truncated to their size), so that ``ps`` and ``/proc/<pid>/cmdline``
+    and ``environ`` show the runtime as if it had been exec'd."""
+    with open("/proc/self/stat", "rb") as stat:
+        fields = stat.read().rsplit(b")", 1)[1].split()
+    arg_start, arg_end, env_start, env_end = (int(fields[n - 3]) for n in (48, 49, 50, 51))
+    for start, end, items in ((arg_start, arg_end, argv),
+                              (env_start, env_end, [f"{k}={v}" for k, v in env.items()])):
+        size = end - start
+        block = b"".join(item.encode() + b"\0" for item in items)[:size]
+        ctypes.memmove(start, block.ljust(size, b"\0"), size)
+
+
+def _run_python(script: str, env: dict[str, str], python_path: list[str]) -> None:
+    """Become ``python -s -u <script>`` with ``env``: what a fresh interpreter would be, minus
+    its start-up (the launcher is that interpreter, started with those flags).  Never returns."""
+    import builtins
+    import importlib.machinery
+    import random
+    import types
+
+    for name in [m for m in sys.modules if m == "kiln" or m.startswith("kiln.")]:
+        del sys.modules[name]  # the launcher's own code is not the function's to import
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # as the interpreter sets them at start
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    os.environ.clear()  # unsetenv: nothing in C refers to the start-up environment any more
+    _show_as_exec([sys.executable, *ZYGOTE_FLAGS, script], env)
+    os.environ.update(env)
+    extra = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    sys.path[:] = [os.path.dirname(script), *extra, *python_path]
+    sys.argv[:] = [script]
+    random.seed()  # every environment its own sequence (os.urandom is the kernel's anyway)
+    main_module = types.ModuleType("__main__")
+    main_module.__file__ = script
+    main_module.__dict__["__builtins__"] = builtins
+    sys.modules["__main__"] = main_module
+    status: object = 0
+    try:
+        # Reads the script's cached bytecode (the server compiles it once).
+        code = importlib.machinery.SourceFileLoader("__main__", script).get_code("__main__")
+        if code is None:
+            raise ImportError(f"no code in {script}")
+        exec(code, main_module.__dict__)
+    except SystemExit as exc:
+        status = exc.code
+    except BaseException:  # noqa: BLE001 - what the interpreter does with an uncaught exception
+        import traceback
+
+        traceback.print_exc()
+        status = 1
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    if status is None:
+        status = 0
+    elif not isinstance(status, int):
+        sys.stderr.write(f"{status}\n")
+        status = 1
+    os._exit(status & 0xFF)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,7 @@ import hashlib
 import itertools
 import json
 import os
+import py_compile
 import re
 import signal
 import socket
@@ -89,6 +90,7 @@ from typing import Any
 
 from kiln.sandbox import _namespaces
 from kiln.sandbox._cgroups import CgroupTree, CgroupV1, CgroupV2, Limits
+from kiln.sandbox._launcher import ENVIRONMENT_ROOM, ZYGOTE_FLAGS
 from kiln.sandbox._output import drain
 from kiln.sandbox.types import SandboxSpec
 
@@ -99,9 +101,16 @@ _SYSTEM_PREFIXES = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx3
 _FORBIDDEN_PREFIXES = ("/proc", "/dev", "/sys", "/var/task", "/opt")
 _KILN_PARENT = str(Path(__file__).resolve().parents[2])
 _LAUNCHER_CODE = (
-    "import sys; sys.path.insert(0, sys.argv[2]); "
-    "from kiln.sandbox._launcher import main; main(int(sys.argv[1]))"
+    "import sys; path = sys.path[1:]; sys.path.insert(0, sys.argv[2]); "
+    "from kiln.sandbox._launcher import main; "
+    "main(int(sys.argv[1]), path if sys.argv[3:] == ['zygote'] else None)"
 )
+#: The interpreter serving the runtime of the server's own Python version (as RuntimeCatalog
+#: finds it): the launcher runs on it, and so doubles as that runtime's zygote.
+ZYGOTE_PYTHON = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+#: Environment variables a fresh interpreter or the dynamic loader would act on at start-up,
+#: which a fork cannot honour (PYTHONPATH and PYTHONUNBUFFERED it can).
+_STARTUP_VARIABLES = re.compile(r"PYTHON(?!PATH$|UNBUFFERED$)\w*|LD_PRELOAD|LD_AUDIT")
 
 
 def _under(path: str, prefixes: Iterable[str]) -> bool:
@@ -504,6 +513,7 @@ class IsolatedBackend:
         expose_server_python: bool = True,
         cgroup_version: int | None = None,
         ready_timeout: float = 10.0,
+        zygote: bool = True,
     ) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
@@ -514,6 +524,8 @@ class IsolatedBackend:
             self.extra_ro_paths += [sys.prefix, sys.base_prefix]
         self.extra_rw_paths = [os.fspath(p) for p in extra_rw_paths]
         self.ready_timeout = ready_timeout
+        self.zygote = zygote
+        self._compiled: set[str] = set()
         self._lock_fd = os.open(self.root / "backend.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -568,20 +580,18 @@ class IsolatedBackend:
             self._sock.close()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
+            if self.zygote:
+                interpreter, env = [ZYGOTE_PYTHON, *ZYGOTE_FLAGS], ENVIRONMENT_ROOM
+            else:
+                interpreter, env = [sys.executable, "-I", "-S"], {}
             self._launcher = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-I",
-                    "-S",
-                    "-c",
-                    _LAUNCHER_CODE,
-                    str(theirs.fileno()),
-                    _KILN_PARENT,
-                ],
+                [*interpreter, "-c", _LAUNCHER_CODE, str(theirs.fileno()), _KILN_PARENT,
+                 *(["zygote"] if self.zygote else [])],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
                 close_fds=True,
                 start_new_session=True,  # a signal to the server's process group spares it
+                env=env,  # nothing of the server's environment (PYTHONPATH, ...) applies
             )
         finally:
             theirs.close()
@@ -708,6 +718,7 @@ class IsolatedBackend:
                 "layers": layers,
                 "ephemeral_mb": spec.ephemeral_mb,
                 "ro_paths": runtime_paths(argv, extra),
+                "zygote": self._zygote_script(argv, env, layers, spec.task_root) is not None,
                 "rw_paths": [
                     os.path.realpath(p)
                     for p in [*self.extra_rw_paths, *getattr(spec, "rw_paths", ())]
@@ -721,6 +732,26 @@ class IsolatedBackend:
             await sandbox.destroy()
             raise
         return sandbox
+
+    def _zygote_script(self, argv: list[str], env: dict[str, str], layers: list[str],
+                       task_root: Path) -> str | None:
+        """The script to run as a fork of the zygote rather than with ``execve``, when that is
+        the same as what a fresh interpreter would do: Kiln's Python runtime on the zygote's
+        interpreter, nothing for the dynamic loader to find at start-up (layers or
+        ``/var/task/lib`` for ``LD_LIBRARY_PATH``), no start-up variables."""
+        if not self.zygote or len(argv) != len(ZYGOTE_FLAGS) + 2:
+            return None
+        script = argv[-1]
+        if (os.path.realpath(argv[0]) != ZYGOTE_PYTHON or tuple(argv[1:-1]) != ZYGOTE_FLAGS
+                or not script.endswith(".py") or not os.path.isfile(script) or layers
+                or (Path(task_root) / "lib").is_dir()
+                or any(_STARTUP_VARIABLES.fullmatch(name) for name in env)):
+            return None
+        if script not in self._compiled:  # the runtime reads bytecode rather than compiling
+            self._compiled.add(script)
+            with contextlib.suppress(py_compile.PyCompileError, OSError):
+                py_compile.compile(script, doraise=True)
+        return script
 
     async def close(self) -> None:
         if self._closed:

@@ -46,8 +46,12 @@ class Footprint:
     cgroups: list[Path]
 
     def gone(self) -> bool:
-        return all(process_gone(pid) for pid in self.pids) and not any(
-            path.exists() for path in self.cgroups)
+        return not self.left()
+
+    def left(self) -> list[str]:
+        """What is still there."""
+        return [*(f"process {pid}" for pid in self.pids if not process_gone(pid)),
+                *(f"cgroup {path}" for path in self.cgroups if path.exists())]
 
     def frozen(self) -> bool:
         for path in self.cgroups:
@@ -124,7 +128,7 @@ def test_timeout_and_oom_kills_leave_nothing(server: KilnServer) -> None:
         left = footprint(body["env"])
         _, body = call(client, name, event)
         assert body["errorType"] == error, body
-        assert left.gone(), left  # already when the caller has the answer
+        assert wait_for(left.gone, 10), (error, left.left())
         client.delete_function(FunctionName=name)
 
 

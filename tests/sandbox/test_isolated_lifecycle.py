@@ -203,7 +203,10 @@ def test_destroy_leaves_nothing(sandbox_root: Path, task_root: Path) -> None:
                 if i < 2:
                     await sandbox.start()
                 boxes.append(sandbox)
-            await asyncio.sleep(0.05)
+            deadline = time.monotonic() + 10  # until both runtimes have forked
+            while sum(len(b.cgroup.pids()) for b in boxes) < 2 * 3 + 1:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.005)
             pids = [b.init_pid for b in boxes]
             assert all(p is not None and _alive(p) for p in pids)
             assert sum(len(b.cgroup.pids()) for b in boxes) == 2 * 3 + 1
@@ -365,7 +368,7 @@ def test_egress_opt_in_shares_the_host_network(sandbox_root: Path, task_root: Pa
         out: list[bytes] = []
         try:
             base = spec_for(task_root, code, out=out)
-            sandbox = await backend.create(EgressSpec(**base.__dict__))
+            sandbox = await backend.create(EgressSpec(**{**base.__dict__, "egress": True}))
 
             async def echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
                 w.write(await r.read(4))
