@@ -41,6 +41,13 @@ class Settings:
                          "(':'-separated): an explicit hole in the isolation, meant for tests "
                          "and local development."},
     )
+    sandbox_egress: str = field(
+        default="tagged",
+        metadata={"doc": "Which functions' environments get the host's network (to reach Kiln "
+                         "itself or the outside): tagged (those tagged kiln:egress=allow) | "
+                         "all | none.  The others have only a loopback of their own (process "
+                         "backend)."},
+    )
     keep_alive_seconds: float = field(
         default=300.0,
         metadata={"doc": "An idle execution environment is destroyed after this many seconds."},

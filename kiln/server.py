@@ -23,11 +23,12 @@ from kiln.aws.arn import ArnBuilder
 from kiln.aws.errors import AwsError
 from kiln.config import Settings
 from kiln.functions import api as functions_api
-from kiln.functions import event_config_api, layers_api, provisioned_api
+from kiln.functions import event_config_api, layers_api, provisioned_api, tags_api
 from kiln.functions.code import CodeStore
 from kiln.functions.event_config import EventInvokeConfigs
 from kiln.functions.provisioned import Provisioning
 from kiln.functions.service import FunctionService
+from kiln.functions.tags import egress_policy
 from kiln.gateway import api as gateway_api
 from kiln.gateway import urls as gateway_urls
 from kiln.gateway.alb import AlbTargets, parse_targets
@@ -65,11 +66,12 @@ class Kiln:
         self.runtimes = RuntimeCatalog(settings)
         self.functions = FunctionService(self.db, self.code, self.runtimes, self.arns)
         self.logs = LogStore(data / "logs")
+        egress = egress_policy(settings.sandbox_egress, self.functions.tags.get)  # may refuse
         self.backend = backend or make_backend(settings.sandbox_backend,
                                                str(data / "sandboxes"),
                                                settings.sandbox_shared_dirs)
         self.assignment = Assignment(self.backend, self.runtimes, self.code, settings,
-                                     self.functions.layers.opt_dir)
+                                     self.functions.layers.opt_dir, egress)
         # Reserved concurrency is the control plane's; every invoke path (the Invoke route,
         # the async queue, Step Functions tasks) takes its lease here, so it applies to all.
         self.counting = Counting(settings.account_concurrency,
@@ -158,6 +160,7 @@ def create_app(kiln: Kiln) -> ASGIApp:
     routes = [
         *invoke_api.routes(kiln),
         *functions_api.routes(kiln),
+        *tags_api.routes(kiln),
         *layers_api.routes(kiln),
         *provisioned_api.routes(kiln),
         *event_config_api.routes(kiln),

@@ -78,8 +78,10 @@ def routes(kiln: Kiln) -> list[Route]:
         body: dict[str, Any] = {
             "Configuration": record.config,
             "Code": {"RepositoryType": "S3", "Location": location},
-            "Tags": {},
         }
+        tags = functions.tags.get(record.name)
+        if tags:  # AWS leaves the member out when there are none
+            body["Tags"] = tags
         reserved = functions.concurrency.reserved.get(record.name)
         if reserved is not None:
             body["Concurrency"] = {"ReservedConcurrentExecutions": reserved}

@@ -29,6 +29,7 @@ from kiln.functions.layers import LayerStore
 from kiln.functions.paging import decode_marker as decode_marker  # re-exported: other List*
 from kiln.functions.paging import encode_marker as encode_marker  # operations page alike
 from kiln.functions.provisioned import ProvisionedConfigs
+from kiln.functions.tags import FunctionTags, validated
 from kiln.functions.types import FunctionRecord
 from kiln.functions.types import timestamp as timestamp  # re-exported
 from kiln.runtime.runtimes import RuntimeCatalog
@@ -68,6 +69,7 @@ class FunctionService:
         self.aliases = AliasStore(db)
         self.concurrency = Reservations(db)
         self.provisioned = ProvisionedConfigs(db)
+        self.tags = FunctionTags(db)
         self.layers = LayerStore(db, code, arns, self._configs, self._collect_code)
         self.listeners.append(self.layers.function_changed)
         self._cache: dict[tuple[str, str], FunctionRecord] = {}
@@ -165,6 +167,7 @@ class FunctionService:
         self.runtimes.check(changes["Runtime"])
         architectures = validation.architectures(fields) or ["x86_64"]
         publish = fields.boolean("Publish")
+        tags = validated(fields.mapping("Tags") or {})
         code = fields.mapping("Code")
         if code is None:
             raise AwsError.invalid_parameter("Code is a required parameter.")
@@ -203,6 +206,7 @@ class FunctionService:
         record = FunctionRecord(config, info.sha_hex)
         with self.db.transaction():
             self._write(record)
+            self.tags.put(name, tags)
             if publish:
                 return self._publish(record, None)[0]
         return record
@@ -281,6 +285,7 @@ class FunctionService:
             self.aliases.remove_all(name)
             self.concurrency.remove(name)
             self.provisioned.remove(name)
+            self.tags.remove(name)
         for key in [k for k in self._cache if k[0] == name]:
             del self._cache[key]
         await self._notify(name)

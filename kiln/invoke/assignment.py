@@ -50,13 +50,17 @@ class _Pool:
 class Assignment:
     def __init__(self, backend: SandboxBackend, runtimes: RuntimeCatalog, code: CodeStore,
                  settings: Settings,
-                 opt_dir: Callable[[FunctionRecord], Path | None] = lambda _record: None) -> None:
-        """``opt_dir(record)``: the host directory holding the version's merged layers."""
+                 opt_dir: Callable[[FunctionRecord], Path | None] = lambda _record: None,
+                 egress: Callable[[str], bool] = lambda _function: False) -> None:
+        """``opt_dir(record)``: the host directory holding the version's merged layers;
+        ``egress(function)``: whether its new environments get the host's network (when that
+        answer changes, ``retire(function, provisioned=True)``)."""
         self.backend = backend
         self.runtimes = runtimes
         self.code = code
         self.settings = settings
         self.opt_dir = opt_dir
+        self.egress = egress
         self._idle: dict[tuple[str, str, str], list[Environment]] = defaultdict(list)
         self._live: set[Environment] = set()
         self._reaper: asyncio.Task[None] | None = None
@@ -109,8 +113,10 @@ class Assignment:
         (pool.idle if pool is not None else self._idle[_key(env.record)]).append(env)
         env.schedule_freeze(self.settings.freeze_after_seconds)
 
-    async def retire(self, function_name: str) -> None:
-        """Code or configuration changed: no environment of the old one serves again."""
+    async def retire(self, function_name: str, provisioned: bool = False) -> None:
+        """Code or configuration changed: no environment of the old one serves again.
+        ``provisioned``: the sandbox itself changed, so provisioned environments are replaced
+        too (published versions' do not change otherwise)."""
         for env in list(self._live):
             if env.record.name != function_name or env in self._pool_of:
                 continue  # published versions do not change: ``provision`` manages pools
@@ -119,6 +125,10 @@ class Assignment:
                 await self._destroy(env)
         for key in [k for k in self._idle if k[0] == function_name]:
             del self._idle[key]
+        for name, version in [k for k in self._pools if provisioned and k[0] == function_name]:
+            pool = self._pools.pop((name, version))
+            self._drain(pool)
+            self.provision(pool.record, pool.target)
 
     def provision(self, record: FunctionRecord, count: int) -> None:
         """Keep ``count`` environments of ``record`` (a published version) initialised and
@@ -241,6 +251,7 @@ class Assignment:
         opt = self.opt_dir(record)
         layers = [opt] if opt is not None else []
         output = Output()
+        egress = self.egress(record.name)
         spec = SandboxSpec(
             env_id=env_id,
             argv=self.runtimes.command(record.runtime, task_root, layers),
@@ -250,9 +261,12 @@ class Assignment:
             memory_mb=record.memory_size,
             ephemeral_mb=record.ephemeral_storage,
             on_output=output.feed,
+            egress=egress,
         )
         sandbox = await self.backend.create(spec)
         env = Environment(env_id, record, sandbox, output)
+        # The network opt-in changed while this one was being made: it serves once, then goes.
+        env.retired = self.egress(record.name) != egress
         self._live.add(env)
         return env
 

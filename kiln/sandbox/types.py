@@ -16,6 +16,8 @@ class SandboxSpec:
     ``argv`` runs with ``env`` (the runtime's environment, minus ``AWS_LAMBDA_RUNTIME_API`` which
     the backend sets to where its listener is reachable from inside) and ``cwd=task_root``.
     Output (stdout and stderr, interleaved) goes to ``on_output`` in arbitrary chunks.
+    ``egress``: the environment may use the host's network (reach Kiln and the outside); by
+    default an isolating backend gives it only a loopback of its own.
     """
 
     env_id: str
@@ -26,6 +28,7 @@ class SandboxSpec:
     memory_mb: int = 128
     ephemeral_mb: int = 512
     on_output: Callable[[bytes], None] = lambda _chunk: None
+    egress: bool = False
 
 
 class Sandbox(Protocol):
