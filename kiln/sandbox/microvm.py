@@ -41,6 +41,7 @@ from kiln.vmm.guest import agent
 from kiln.vmm.guest.image import (
     CODE_LABEL,
     GUEST_PYTHON,
+    OPT_LABEL,
     RUNTIME_DIR,
     GuestImage,
     images_dir,
@@ -78,9 +79,16 @@ def vcpus_for(memory_mb: int) -> int:
 
 
 def guest_config(spec: SandboxSpec) -> dict[str, Any]:
-    """The runtime's argv, env and cwd as the guest sees them (host paths mapped in)."""
+    """The runtime's argv, env and cwd as the guest sees them (host paths mapped in: the code
+    at /var/task, the version's merged layers (one directory) at /opt)."""
     task_root = str(spec.task_root)
-    env = {k: v.replace(task_root, GUEST_TASK_ROOT) for k, v in spec.env.items()}
+    opt = str(spec.layers[0]) if spec.layers else None
+
+    def guest_path(value: str) -> str:
+        value = value.replace(task_root, GUEST_TASK_ROOT)
+        return value.replace(opt, "/opt") if opt else value
+
+    env = {k: guest_path(v) for k, v in spec.env.items()}
     env["LAMBDA_RUNTIME_DIR"] = RUNTIME_DIR
     env["AWS_LAMBDA_RUNTIME_API"] = f"127.0.0.1:{agent.RUNTIME_API_PORT}"
     argv = list(spec.argv)
@@ -93,7 +101,7 @@ def guest_config(spec: SandboxSpec) -> dict[str, Any]:
     elif bootstrap.parent == BOOTSTRAP_DIR:
         argv = [f"/usr/bin/{Path(argv[0]).name}", f"{RUNTIME_DIR}/{bootstrap.name}"]
     else:
-        argv = [a.replace(task_root, GUEST_TASK_ROOT) for a in argv]
+        argv = [guest_path(a) for a in argv]
     return {"argv": argv, "env": env, "cwd": GUEST_TASK_ROOT}
 
 
@@ -174,13 +182,16 @@ class MicrovmSandbox:
 
     async def _boot(self, uds_path: str, config: dict[str, Any]) -> None:
         spec, image, client = self.spec, self._backend.image, self._monitor.client
-        code = await self._backend.code_drive(spec.task_root)
+        drives = [("root", image.rootfs),
+                  ("code", await self._backend.drive(spec.task_root, CODE_LABEL))]
+        if spec.layers:  # the version's merged layers, as /opt
+            drives.append(("opt", await self._backend.drive(spec.layers[0], OPT_LABEL)))
         await client.put("/machine-config", {"vcpu_count": vcpus_for(spec.memory_mb),
                                              "mem_size_mib": spec.memory_mb})
         await client.put("/boot-source", {
             "kernel_image_path": str(image.kernel), "initrd_path": str(image.initrd),
             "boot_args": f"{BOOT_ARGS} kiln.tmp_mb={spec.ephemeral_mb}"})
-        for drive_id, path in (("root", image.rootfs), ("code", code)):
+        for drive_id, path in drives:
             await client.put(f"/drives/{drive_id}", {
                 "drive_id": drive_id, "path_on_host": str(path), "is_root_device": False,
                 "is_read_only": True})
@@ -477,14 +488,15 @@ class MicrovmBackend:
     def forget(self, env_id: str) -> None:
         self._live.pop(env_id, None)
 
-    async def code_drive(self, task_root: Path) -> Path:
-        """A read-only ext4 image of the function's code, made once per code version."""
-        target = self.code_dir / f"{task_root.name}.ext4"
+    async def drive(self, source: Path, label: str) -> Path:
+        """A read-only ext4 image of ``source`` (code, or merged layers), made once per
+        content-addressed directory."""
+        target = self.code_dir / f"{label}-{source.name}.ext4"
         if target.exists():
             return target
         build = self._code_builds.get(target)
         if build is None:
-            build = asyncio.ensure_future(asyncio.to_thread(_make_code_drive, task_root, target))
+            build = asyncio.ensure_future(asyncio.to_thread(_make_drive, source, target, label))
             self._code_builds[target] = build
             build.add_done_callback(lambda _t: self._code_builds.pop(target, None))
         return await asyncio.shield(build)
@@ -538,9 +550,9 @@ class MicrovmBackend:
             self.forget_snapshot(key)
 
 
-def _make_code_drive(task_root: Path, target: Path) -> Path:
+def _make_drive(source: Path, target: Path, label: str) -> Path:
     staging = target.with_suffix(".tmp")
-    make_ext4(task_root, staging, CODE_LABEL)
+    make_ext4(source, staging, label)
     os.replace(staging, target)
     return target
 

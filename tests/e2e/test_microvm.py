@@ -24,7 +24,14 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, KilnServer, create_python_function, start_server, wait_for
+from tests.conftest import (
+    REPO,
+    KilnServer,
+    create_python_function,
+    make_zip,
+    start_server,
+    wait_for,
+)
 from tests.e2e.test_runtimes import create_provided, invoke, request_id
 
 CACHE = Path(os.environ.get("KILN_MICROVM_TEST_CACHE",
@@ -281,6 +288,31 @@ def test_awslambdaric_custom_runtime(client: Any) -> None:
     assert error["errorType"] == "RuntimeError" and error["errorMessage"] == "ric failure"
     response, again = invoke(client, name, {"x": 2})
     assert again["pid"] == body["pid"]
+
+
+# -- layers: the version's merged layers arrive read-only at /opt ------------------------------
+
+LAYERED = """
+import os, subprocess
+import shared
+
+def handler(event, context):
+    return {"shared": shared.VALUE, "file": shared.__file__,
+            "tool": subprocess.run(["layer-tool"], capture_output=True, text=True).stdout}
+"""
+
+
+def test_layers_are_mounted_at_opt(client: Any) -> None:
+    layer = client.publish_layer_version(LayerName=f"ml-{os.urandom(3).hex()}", Content={
+        "ZipFile": make_zip({"python/shared.py": "VALUE = 'from-the-layer'\n",
+                             "bin/layer-tool": "#!/bin/sh\necho tool-in-the-vm\n"},
+                            executable=("bin/layer-tool",))})
+    name = create_python_function(client, LAYERED, Layers=[layer["LayerVersionArn"]],
+                                  Timeout=20)
+    response, body = invoke(client, name, {})
+    assert "FunctionError" not in response, body
+    assert body == {"shared": "from-the-layer", "file": "/opt/python/shared.py",
+                    "tool": "tool-in-the-vm\n"}
 
 
 # -- the hostile battery: nothing of the host is visible from inside the microVM ---------------

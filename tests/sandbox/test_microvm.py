@@ -62,6 +62,16 @@ def test_provided_bootstrap_is_mapped_into_the_guest_task_root() -> None:
     assert guest_config(spec)["argv"] == ["/var/task/bootstrap"]
 
 
+def test_merged_layers_are_mapped_to_opt() -> None:
+    layers = Path("/data/code/opt/5eed")
+    spec = python_spec(argv=[str(layers / "bootstrap")], layers=[layers],
+                       env={"PATH": f"/usr/bin:{layers}/bin", "PYTHONPATH": f"{layers}/python"})
+    config = guest_config(spec)
+    assert config["argv"] == ["/opt/bootstrap"]
+    assert config["env"]["PATH"] == "/usr/bin:/opt/bin"
+    assert config["env"]["PYTHONPATH"] == "/opt/python"
+
+
 @pytest.mark.parametrize(("memory", "vcpus"), [(128, 1), (1769, 1), (1770, 2), (3008, 2),
                                                (10240, 6)])
 def test_vcpus_follow_lambdas_memory_proportion(memory: int, vcpus: int) -> None:
