@@ -31,7 +31,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from bench._http import Connection
 from tests.conftest import create_python_function, free_port, start_server, wait_for
-from tests.e2e.test_gateway_websocket import BACKEND, make_api
+from tests.e2e.test_gateway_websocket import make_api
 
 ROUNDS = 5
 CONNECT = """
@@ -104,7 +104,7 @@ async def main() -> None:
     parser.add_argument("--pushers", type=int, default=16)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        server = start_server(Path(tmp) / "data", KILN_SANDBOX_BACKEND=BACKEND)
+        server = start_server(Path(tmp) / "data")
         baseline_port = free_port()
         baseline = start_baseline(baseline_port)
         try:

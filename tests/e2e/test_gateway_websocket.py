@@ -20,9 +20,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import KilnServer, create_python_function, expect_error, start_server
 
-# Functions call back into Kiln's @connections over loopback: the isolated backend gives each
-# environment a network namespace of its own, so these run on the host's.
-BACKEND = "unisolated"
+# The chat function calls back into Kiln's @connections over loopback: on the default (isolated)
+# backend that takes the network opt-in, as a deployment would.
+EGRESS = {"kiln:egress": "allow"}
 
 CHAT = """
 import base64, json
@@ -112,8 +112,8 @@ def make_api(server: KilnServer, function: str | None, routes: dict[str, bool],
 
 @pytest.fixture(scope="module")
 def chat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chat]:
-    server = start_server(tmp_path_factory.mktemp("ws") / "data", KILN_SANDBOX_BACKEND=BACKEND)
-    function = create_python_function(server.client(), CHAT, Timeout=30)
+    server = start_server(tmp_path_factory.mktemp("ws") / "data")
+    function = create_python_function(server.client(), CHAT, Timeout=30, Tags=EGRESS)
     api_id = make_api(server, function, {"$connect": False, "$disconnect": False,
                                          "$default": True, "echo": True, "broadcast": True})
     yield Chat(server, api_id)
