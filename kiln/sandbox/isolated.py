@@ -58,11 +58,11 @@ Host paths of the function's code and layers in ``argv`` and ``env`` (``LAMBDA_T
 ``/var/task`` and ``/opt``; ``LAMBDA_RUNTIME_DIR`` and ``KILN_EXTRA_PYTHONPATH`` directories are
 exposed read-only at their host paths.
 
-Optional ``SandboxSpec`` fields this backend understands when present (read with ``getattr``):
-``ro_paths`` (more host paths to expose read-only at the same path), ``rw_paths`` (host
-directories shared read-write at the same path: an explicit hole, meant for tests) and
-``egress`` (``True``: share the host's network namespace; the Runtime API then listens on an
-ephemeral loopback port named in ``AWS_LAMBDA_RUNTIME_API``).  The server's own Python
+``SandboxSpec.egress`` shares the host's network namespace (the Runtime API then listens on
+an ephemeral loopback port named in ``AWS_LAMBDA_RUNTIME_API``).  Optional ``SandboxSpec``
+fields this backend understands when present (read with ``getattr``): ``ro_paths`` (more host
+paths to expose read-only at the same path) and ``rw_paths`` (host directories shared
+read-write at the same path: an explicit hole, meant for tests).  The server's own Python
 installation (``sys.prefix``, ``sys.base_prefix``) is exposed read-only unless
 ``expose_server_python=False``, because Kiln uses it as a runtime and bootstraps call it.
 """
@@ -672,7 +672,7 @@ class IsolatedBackend:
             raise SandboxError("backend is closed")
         if spec.env_id in self._live:
             raise SandboxError(f"environment {spec.env_id} exists")
-        egress = bool(getattr(spec, "egress", False))
+        egress = spec.egress
         layers = [os.fspath(Path(p).resolve()) for p in spec.layers]
         for layer in layers:
             if ":" in layer or "," in layer:
