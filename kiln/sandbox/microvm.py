@@ -357,6 +357,10 @@ class MicrovmSandbox:
         self._output_waiters.append((total, waiter))
         await waiter
 
+    @property
+    def monitor_pid(self) -> int:
+        return self._monitor.process.pid
+
     async def take_snapshot(self, target: Path) -> None:
         """Pause, snapshot into the monitor's own directory, resume; then move it to
         ``target`` (a jailed monitor can write only inside its jail)."""
