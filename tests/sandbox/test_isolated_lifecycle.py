@@ -215,6 +215,7 @@ def test_destroy_leaves_nothing(sandbox_root: Path, task_root: Path) -> None:
             assert not any(_alive(p) for p in pids if p is not None)
             assert not any(b.cgroup.exists() for b in boxes)
             # Only the pre-warmed blank environments are left until close().
+            await backend.prepare()  # a refill may be under way
             blank = sorted(Path(b.cgroup.procs_files()[0]).parent.name for b in backend._pool)
             assert backend.cgroups.children() == blank
             assert _mounts_under(sandbox_root) == []
