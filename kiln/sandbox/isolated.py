@@ -1,4 +1,5 @@
-"""The isolated backend: every execution environment in its own namespaces, root and cgroup.
+"""The isolated backend -- Kiln's default, ``process`` -- every execution environment in its own
+namespaces, root and cgroup.
 
 Per environment:
 
@@ -27,7 +28,7 @@ How processes are made: the server never forks itself.  It is multi-threaded (an
 to ``fork``) and large (``fork`` slows with RSS), and ``preexec_fn`` is both unsafe and unable to
 enter a new PID namespace; exec'ing a launcher per environment would add a whole interpreter
 start (11-17 ms here) to every cold start.  Instead one small single-threaded launcher per backend
-(``_launcher.py``, started once with ``-I -S``) forks per environment: ``fork`` + cgroup join +
+(``_launcher.py``, started once) forks per environment: ``fork`` + cgroup join +
 ``unshare`` + ``fork`` (the new PID namespace's init, itself a forked copy of the launcher, which
 stays as PID 1 to reap orphans, report the runtime's exit status and take the namespace down with
 it) + the common part of the root + the listener.  That part costs 5-20 ms on cgroup v1 (joining
@@ -35,11 +36,23 @@ a v1 cgroup waits for an RCU grace period per hierarchy), so ``prewarm`` blank e
 kept ready and ``create`` only adds the function's mounts (about 2 ms).  ``start`` is one more
 ``fork`` + privilege drop + seccomp + ``execve`` (about 2.5 ms before the interpreter runs).
 
-Measured on the 2-vCPU dev VM (``tests/sandbox/bench_isolated_start.py``, medians of 20), time
-from ``create`` to the runtime's first output byte, as a ratio to ``<python> -c pass``:
-``/usr/bin/python3`` 12-16 ms (x1.4-1.5; a plain ``Popen`` is x0.75-0.8), the pyenv 3.11.7
-build 31-34 ms (x1.07-1.12; ``Popen`` x0.83).  An idle environment's init costs about 1.5 MiB
-USS (3 MiB PSS).
+The zygote ("snapshot" of an initialised interpreter): the launcher runs on the interpreter that
+serves the server's own Python version (``ZYGOTE_PYTHON``) with the flags of Kiln's Python
+runtime (``-s -u``) and preloads the modules that runtime and common functions import
+(``_launcher.ZYGOTE_PRELOAD``).  A runtime that a fork can faithfully stand in for (that
+interpreter and flags, no layers or ``/var/task/lib`` for the dynamic loader, no ``PYTHON*``
+start-up variables but ``PYTHONPATH``) then skips ``execve``: the forked child, already in its
+namespaces, cgroup and credentials, resets ``sys.path``/``argv``/``os.environ``, re-seeds
+``random``, shows the runtime's command line and environment in ``/proc`` and runs the bootstrap
+from its cached bytecode.  Other runtimes (Node.js, ``provided``, other interpreters) ``execve``
+as before, inside the same isolation.  Forks share the zygote's string-hash secret.
+
+Measured on the 2-vCPU dev VM (``bench/coldstart.py``, medians of 15): the first invoke of a new
+environment (create, start, INIT, invoke) of a Python function takes 10-11 ms with the zygote,
+x0.29-0.31 of the runtime's interpreter's ``-c pass`` (pyenv 3.11.7, 34 ms; x0.94-1.02 of
+``/usr/bin/python3``'s 10.6 ms), against 45-68 ms (x1.3-2.0) with ``execve``.  An idle, frozen
+environment costs 3.1 MiB beyond its runtime's own 4.9 MiB PSS: the init's PSS 2.5 MiB, what its
+cgroup is charged besides the processes 0.6 MiB, the server's Python objects 0.02 MiB.
 
 Clean-up: ``destroy()`` kills the cgroup's processes (freezing it first so nothing can fork
 meanwhile), waits for the init to go, and removes the cgroup; mounts live only in the
