@@ -22,7 +22,13 @@ def make_backend(name: str, root: str, shared_dirs: Sequence[str] = ()) -> Sandb
     if name == "process":
         from kiln.sandbox.isolated import IsolatedBackend
 
-        return IsolatedBackend(root, extra_rw_paths=shared_dirs)
+        try:
+            return IsolatedBackend(root, extra_rw_paths=shared_dirs)
+        except OSError as exc:  # not root, no cgroup hierarchy, ...
+            raise RuntimeError(
+                f"the process sandbox backend cannot isolate functions on this host ({exc}): it "
+                "needs root on Linux, with namespaces and cgroups; KILN_SANDBOX_BACKEND="
+                "unisolated runs them as plain processes, without isolation") from exc
     if name == "unisolated":
         from kiln.sandbox.unisolated import UnisolatedBackend
 
