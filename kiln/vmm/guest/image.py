@@ -200,8 +200,20 @@ def _download(packages: list[tuple[str, str]], debs: Path,
 
     missing = [f"{n}={v}" for n, v in packages if path_of(n, v) is None]
     if missing:
-        progress(f"downloading {len(missing)} Debian packages")
-        _run(["apt-get", "download", "-q", *missing], cwd=debs)
+        # One apt-get for all (one per package costs a second each); its "Get:" lines show
+        # the progress.
+        with subprocess.Popen(["apt-get", "download", *missing], cwd=debs, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as fetch:
+            assert fetch.stdout is not None
+            tail: list[str] = []
+            for line in fetch.stdout:
+                fields = line.split()  # Get:N URL SUITE ARCH NAME ARCH VERSION [SIZE UNIT]
+                if line.startswith("Get:") and len(fields) >= 9:
+                    progress(f"      {fields[0][4:]}/{len(missing)} {fields[4]} "
+                             f"{fields[-2].lstrip('[')} {fields[-1].rstrip(']')}")
+                tail = [*tail[-20:], line]
+        if fetch.returncode != 0:
+            raise ImageError(f"apt-get download failed: {''.join(tail)}")
     paths = [path_of(n, v) for n, v in packages]
     absent = [n for (n, _), p in zip(packages, paths, strict=True) if p is None]
     if absent:
@@ -306,7 +318,8 @@ def build_image(images_dir: Path, progress: Callable[[str], None]) -> GuestImage
                   "files": _file_digests()}
         target = images_dir / _digest(inputs)
         if not (target / "manifest.json").is_file():
-            progress(f"[2/5] fetching {len(packages) + 1} packages")
+            progress(f"[2/5] fetching {len(packages) + 1} packages (cached in "
+                     f"{images_dir / 'debs'})")
             debs = _download([kernel, *packages], images_dir / "debs", progress)
             progress("[3/5] unpacking the kernel and the root")
             kernel_dir, root, staging = work / "kernel", work / "root", work / "image"
