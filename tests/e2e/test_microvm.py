@@ -118,6 +118,14 @@ def test_invoke_tail_logs_and_warm_reuse(client: Any) -> None:
     assert "Init Duration" not in tail(response)
 
 
+def test_megabyte_payloads_cross_the_channel_intact(client: Any) -> None:
+    source = "def handler(event, context):\n    return {'echo': event['data'][::-1]}\n"
+    name = create_python_function(client, source, Timeout=30)
+    data = os.urandom(1 << 20).hex()  # 2 MB of JSON text each way
+    response, body = invoke(client, name, {"data": data})
+    assert "FunctionError" not in response and body == {"echo": data[::-1]}
+
+
 # -- errors -----------------------------------------------------------------------------------
 
 ERRORS = """
