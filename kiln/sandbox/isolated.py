@@ -455,9 +455,9 @@ class IsolatedSandbox:
         self.end_init()
         self.cgroup.request_freeze(True)
         self._frozen = True
-        # Returns once frozen, unless a thaw came first (an invoke arrived meanwhile).
+        # Returns once frozen, unless a thaw (an invoke arrived) or a destroy came first.
         deadline = time.monotonic() + 5
-        while self._frozen and not self.cgroup.is_frozen():
+        while self._frozen and not self._destroyed and not self.cgroup.is_frozen():
             if time.monotonic() > deadline:
                 raise SandboxError(f"environment {self.env_id} did not freeze")
             await asyncio.sleep(0.001)
