@@ -33,7 +33,9 @@ class Settings:
     sandbox_backend: str = field(
         default="process",
         metadata={"doc": "Execution environment backend: process (isolated; Linux, root) | "
-                         "unisolated (plain child processes, no isolation)."},
+                         "unisolated (plain child processes, no isolation) | microvm (each "
+                         "environment a QEMU/Firecracker microVM; run 'kiln microvm "
+                         "build-image' first)."},
     )
     sandbox_shared_dirs: list[str] = field(
         default_factory=list,
