@@ -117,7 +117,7 @@ class InvokeApp:
             return 204, [(b"x-amzn-requestid", str(uuid.uuid4()).encode())], b""
         if invocation_type == "Event":
             event = InvokeRequest(payload=payload, invoked_arn=invoked_arn)
-            kiln.queue.enqueue(fid.name, fid.qualifier, event)
+            await kiln.queue.enqueue(fid.name, fid.qualifier, event)
             # No X-Amz-Executed-Version: a weighted alias picks its version when the event runs.
             return 202, [(b"x-amzn-requestid", event.request_id.encode())], b""
         invocation_id = headers.get("amz-sdk-invocation-id")

@@ -20,7 +20,7 @@ What happens to an event follows its function's event invoke config
   delivers to Lambda functions, as Event invokes through this same queue; a target it cannot
   deliver to (missing, or a queue, topic or bus) is reported in the function's log.
 
-    queue.enqueue(name, qualifier, request)   # -> request id
+    await queue.enqueue(name, qualifier, request)   # -> request id, once committed
     await queue.start()                       # also picks up events left by a previous process
 """
 
@@ -122,13 +122,36 @@ class AsyncQueue:
         self._flush_handle: asyncio.Handle | None = None
         self._events: dict[str, _Event] = {}
         self._event_bytes = 0
+        self._accepting: list[_Event] = []
+        self._accept_done: asyncio.Future[None] | None = None
 
-    def enqueue(self, name: str, qualifier: str | None, request: InvokeRequest) -> str:
+    async def enqueue(self, name: str, qualifier: str | None, request: InvokeRequest) -> str:
+        """Returns once the event is committed.  Events accepted in the same event-loop step
+        share one transaction (group commit): the commit, not the insert, is what costs."""
         event = _Event(request.request_id, name, qualifier, request.invoked_arn,
                        request.payload, self.clock())
-        self.db.execute(*event.insert())
-        self._accepted(event)
+        self._accepting.append(event)
+        if self._accept_done is None:
+            loop = asyncio.get_running_loop()
+            self._accept_done = loop.create_future()
+            loop.call_soon(self._commit_accepted)
+        await self._accept_done
         return event.request_id
+
+    def _commit_accepted(self) -> None:
+        events, self._accepting = self._accepting, []
+        done, self._accept_done = self._accept_done, None
+        assert done is not None
+        try:
+            with self.db.transaction() as tx:
+                for event in events:
+                    tx.execute(*event.insert())
+        except Exception as exc:  # noqa: BLE001 - every waiting caller answers the failure
+            done.set_exception(exc)
+            return
+        for event in events:
+            self._accepted(event)
+        done.set_result(None)
 
     def _accepted(self, event: _Event) -> None:
         """Keep a committed event in memory (within MEMORY_BYTES) and make it ready."""

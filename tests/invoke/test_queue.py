@@ -66,9 +66,9 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
         await node.kiln.stop()
 
 
-def send(kiln: Kiln, name: str, payload: bytes = b'{"a": 1}') -> str:
+async def send(kiln: Kiln, name: str, payload: bytes = b'{"a": 1}') -> str:
     request = InvokeRequest(payload=payload, invoked_arn=kiln.arns.function(name))
-    return kiln.queue.enqueue(name, None, request)
+    return await kiln.queue.enqueue(name, None, request)
 
 
 async def settle(predicate: Callable[[], bool]) -> None:
@@ -91,7 +91,7 @@ async def test_an_event_older_than_its_maximum_age_fails_without_running(node: N
     kiln.event_configs.put("fails", None, {
         "MaximumEventAgeInSeconds": 60,
         "DestinationConfig": {"OnFailure": {"Destination": kiln.arns.function("collect")}}})
-    request_id = send(kiln, "fails")
+    request_id = await send(kiln, "fails")
     node.now += 61  # the server was down for a minute
     await kiln.start()
     await settle(lambda: bool(node.received))
@@ -114,7 +114,7 @@ async def test_throttled_until_its_age_runs_out_then_dead_lettered(node: Node) -
     kiln.functions.put_concurrency(name, {"ReservedConcurrentExecutions": 0}, 1000)
     kiln.event_configs.put(name, None, {"MaximumEventAgeInSeconds": 120})
     await kiln.start()
-    request_id = send(kiln, name, b'{"keep": "me"}')
+    request_id = await send(kiln, name, b'{"keep": "me"}')
 
     def throttled() -> bool:
         row = node.row(request_id)
@@ -140,7 +140,7 @@ async def test_retry_schedule_outlives_the_process(node: Node) -> None:
     kiln = node.open()
     name = create(kiln, "fails.h")
     await kiln.start()
-    request_id = send(kiln, name)
+    request_id = await send(kiln, name)
 
     def attempted(count: int) -> Callable[[], bool]:
         def check() -> bool:
