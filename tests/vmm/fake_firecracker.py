@@ -43,7 +43,8 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(data)
+        if data:  # the client may be gone once it has read an empty answer's headers
+            self.wfile.write(data)
 
     def address_string(self) -> str:
         return "unix"
