@@ -64,6 +64,10 @@ async def serve(listener: socket.socket, handler: Handler) -> asyncio.Server:
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
             return
+        except asyncio.CancelledError:
+            # The monitor is shutting down (asyncio.run cancels idle keep-alive connections):
+            # end quietly; Python 3.11's stream callback would log a cancelled handler.
+            return
         finally:
             writer.close()
 
