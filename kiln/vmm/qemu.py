@@ -74,6 +74,9 @@ def command_line(
         "-cpu", "host" if accelerator == "kvm" else "max",
         "-m", str(machine.mem_size_mib), "-smp", str(machine.vcpu_count),
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        # QEMU's own seccomp filter (Firecracker filters each thread); spawning stays allowed
+        # because snapshots stream through ``exec:cat``.
+        "-sandbox", "on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny",
         "-chardev", f"socket,id=qmp,path={workdir}/qmp.sock,server=off",
         "-mon", "chardev=qmp,mode=control",
         "-serial", f"file:{config.serial_out_path}" if config.serial_out_path else "stdio",
