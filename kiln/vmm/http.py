@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 MAX_HEAD = 16 * 1024
-#: Firecracker's API server refuses larger bodies too (its default is 51,200 bytes).
-MAX_BODY = 1024 * 1024
+#: Firecracker's default ``--http-api-max-payload-size``.
+MAX_BODY = 51200
 _REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
             404: "Not Found", 405: "Method Not Allowed", 413: "Payload Too Large",
             500: "Internal Server Error", 501: "Not Implemented"}
@@ -102,7 +102,8 @@ async def read_request(reader: asyncio.StreamReader) -> HttpRequest | None:
         raise BadRequest("Invalid Content-Length.")
     length = int(length_text)
     if length > MAX_BODY:
-        raise BadRequest(f"The request body is larger than {MAX_BODY} bytes.")
+        raise BadRequest(f"Request payload with size {length} is larger than the limit of "
+                         f"{MAX_BODY} allowed by server.")
     body = await reader.readexactly(length) if length else b""
     path = parts[1].split("?", 1)[0]
     return HttpRequest(parts[0], path, headers, body)

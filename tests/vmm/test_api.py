@@ -120,8 +120,11 @@ async def test_mmds_store(monitor: Monitor) -> None:
     await c.put("/mmds", {"latest": {"meta-data": {"a": "1", "b": "2"}}, "x": 1})
     await c.patch("/mmds", {"latest": {"meta-data": {"b": None, "c": "3"}}, "x": None})
     assert await c.get("/mmds") == {"latest": {"meta-data": {"a": "1", "c": "3"}}}
-    assert "data store limit" in await c.fault("PUT", "/mmds", {"big": "x" * 60000})
-    assert await c.get("/mmds") == {"latest": {"meta-data": {"a": "1", "c": "3"}}}
+    assert "larger than the limit of 51200" in await c.fault("PUT", "/mmds", {"big": "x" * 60000})
+    await c.patch("/mmds", {"one": "x" * 30000})
+    assert "data store limit" in await c.fault("PATCH", "/mmds", {"two": "x" * 30000})
+    assert await c.get("/mmds") == {"latest": {"meta-data": {"a": "1", "c": "3"}},
+                                    "one": "x" * 30000}
     assert "JSON object" in await c.fault("PUT", "/mmds", [1], valid_request=False)
 
 
