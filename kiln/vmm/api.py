@@ -42,6 +42,7 @@ class Monitor:
         self.exit_code = 0
         self._touched = False  # any pre-boot resource configured: no snapshot/load any more
         self._lock = asyncio.Lock()
+        self._watcher: asyncio.Task[None] | None = None
         self._routes: dict[tuple[str, str], Callable[[bytes], Awaitable[Any]]] = {
             ("GET", "/"): self._info,
             ("GET", "/version"): self._version,
@@ -204,7 +205,7 @@ class Monitor:
         if vm.channel is not None:
             vsock.attach(*vm.channel)
         self.vm, self.vsock = vm, vsock
-        asyncio.get_running_loop().create_task(self._watch(vm))
+        self._watcher = asyncio.get_running_loop().create_task(self._watch(vm))
 
     async def _watch(self, vm: QemuVm) -> None:
         self.exit_code = await vm.wait()

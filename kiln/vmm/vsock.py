@@ -14,6 +14,8 @@ import asyncio
 import contextlib
 import os
 import socket
+from collections.abc import Coroutine
+from typing import Any
 
 from kiln.vmm.http import serve
 from kiln.vmm.mmds import Mmds
@@ -111,7 +113,7 @@ class VsockHost:
             return None
         return sock
 
-    def _spawn(self, coro: asyncio.Future[None] | object) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
