@@ -63,6 +63,12 @@ class Spec:
         jsonschema.Draft4Validator(self._schema(response["schema"])).validate(json.loads(body))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def qemu_installed() -> None:
+    """Monitors refuse to start without their engine: install it first (idempotent)."""
+    subprocess.run([str(REPO / "scripts" / "ensure-qemu")], check=True)
+
+
 @pytest.fixture(scope="session")
 def spec() -> Spec:
     return Spec(SPEC_PATH)
