@@ -23,7 +23,11 @@ import yaml
 from kiln.vmm.client import VmmClient
 from tests.conftest import REPO, wait_for
 
-SPEC_PATH = REPO.parent / "shared" / "reference" / "firecracker" / "firecracker-api.yaml"
+# Firecracker's spec is read in place from the team's reference notes beside the checkout
+# (../shared/reference), never copied into the project; KILN_FIRECRACKER_SPEC overrides.
+SPEC_PATH = Path(os.environ.get(
+    "KILN_FIRECRACKER_SPEC",
+    REPO.parent / "shared" / "reference" / "firecracker" / "firecracker-api.yaml"))
 BOOT_ARGS = "console=ttyS0 reboot=k panic=-1 quiet"
 GUEST_PORT = 5000
 
@@ -71,6 +75,9 @@ def qemu_installed() -> None:
 
 @pytest.fixture(scope="session")
 def spec() -> Spec:
+    if not SPEC_PATH.is_file():
+        pytest.skip(f"Firecracker's API spec not found at {SPEC_PATH} (the reference notes "
+                    "beside the checkout); set KILN_FIRECRACKER_SPEC to its path")
     return Spec(SPEC_PATH)
 
 
