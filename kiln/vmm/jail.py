@@ -128,6 +128,11 @@ def _build_root(spec: JailSpec) -> None:
             ns.bind_ro(host, target, recursive=True)
     for name in _ETC:
         _bind_path(f"/etc/{name}", root)
+    # The private /tmp first: binds that live under /tmp (a checkout or data dir there) must land
+    # on top of it, not be hidden by it.
+    ns.mkdirs(f"{root}/tmp")
+    ns.mount("kiln-vmm-tmp", f"{root}/tmp", "tmpfs", ns.MS_NOSUID | ns.MS_NODEV,
+             "size=16m,mode=1777")
     python = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.dirname(__file__))}
     for path in sorted(python | set(spec.binds), key=lambda p: (p.count("/"), p)):
         _bind_path(path, root)
@@ -143,9 +148,6 @@ def _build_root(spec: JailSpec) -> None:
         os.chown(f"{dev}/kvm", spec.uid, spec.gid)
     ns.mkdirs(f"{root}/proc")
     ns.mount("proc", f"{root}/proc", "proc", ns.MS_NOSUID | ns.MS_NODEV | ns.MS_NOEXEC)
-    ns.mkdirs(f"{root}/tmp")
-    ns.mount("kiln-vmm-tmp", f"{root}/tmp", "tmpfs", ns.MS_NOSUID | ns.MS_NODEV,
-             "size=16m,mode=1777")
 
 
 def _bind_path(path: str, root: str) -> None:
