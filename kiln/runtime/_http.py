@@ -80,6 +80,11 @@ class _Protocol(asyncio.Protocol):
         except httptools.HttpParserError:
             self._write(HttpResponse(400, b'{"errorType":"BadRequest","errorMessage":"malformed '
                                           b'HTTP request"}', "application/json"), keep_alive=False)
+            return
+        # Served once every request in this chunk is parsed, so that the answer to a pipelined
+        # request is held and goes out with the next one's.
+        if not self._parked:
+            self._serve_pending()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
@@ -103,8 +108,6 @@ class _Protocol(asyncio.Protocol):
         method = self._parser.get_method().decode()
         path = httptools.parse_url(self._url).path.decode()
         self._pending.append(HttpRequest(method, path, self._headers, b"".join(self._body)))
-        if not self._parked:
-            self._serve_pending()
 
     def _serve_pending(self) -> None:
         """Answer queued requests in order until one is parked."""
