@@ -79,8 +79,8 @@ class Environment:
         self.last_used = time.monotonic()
         self.retired = False
         self._exit: asyncio.Task[int] | None = None
-        # Held: on Python 3.11 every asyncio.get_running_loop() is a getpid() system call.
-        self._loop = asyncio.get_running_loop()
+        #: Held: on Python 3.11 every asyncio.get_running_loop() is a getpid() system call.
+        self.loop = asyncio.get_running_loop()
         self._frozen = False
         self._freeze_timer: asyncio.TimerHandle | None = None
         self._freeze_delay = 0.0
@@ -107,7 +107,7 @@ class Environment:
                 "Runtime.InvalidEntrypoint", prefix + _entrypoint_message(exc))
             await self.destroy()
             return failure
-        self._exit = self._loop.create_task(self.sandbox.wait())
+        self._exit = self.loop.create_task(self.sandbox.wait())
         ready = asyncio.ensure_future(self.api.ready.wait())
         init_error = asyncio.ensure_future(self.api.init_error_posted.wait())
         done, pending = await asyncio.wait(
@@ -165,7 +165,7 @@ class Environment:
                 status = "timeout"
 
         self._exit.add_done_callback(on_exit)
-        timer = self._loop.call_later(timeout, on_timeout)
+        timer = self.loop.call_later(timeout, on_timeout)
         self.api.submit(invocation)
         try:
             result = await invocation.result
@@ -192,7 +192,7 @@ class Environment:
         rather than being cancelled and created again on every invoke (the hot path)."""
         self._freeze_delay = delay
         if self._freeze_timer is None:
-            self._freeze_timer = self._loop.call_later(delay, self._freeze_due)
+            self._freeze_timer = self.loop.call_later(delay, self._freeze_due)
 
     def _freeze_due(self) -> None:
         self._freeze_timer = None
@@ -200,9 +200,9 @@ class Environment:
             return  # busy: its release schedules the freeze again
         remaining = self.last_used + self._freeze_delay - time.monotonic()
         if remaining > 0:
-            self._freeze_timer = self._loop.call_later(remaining, self._freeze_due)
+            self._freeze_timer = self.loop.call_later(remaining, self._freeze_due)
             return
-        self._freezing = self._loop.create_task(self.freeze())
+        self._freezing = self.loop.create_task(self.freeze())
 
     async def freeze(self) -> None:
         if self.state is State.IDLE and not self._frozen:

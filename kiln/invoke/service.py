@@ -104,6 +104,7 @@ class Invoker:
                 trace_id=_trace_id(),
                 client_context=request.client_context,
                 cognito_identity=request.cognito_identity,
+                result=env.loop.create_future(),
             )
             try:
                 result, status = await env.invoke(invocation, record.timeout)
@@ -114,7 +115,7 @@ class Invoker:
         if not request.tail:
             # Nobody waits for the log: write it (and read the memory peak for its REPORT,
             # system calls) after the caller has its answer.
-            asyncio.get_running_loop().call_soon(
+            env.loop.call_soon(
                 self._log, record, env, request_id, result, status, init_lines, output,
                 duration, init_duration)
             return InvokeOutcome(request_id, result, record.version, status)
