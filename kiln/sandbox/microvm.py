@@ -28,6 +28,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import time
 from collections import OrderedDict
@@ -436,14 +437,16 @@ class MicrovmBackend:
     """``KILN_SANDBOX_BACKEND=microvm``: needs a built guest image (``kiln microvm
     build-image``) and QEMU (``scripts/ensure-qemu``) or a configured Firecracker."""
 
-    def __init__(self, root: str | Path, images: Path | None = None, jail: bool = False) -> None:
+    def __init__(self, root: str | Path, images: Path | None = None,
+                 jail: bool | None = None) -> None:
         base = Path(root) / "microvm"
         self.snapshots_dir = (base / "snapshots").resolve()
         self.code_dir = (base / "code").resolve()
         self.image = GuestImage.current(images or images_dir(Path(root).parent))
-        #: With ``jail`` (needs root) monitors run jailed, as Firecracker's jailer runs it; the
-        #: image, code drives and snapshots are bound read-only into each jail.
-        self.jail_uid = JAIL_UID if jail else None
+        #: Jailed monitors (as Firecracker's jailer runs it), with the image, code drives and
+        #: snapshots bound read-only into each jail; by default whenever the jail can be made.
+        self.jail_uid = JAIL_UID if (can_jail(self.jail_binds) if jail is None else jail) \
+            else None
         for directory in (base / "vms", self.snapshots_dir, self.code_dir):
             directory.mkdir(parents=True, exist_ok=True)
         self.vms_dir = _short_path(base / "vms")
@@ -471,6 +474,10 @@ class MicrovmBackend:
         self._live[spec.env_id] = sandbox
         return sandbox
 
+    @property
+    def jail_binds(self) -> list[str]:
+        return [str(self.image.path), str(self.code_dir), str(self.snapshots_dir)]
+
     def refill(self) -> None:
         """Start the next spare monitor (after a start, not during it: they share the CPU)."""
         if self._spare is None and not self._closed:
@@ -486,7 +493,7 @@ class MicrovmBackend:
             return await start_monitor(
                 str(directory / "api.sock"), vm_id, base_dir=str(self.vms_dir), stdout=console,
                 stderr=console, jail=jail, uid=self.jail_uid or 0, gid=self.jail_uid or 0,
-                binds=[str(self.image.path), str(self.code_dir), str(self.snapshots_dir)],
+                binds=self.jail_binds,
                 extra_args=["--cgroup-mem-mb", str(JAIL_MEMORY_MB)] if jail else [])
 
     def forget(self, env_id: str) -> None:
@@ -559,6 +566,15 @@ def _make_drive(source: Path, target: Path, label: str) -> Path:
     make_ext4(source, staging, label)
     os.replace(staging, target)
     return target
+
+
+def can_jail(binds: list[str]) -> bool:
+    """Root is needed, and nothing the jail binds may live under /tmp: the jail mounts a
+    /tmp of its own over it (kiln.vmm.jail), hiding the image, the code or Kiln itself."""
+    needed = [*binds, sys.prefix, sys.base_prefix, str(Path(__file__).resolve().parent.parent)]
+    tmp = Path("/tmp").resolve()
+    return os.geteuid() == 0 and not any(
+        Path(path).resolve().is_relative_to(tmp) for path in needed)
 
 
 def _short_path(directory: Path) -> Path:
