@@ -5,7 +5,6 @@ jail's unprivileged user, and nothing is left after the environments are destroy
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import subprocess
 import sys
@@ -18,12 +17,15 @@ import pytest
 from kiln.runtime.api import RuntimeApi
 from kiln.runtime.runtimes import BOOTSTRAP_DIR
 from kiln.runtime.types import Invocation
-from kiln.sandbox.microvm import JAIL_UID, MicrovmBackend, MicrovmSandbox
+from kiln.sandbox.microvm import JAIL_UID, MicrovmBackend, MicrovmSandbox, can_jail
 from kiln.sandbox.types import SandboxSpec
 from tests.conftest import REPO
 from tests.e2e.test_microvm import CACHE
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="jailed monitors need root")
+pytestmark = pytest.mark.skipif(
+    not can_jail([str(CACHE)]),
+    reason="jailed monitors need root, and Kiln and the image cache outside /tmp (the jail "
+           "mounts its own /tmp)")
 
 HANDLER = "import os\nprint('init in the jail')\n\ndef handler(event, context):\n" \
           "    print('event', event)\n    return {'pid': os.getpid(), 'event': event}\n"
