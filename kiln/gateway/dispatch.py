@@ -1,7 +1,7 @@
 """ASGI in front of Kiln's app: requests addressed to an API or a Function URL (by host or
 ``/_aws/...`` prefix, see ``addressing``) go to the gateways, everything else to ``app``.
 
-    app = GatewayDispatch(kiln, _InvokeFastPath(starlette_app, ...))
+    app = GatewayDispatch(kiln, InvokeApp(kiln, starlette_app))
 """
 
 from __future__ import annotations
