@@ -346,15 +346,7 @@ def _finish_root(cfg: dict[str, Any]) -> None:
     # The runtime's own installation (interpreter prefix, venv, bootstrap script), read-only
     # at the same paths; parents first.
     for path in sorted(cfg["ro_paths"], key=lambda p: (p.count("/"), p)):
-        target = root + path
-        if os.path.isdir(path):
-            ns.mkdirs(target)
-            ns.bind_ro(path, target, recursive=True)
-        elif os.path.exists(path):
-            ns.mkdirs(os.path.dirname(target))
-            if not os.path.exists(target):
-                ns.touch(target)
-            ns.bind_ro(path, target)
+        ns.bind_ro_beneath(path, root)
 
     # Host directories shared read-write (an explicit opt-in, e.g. for tests).
     for path in sorted(cfg.get("rw_paths", []), key=lambda p: (p.count("/"), p)):

@@ -136,6 +136,20 @@ def touch(path: str, mode: int = 0o644) -> None:
     os.close(fd)
 
 
+def bind_ro_beneath(path: str, root: str) -> None:
+    """Bind ``path`` (a directory, recursively, or a file) read-only at the same path beneath
+    ``root``, making the mount point; nothing when ``path`` does not exist."""
+    target = root + path
+    if os.path.isdir(path):
+        mkdirs(target)
+        bind_ro(path, target, recursive=True)
+    elif os.path.exists(path):
+        mkdirs(os.path.dirname(target))
+        if not os.path.exists(target):
+            touch(target)
+        bind_ro(path, target)
+
+
 def write_file(path: str, text: str, mode: int = 0o644) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:

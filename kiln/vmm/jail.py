@@ -152,13 +152,4 @@ def _build_root(spec: JailSpec) -> None:
 
 def _bind_path(path: str, root: str) -> None:
     """Bind ``path`` read-only at the same place under ``root`` (skipped when missing)."""
-    path = os.path.realpath(path)
-    target = root + path
-    if os.path.isdir(path):
-        ns.mkdirs(target)
-        ns.bind_ro(path, target, recursive=True)
-    elif os.path.exists(path):
-        ns.mkdirs(os.path.dirname(target))
-        if not os.path.exists(target):
-            ns.touch(target)
-        ns.bind_ro(path, target)
+    ns.bind_ro_beneath(os.path.realpath(path), root)
