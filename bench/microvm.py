@@ -7,7 +7,8 @@ For each backend, through a started ``kiln serve`` and its Invoke API:
 - cold: the first invoke of a new function (microvm: boot, INIT, snapshot) to its response;
 - new environment: an invoke after the idle environment was reaped (microvm: restored from the
   function's snapshot) to its response;
-- memory of one idle environment (microvm: the monitor and its QEMU; process: the runtime).
+- memory (PSS) of one idle environment (microvm: the monitor and its QEMU; process: the
+  runtime).
 
 Target on hosts without hardware KVM (QEMU in TCG): restore <= 0.25 s to first response.
 Needs a built guest image: ``kiln microvm build-image --data-dir DIR`` (pass ``--images``).
@@ -19,6 +20,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -39,9 +41,11 @@ KEEP_ALIVE = 1.0
 
 
 def rss_kb(pid: int) -> int:
+    """Proportional set size: memory shared between processes (a forked monitor, libraries)
+    counts once in total."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
                 return int(line.split()[1])
     except OSError:
         pass
@@ -75,6 +79,19 @@ async def invoke(port: int, name: str) -> float:
     return elapsed
 
 
+def environment_kb(server: KilnServer) -> int:
+    """Memory of the one live environment: for microvm the largest monitor process tree (the
+    spare monitor, started ahead for the next restore, runs no VM), else the server's children."""
+    vms = server.data_dir / "sandboxes" / "microvm" / "vms"
+    if not vms.exists():
+        return sum(rss_kb(p) for p in descendants(server.process.pid))
+    trees = []
+    for state in vms.glob("*/monitor.json"):
+        pid = int(json.loads(state.read_text())["pid"])
+        trees.append(sum(rss_kb(p) for p in [pid, *descendants(pid)]))
+    return max(trees, default=0)
+
+
 async def new_environments(server: KilnServer, count: int) -> tuple[list[float], int]:
     """Invokes that each meet a new environment (every earlier one reaped while idle), and the
     largest memory (kB) of the one idle environment after such an invoke."""
@@ -85,15 +102,17 @@ async def new_environments(server: KilnServer, count: int) -> tuple[list[float],
     for _ in range(count):
         await asyncio.sleep(KEEP_ALIVE * 2.5)  # the reaper destroys the idle environments
         samples.append(await invoke(server.port, name))
-        memory = max(memory, sum(rss_kb(p) for p in descendants(server.process.pid)))
+        memory = max(memory, environment_kb(server))
     return samples, memory
 
 
 async def engine(data_dir: Path) -> str:
-    for api_sock in (data_dir / "sandboxes" / "microvm" / "vms").glob("*/api.sock"):
-        info = await VmmClient(str(api_sock)).get("/")
+    for vm_dir in (data_dir / "sandboxes" / "microvm" / "vms").iterdir():
+        info = await VmmClient(str(vm_dir / "api.sock")).get("/")
         kiln = info.get("kiln", {})
-        return f"{kiln.get('engine', '?')} ({kiln.get('accelerator', '?')})"
+        jailed = json.loads((vm_dir / "monitor.json").read_text()).get("jailed")
+        return (f"{kiln.get('engine', '?')} ({kiln.get('accelerator', '?')}), monitor "
+                f"{'jailed' if jailed else 'not jailed'}")
     return "?"
 
 
@@ -110,8 +129,9 @@ class Result:
     engine: str
 
 
-async def measure(backend: str, images: Path, cold: int, restores: int) -> Result:
-    data_dir = Path(tempfile.mkdtemp(prefix=f"kiln-bench-{backend}-")) / "data"
+async def measure(backend: str, images: Path, cold: int, restores: int, work: Path) -> Result:
+    work.mkdir(parents=True, exist_ok=True)
+    data_dir = Path(tempfile.mkdtemp(prefix=f"bench-{backend}-", dir=work)) / "data"
     (data_dir / "microvm").mkdir(parents=True)
     (data_dir / "microvm" / "images").symlink_to(images)
     server = start_server(data_dir, KILN_SANDBOX_BACKEND=backend,
@@ -122,6 +142,7 @@ async def measure(backend: str, images: Path, cold: int, restores: int) -> Resul
         name = await engine(data_dir) if backend == "microvm" else "host processes"
     finally:
         server.stop()
+        shutil.rmtree(data_dir.parent, ignore_errors=True)
     return Result(cold_samples, fresh, memory, name)
 
 
@@ -131,9 +152,12 @@ async def main() -> None:
     parser.add_argument("--restores", type=int, default=5)
     parser.add_argument("--images", type=Path,
                         default=images_dir(Path.home() / ".cache" / "kiln" / "microvm-test"))
+    parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "kiln" / "bench",
+                        help="where the servers' data directories go (outside /tmp, so the "
+                             "monitors run jailed as in production)")
     args = parser.parse_args()
-    vm = await measure("microvm", args.images, args.cold, args.restores)
-    process = await measure("process", args.images, args.cold, args.restores)
+    vm = await measure("microvm", args.images, args.cold, args.restores, args.work)
+    process = await measure("process", args.images, args.cold, args.restores, args.work)
     print(f"microvm engine: {vm.engine}; baseline: the process backend, same run")
     for label, vm_samples, base in (
             ("cold: boot+INIT to first response", vm.cold, process.cold),
