@@ -28,7 +28,6 @@ import os
 import shutil
 import signal
 import socket
-import sys
 import tempfile
 import time
 from collections import OrderedDict
@@ -445,7 +444,7 @@ class MicrovmBackend:
         self.image = GuestImage.current(images or images_dir(Path(root).parent))
         #: Jailed monitors (as Firecracker's jailer runs it), with the image, code drives and
         #: snapshots bound read-only into each jail; by default whenever the jail can be made.
-        self.jail_uid = JAIL_UID if (can_jail(self.jail_binds) if jail is None else jail) \
+        self.jail_uid = JAIL_UID if (can_jail() if jail is None else jail) \
             else None
         for directory in (base / "vms", self.snapshots_dir, self.code_dir):
             directory.mkdir(parents=True, exist_ok=True)
@@ -568,13 +567,9 @@ def _make_drive(source: Path, target: Path, label: str) -> Path:
     return target
 
 
-def can_jail(binds: list[str]) -> bool:
-    """Root is needed, and nothing the jail binds may live under /tmp: the jail mounts a
-    /tmp of its own over it (kiln.vmm.jail), hiding the image, the code or Kiln itself."""
-    needed = [*binds, sys.prefix, sys.base_prefix, str(Path(__file__).resolve().parent.parent)]
-    tmp = Path("/tmp").resolve()
-    return os.geteuid() == 0 and not any(
-        Path(path).resolve().is_relative_to(tmp) for path in needed)
+def can_jail() -> bool:
+    """Whether monitors can be jailed (Firecracker's jailer needs root too)."""
+    return os.geteuid() == 0
 
 
 def _short_path(directory: Path) -> Path:
