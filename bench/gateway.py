@@ -8,6 +8,9 @@ One started ``kiln serve``, one warm function.  Interleaved short rounds of: dir
 client drives all three, so the ratio is the gateway's cost.  Latency p50/p99 and requests/s
 with 1 and 8 concurrent clients.
 
+Then WebSocket messages/s delivered through ``@connections`` to 100 connected clients, against
+a bare ASGI push app on the same stack (``bench/gateway_websocket.py``, also runnable alone).
+
 Target (issue 6): HTTP API latency <= 1.3x direct Invoke.
 """
 
@@ -22,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import gateway_websocket
 from bench.invoke import percentile, row, run_load
 from tests.conftest import create_python_function, start_server
 
@@ -77,6 +81,8 @@ async def main() -> None:
                     print(row(f"{label} req/s, {clients} client(s)", rps, base_rps, "/s"))
         finally:
             server.stop()
+    print()
+    await gateway_websocket.run()
 
 
 if __name__ == "__main__":

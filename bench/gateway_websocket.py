@@ -103,6 +103,11 @@ async def main() -> None:
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--pushers", type=int, default=16)
     args = parser.parse_args()
+    await run(args.clients, args.messages, args.pushers)
+
+
+async def run(clients: int = 100, messages: int = 20_000, pushers: int = 16) -> None:
+    """Measure and print (``bench/gateway.py`` runs this too)."""
     with tempfile.TemporaryDirectory() as tmp:
         server = start_server(Path(tmp) / "data")
         baseline_port = free_port()
@@ -116,10 +121,10 @@ async def main() -> None:
             for _ in range(ROUNDS):
                 kiln_rates.append(await measure(
                     server.port, f"ws://127.0.0.1:{server.port}{prefix}",
-                    f"{prefix}/@connections", args.clients, args.messages, args.pushers))
+                    f"{prefix}/@connections", clients, messages, pushers))
                 base_rates.append(await measure(
                     baseline_port, f"ws://127.0.0.1:{baseline_port}/", "/push",
-                    args.clients, args.messages, args.pushers))
+                    clients, messages, pushers))
         finally:
             baseline.terminate()
             baseline.wait()
@@ -127,8 +132,8 @@ async def main() -> None:
     # Each round's pair ran back to back, so the median of per-round ratios is the figure
     # least moved by load drifting during the run.
     ratios = [k / b for k, b in zip(kiln_rates, base_rates, strict=True)]
-    print(f"WebSocket pushes to {args.clients} clients ({args.pushers} pushers, "
-          f"{args.messages} messages, median of {ROUNDS} rounds)")
+    print(f"WebSocket pushes to {clients} clients ({pushers} pushers, "
+          f"{messages} messages, median of {ROUNDS} rounds)")
     print(f"{'kiln @connections':<26} {statistics.median(kiln_rates):>9.0f} msg/s")
     print(f"{'baseline (bare ASGI push)':<26} {statistics.median(base_rates):>9.0f} msg/s")
     print(f"{'ratio kiln/baseline':<26} {statistics.median(ratios):>9.2f}x  "
