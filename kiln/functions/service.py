@@ -197,8 +197,10 @@ class FunctionService:
             "EphemeralStorage": changes.get("EphemeralStorage", {"Size": 512}),
             "LoggingConfig": {"LogFormat": "Text", "LogGroup": f"/aws/lambda/{name}",
                               **changes.get("LoggingConfig", {})},
-            "SnapStart": {"ApplyOn": "None", "OptimizationStatus": "Off"},
+            "SnapStart": {"ApplyOn": changes.get("SnapStart", {}).get("ApplyOn", "None"),
+                          "OptimizationStatus": "Off"},
         }
+        validation.check_snap_start(config)
         if "DeadLetterConfig" in changes:
             config["DeadLetterConfig"] = changes["DeadLetterConfig"]
         if layers:
@@ -261,6 +263,9 @@ class FunctionService:
                 changes["Layers"], self.code.unzipped_size(current.code_sha_hex),
                 attached=_layer_arns(current))
         config = {**current.config, **changes}
+        if "SnapStart" in changes:  # optimised are published versions, never $LATEST
+            config["SnapStart"] = {**changes["SnapStart"], "OptimizationStatus": "Off"}
+        validation.check_snap_start(config)
         if not config.get("Layers"):
             config.pop("Layers", None)  # AWS leaves the member out when there are none
         if "LoggingConfig" in changes:
@@ -545,6 +550,9 @@ def _list_order(record: FunctionRecord) -> tuple[str, int]:
 def _same_version(a: FunctionRecord, b: FunctionRecord) -> bool:
     """Same code and same configuration, whatever their ARNs, dates and revisions."""
     def essence(record: FunctionRecord) -> dict[str, Any]:
-        return {k: v for k, v in record.config.items() if k not in _VOLATILE}
+        essence = {k: v for k, v in record.config.items() if k not in _VOLATILE}
+        # SnapStart's OptimizationStatus differs between $LATEST and versions: not a change.
+        essence["SnapStart"] = essence.get("SnapStart", {}).get("ApplyOn")
+        return essence
 
     return a.code_sha_hex == b.code_sha_hex and essence(a) == essence(b)

@@ -22,6 +22,7 @@ RESERVED_ENV = frozenset({
 })
 MAX_ENV_BYTES = 4096
 ARCHITECTURES = ("x86_64", "arm64")
+SNAPSTART_APPLY_ON = ("PublishedVersions", "None")
 
 
 def _constraint(value: Any, field: str, constraint: str) -> AwsError:
@@ -103,11 +104,28 @@ def configuration_changes(fields: Fields) -> dict[str, Any]:
     layers = fields.array("Layers")
     if layers is not None:  # layer version ARNs, checked against the layers by LayerStore
         changes["Layers"] = layers
+    snap_start = fields.mapping("SnapStart")
+    if snap_start is not None:
+        apply_on = snap_start.get("ApplyOn")
+        if apply_on not in SNAPSTART_APPLY_ON:
+            raise AwsError("ValidationException", "1 validation error detected: Value "
+                           f"'{'null' if apply_on is None else apply_on}' at 'snapStart.applyOn' "
+                           "failed to satisfy constraint: Member must satisfy enum value set: "
+                           f"[{', '.join(SNAPSTART_APPLY_ON)}]")
+        changes["SnapStart"] = {"ApplyOn": apply_on}
     for key in ("TracingConfig", "LoggingConfig", "DeadLetterConfig"):
         value = fields.mapping(key)
         if value is not None:
             changes[key] = value
     return changes
+
+
+def check_snap_start(config: dict[str, Any]) -> None:
+    """SnapStart needs a runtime Kiln can snapshot after INIT: its Python runtimes."""
+    if config.get("SnapStart", {}).get("ApplyOn") == "PublishedVersions" and not str(
+            config["Runtime"]).startswith("python"):
+        raise AwsError.invalid_parameter(
+            f"{config['Runtime']} is not supported for SnapStart enabled functions.")
 
 
 def _variables(environment: Fields) -> dict[str, str]:
