@@ -19,11 +19,13 @@ from kiln.vmm import model
 from kiln.vmm.http import HttpRequest, HttpResponse
 from kiln.vmm.mmds import Mmds
 from kiln.vmm.model import ApiError, VmConfig
-from kiln.vmm.qemu import QemuVm
+from kiln.vmm.qemu import Incoming, QemuVm
 from kiln.vmm.vsock import VsockHost
 
 API_VERSION = "1.17.0"
-SNAPSHOT_FORMAT = "kiln-vmm-snapshot/1"
+SNAPSHOT_FORMAT = "kiln-vmm-snapshot/2"
+#: The state file starts with a JSON line (the configuration); the device state follows.
+MAX_STATE_HEADER = 1 << 20
 NOT_STARTED, RUNNING, PAUSED = "Not started", "Running", "Paused"
 
 
@@ -183,14 +185,14 @@ class Monitor:
                                "microVM.")
             if self.config.boot is None:
                 raise ApiError("Cannot start microvm without kernel configuration.")
-            await self._launch(incoming=None)
+            await self._launch(None)
             self.state = RUNNING
         elif action == "SendCtrlAltDel":
             await self._post_boot().ctrl_alt_del()
         else:
             raise ApiError("The metrics system is not initialized.")
 
-    async def _launch(self, incoming: str | None) -> None:
+    async def _launch(self, incoming: Incoming | None) -> None:
         vm = QemuVm(self.config, self.accelerator, self.workdir, self.qemu_bin)
         vsock = VsockHost(self.mmds, self.config.vsock.uds_path if self.config.vsock else None)
         try:
@@ -209,6 +211,7 @@ class Monitor:
 
     async def _watch(self, vm: QemuVm) -> None:
         self.exit_code = await vm.wait()
+        vm.close()
         if self.vsock is not None:
             await self.vsock.close()
         self.done.set()
@@ -229,13 +232,13 @@ class Monitor:
         vm = self._post_boot()
         if self.state != PAUSED:
             raise ApiError("Cannot create a snapshot: the microVM is not paused.")
-        await vm.save(params.mem_file_path)
+        device_state = await vm.save(params.mem_file_path)
         state = {"format": SNAPSHOT_FORMAT, "engine": "qemu", "accelerator": self.accelerator,
                  "config": self.config.to_json()}
         tmp = f"{params.snapshot_path}.tmp"
-        try:
-            with open(tmp, "w") as f:
-                json.dump(state, f)
+        try:  # one JSON line, then the device state
+            with open(tmp, "wb") as f:
+                f.write(json.dumps(state).encode() + b"\n" + device_state)
             os.replace(tmp, params.snapshot_path)
         except OSError as exc:
             raise ApiError(f"Cannot save the microVM state: {exc}") from None
@@ -246,8 +249,9 @@ class Monitor:
             raise ApiError("Loading a microVM snapshot not allowed after configuring "
                            "boot-specific resources.")
         try:
-            with open(params.snapshot_path) as f:
-                state = json.load(f)
+            with open(params.snapshot_path, "rb") as f:
+                header = f.readline(MAX_STATE_HEADER)
+            state = json.loads(header)
             os.close(os.open(params.mem_path, os.O_RDONLY | os.O_CLOEXEC))
         except (OSError, ValueError) as exc:
             raise ApiError(f"Load snapshot error: Cannot load the microVM state: {exc}") from None
@@ -261,7 +265,7 @@ class Monitor:
             config.vsock.uds_path = params.uds_path
         self.config = config
         self.mmds.config = config.mmds
-        await self._launch(incoming=params.mem_path)
+        await self._launch(Incoming(params.snapshot_path, len(header), params.mem_path))
         self.state = PAUSED
         if params.resume_vm:
             assert self.vm is not None

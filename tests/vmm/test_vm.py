@@ -138,11 +138,11 @@ async def test_ctrl_alt_del_ends_the_vm_and_the_monitor(tmp_path: Path, spec: Sp
 
 async def test_snapshot_refused_across_accelerators(tmp_path: Path, spec: Spec,
                                                     snapshot: Snapshot) -> None:
-    state = Path(snapshot.state).read_text()
-    other = "kvm" if '"accelerator": "tcg"' in state else "tcg"
+    state = Path(snapshot.state).read_bytes()  # a JSON line, then the device state
+    other = "kvm" if b'"accelerator": "tcg"' in state else "tcg"
     forged = tmp_path / "forged.json"
-    forged.write_text(state.replace('"accelerator": "tcg"', f'"accelerator": "{other}"')
-                      .replace('"accelerator": "kvm"', f'"accelerator": "{other}"'))
+    forged.write_bytes(state.replace(b'"accelerator": "tcg"', f'"accelerator": "{other}"'.encode())
+                       .replace(b'"accelerator": "kvm"', f'"accelerator": "{other}"'.encode()))
     m = start(tmp_path, "accel", spec)
     try:
         message = await m.client.fault("PUT", "/snapshot/load", {
