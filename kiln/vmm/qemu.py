@@ -103,11 +103,12 @@ def command_line(
         "-mon", "chardev=qmp,mode=control",
         "-serial", f"file:{config.serial_out_path}" if config.serial_out_path else "stdio",
         "-device", "i8042",  # SendCtrlAltDel, as Firecracker's i8042
-        "-kernel", config.boot.kernel_image_path,
-        "-append", kernel_args(config, accelerator),
     ]
-    if config.boot.initrd_path:
-        argv += ["-initrd", config.boot.initrd_path]
+    if not incoming:  # a restored guest never reads its kernel again: QEMU need not load it
+        argv += ["-kernel", config.boot.kernel_image_path,
+                 "-append", kernel_args(config, accelerator)]
+        if config.boot.initrd_path:
+            argv += ["-initrd", config.boot.initrd_path]
     # The root device is /dev/vda, as with Firecracker; the others follow in the order given.
     drives = sorted(config.drives.values(), key=lambda d: not d.is_root_device)
     for index, drive in enumerate(drives):
