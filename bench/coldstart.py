@@ -5,11 +5,13 @@
 Prints, for a Python function whose module imports nothing heavy and one importing ``json,
 decimal, asyncio, email``, the time of its first invoke (a new environment: create, start,
 INIT, invoke; through Kiln's data plane in this process, no HTTP) with the zygote ("snapshot")
-and without it (``execve`` of a fresh interpreter), as ratios to ``<python> -c pass`` of the same
-interpreter measured in this run (and of ``/usr/bin/python3``).  Then the memory an idle,
-frozen environment costs beyond its handler's own: the environment's init (PSS), what its
-cgroup is charged besides the processes' anonymous memory (tmpfs, kernel memory), and the
-server's Python memory per environment (tracemalloc).
+and without it (``execve`` of a fresh interpreter), and -- for a published version with
+SnapStart -- forked from the version's post-INIT template (no INIT at all), as ratios to
+``<python> -c pass`` of the same interpreter measured in this run (and of
+``/usr/bin/python3``).  Then the memory an idle, frozen environment costs beyond its
+handler's own: the environment's init (PSS), what its cgroup is charged besides the processes'
+anonymous memory (tmpfs, kernel memory), and the server's Python memory per environment
+(tracemalloc).
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ SOURCES = {
         "def handler(event, context):\n    return 1\n"),
 }
 MIB = 1024 * 1024
+#: The SnapStart case's handler: a non-empty event ends its environment, so that the next
+#: invoke needs a new fork of the template.
+LEAVING = ("def handler(event, context):\n    if event:\n        import os\n"
+           "        os._exit(0)\n    return 1\n")
 
 
 def interpreter_start(python: str) -> float:
@@ -53,11 +59,11 @@ def interpreter_start(python: str) -> float:
     return time.perf_counter() - started
 
 
-def create(kiln: Kiln, source: str, memory: int = 128) -> object:
+def create(kiln: Kiln, source: str, memory: int = 128, **fields: object) -> object:
     return kiln.functions.create({
         "FunctionName": f"cold-{uuid.uuid4().hex[:10]}", "Runtime": "python3.11", "Role": ROLE,
         "Handler": "app.handler", "MemorySize": memory,
-        "Code": {"ZipFile": base64.b64encode(make_zip({"app.py": source})).decode()},
+        "Code": {"ZipFile": base64.b64encode(make_zip({"app.py": source})).decode()}, **fields,
     })
 
 
@@ -68,6 +74,21 @@ async def first_invoke(kiln: Kiln, record: object) -> float:
     elapsed = time.perf_counter() - started
     assert outcome.result.error_type is None, outcome.result.body
     return elapsed
+
+
+async def snapstart_version(kiln: Kiln, source: str) -> object:
+    """A published SnapStart version of ``source`` (with the leaving handler)."""
+    head = source.split("def handler", 1)[0]
+    record = create(kiln, head + LEAVING, SnapStart={"ApplyOn": "PublishedVersions"})
+    return await kiln.functions.publish(record.name, {})  # type: ignore[attr-defined]
+
+
+async def new_fork(kiln: Kiln, version: object) -> float:
+    """End the version's idle environment (if any), then time the first invoke of a new
+    fork of its template."""
+    await kiln.invoker.invoke(version, InvokeRequest(
+        payload=b'{"leave": 1}', invoked_arn=version.arn))  # type: ignore[attr-defined]
+    return await first_invoke(kiln, version)
 
 
 async def cold_starts(n: int) -> dict[str, list[float]]:
@@ -81,6 +102,8 @@ async def cold_starts(n: int) -> dict[str, list[float]]:
             backend = IsolatedBackend(data / "sandboxes", zygote=zygote)
             kilns[zygote] = Kiln(Settings.from_env(environ={}, data_dir=data), backend=backend)
             await kilns[zygote].start()
+        snapped = {label: await snapstart_version(kilns[True], source)
+                   for label, source in SOURCES.items()}
         try:
             for i in range(n + 1):  # the first round also compiles and caches
                 for python in filter(os.path.exists, (ZYGOTE_PYTHON, "/usr/bin/python3")):
@@ -93,6 +116,9 @@ async def cold_starts(n: int) -> dict[str, list[float]]:
                         if i:
                             samples.setdefault(f"{label}/{zygote}", []).append(elapsed)
                         await kiln.functions.delete(record.name, None)  # type: ignore[attr-defined]
+                    elapsed = await new_fork(kilns[True], snapped[label])
+                    if i:  # the first round made the template (INIT ran there, once)
+                        samples.setdefault(f"{label}/snapstart", []).append(elapsed)
             return samples
         finally:
             for kiln in kilns.values():
@@ -162,9 +188,10 @@ def main() -> None:
         print(f"/usr/bin/python3 -c pass: {system * 1000:.1f} ms")
     print(f"cold start of a new environment (first invoke), medians of {args.n}:")
     for label in SOURCES:
-        for zygote, name in ((True, "with snapshot"), (False, "without")):
-            seconds = statistics.median(samples[f"{label}/{zygote}"])
-            line = (f"  {label:<30} {name:<14} {seconds * 1000:7.1f} ms  "
+        for case, name in ((True, "with snapshot"), (False, "without"),
+                           ("snapstart", "from the per-version snapshot")):
+            seconds = statistics.median(samples[f"{label}/{case}"])
+            line = (f"  {label:<30} {name:<29} {seconds * 1000:7.1f} ms  "
                     f"x{seconds / fresh:.2f} of a fresh interpreter")
             if system:
                 line += f"  (x{seconds / system:.2f} of /usr/bin/python3)"

@@ -467,7 +467,8 @@ class FunctionService:
                   "LastModified": timestamp(),
                   "RevisionId": str(uuid.uuid4()),
                   "State": "Active",
-                  "LastUpdateStatus": "Successful"}
+                  "LastUpdateStatus": "Successful",
+                  "SnapStart": _optimized(latest.config)}
         if description is not None:
             config["Description"] = description
         record = FunctionRecord(config, latest.code_sha_hex)
@@ -545,6 +546,13 @@ def _layer_arns(record: FunctionRecord) -> list[str]:
 
 def _list_order(record: FunctionRecord) -> tuple[str, int]:
     return record.name, _version_order(record.version)
+
+
+def _optimized(config: dict[str, Any]) -> dict[str, str]:
+    """A published version's SnapStart: On where it applies to published versions."""
+    apply_on = config.get("SnapStart", {}).get("ApplyOn", "None")
+    return {"ApplyOn": apply_on,
+            "OptimizationStatus": "On" if apply_on == "PublishedVersions" else "Off"}
 
 
 def _same_version(a: FunctionRecord, b: FunctionRecord) -> bool:

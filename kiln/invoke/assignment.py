@@ -1,7 +1,10 @@
 """Warm-environment assignment: reuse an idle environment of the same function version and
 configuration, or create one; reap idle ones after the keep-alive; retire outdated ones.
 Provisioned concurrency keeps pools of environments of published versions initialised ahead:
-invokes take from them first, and the reaper leaves them alone.
+invokes take from them first, and the reaper leaves them alone.  A published version with
+SnapStart runs INIT once, in a template, on a backend that can fork one (``SnapshotBackend``):
+its new environments are forks of the template, ready without INIT.  The template serves no
+invoke and lives until its function changes and its last fork is gone.
 
     env, failure = await assignment.acquire(record, request_id)
     ...
@@ -27,7 +30,7 @@ from kiln.functions.types import FunctionRecord
 from kiln.invoke.environment import Environment, Output, State
 from kiln.runtime.runtimes import RuntimeCatalog
 from kiln.runtime.types import InvocationResult
-from kiln.sandbox.types import SandboxBackend, SandboxSpec
+from kiln.sandbox.types import SandboxBackend, SandboxSpec, SnapshotBackend, SnapshotUnsupported
 
 
 def _key(record: FunctionRecord) -> tuple[str, str, str]:
@@ -45,6 +48,19 @@ class _Pool:
         self.idle: list[Environment] = []
         self.failure: str | None = None
         self.filling: asyncio.Task[None] | None = None
+
+
+class _Template:
+    """The SnapStart template of one function version, and the environments forked from it."""
+
+    def __init__(self, env: Environment) -> None:
+        self.env = env
+        self.forks: set[Environment] = set()
+        self.retired = False
+
+
+def _snap_start(record: FunctionRecord) -> bool:
+    return bool(record.config.get("SnapStart", {}).get("OptimizationStatus") == "On")
 
 
 class Assignment:
@@ -67,6 +83,11 @@ class Assignment:
         self._pools: dict[tuple[str, str], _Pool] = {}
         self._pool_of: dict[Environment, _Pool] = {}
         self._retiring: set[asyncio.Task[None]] = set()  # referenced until they finish
+        self._templates: dict[tuple[str, str, str], _Template] = {}
+        self._template_of: dict[Environment, _Template] = {}
+        self._making: dict[tuple[str, str, str], asyncio.Lock] = {}
+        #: Versions whose environments cannot be forked (the backend said why once).
+        self._unforkable: set[tuple[str, str, str]] = set()
 
     def start(self) -> None:
         self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
@@ -91,11 +112,65 @@ class Assignment:
             if env.alive:
                 return env, None
             await self._destroy(env)  # died while idle: release what it still holds
+        if (_snap_start(record) and isinstance(self.backend, SnapshotBackend)
+                and _key(record) not in self._unforkable):
+            try:
+                return await self._restore(record, request_id)
+            except SnapshotUnsupported:
+                self._unforkable.add(_key(record))
+                template = self._templates.get(_key(record))
+                if template is not None:
+                    await self._retire_template(template)
         env = await self._create(record)
         failure = await env.initialize(self.settings.init_timeout_seconds, request_id)
         if failure is not None:
             self._live.discard(env)
         return env, failure
+
+    async def _restore(self, record: FunctionRecord,
+                       request_id: str) -> tuple[Environment, InvocationResult | None]:
+        """A new environment forked from the version's template, made first if need be (its
+        INIT failure is then the answer, as an on-demand environment's would be)."""
+        key = _key(record)
+        init_output: list[str] = []
+        lock = self._making.setdefault(key, asyncio.Lock())
+        async with lock:  # concurrent first invokes: one INIT
+            template = self._templates.get(key)
+            if template is None or not template.env.alive:
+                if template is not None:
+                    await self._drop_template(template)
+                env = await self._create(record, "snap-start", snapshot=True)
+                self._live.discard(env)  # a template serves no invoke
+                failure = await env.initialize(self.settings.init_timeout_seconds, request_id)
+                if failure is not None:
+                    return env, failure
+                template = self._templates[key] = _Template(env)
+                init_output = env.output.take()  # the INIT's log: the invoke that waited for it
+        started = time.perf_counter()
+        env = await self._create(record, "snap-start", fork_of=template.env)
+        if init_output:
+            env.output.feed("\n".join([*init_output, ""]).encode())
+        template.forks.add(env)
+        self._template_of[env] = template
+        failure = await env.initialize(self.settings.init_timeout_seconds, request_id)
+        if failure is not None:
+            self._live.discard(env)
+            await self._destroy(env)
+            return env, failure
+        env.init_duration_ms = None  # no INIT ran in it: its REPORT tells the restore instead
+        env.restore_duration_ms = (time.perf_counter() - started) * 1000
+        return env, None
+
+    async def _retire_template(self, template: _Template) -> None:
+        template.retired = True
+        if not template.forks:  # else the last fork's destroy takes it down
+            await self._drop_template(template)
+
+    async def _drop_template(self, template: _Template) -> None:
+        key = _key(template.env.record)
+        if self._templates.get(key) is template:
+            del self._templates[key]
+        await template.env.destroy()
 
     async def release(self, env: Environment) -> None:
         """Return an environment after an invocation: keep it warm, or destroy it."""
@@ -125,6 +200,9 @@ class Assignment:
                 await self._destroy(env)
         for key in [k for k in self._idle if k[0] == function_name]:
             del self._idle[key]
+        for template in [t for t in self._templates.values()
+                         if t.env.record.name == function_name]:
+            await self._retire_template(template)
         for name, version in [k for k in self._pools if provisioned and k[0] == function_name]:
             pool = self._pools.pop((name, version))
             self._drain(pool)
@@ -219,6 +297,8 @@ class Assignment:
                 await self._reaper
         for env in list(self._live):
             await self._destroy(env)
+        for template in list(self._templates.values()):
+            await self._drop_template(template)
         self._idle.clear()
         await self.backend.close()
 
@@ -230,6 +310,11 @@ class Assignment:
         pool = self._pool_of.get(env)
         self._forget(env)
         await env.destroy()
+        template = self._template_of.pop(env, None)
+        if template is not None:
+            template.forks.discard(env)
+            if template.retired and not template.forks:
+                await self._drop_template(template)
         if pool is not None and (pool.filling is None or pool.filling.done()):
             # A provisioned environment crashed or timed out: replace it.
             pool.filling = asyncio.get_running_loop().create_task(self._fill(pool))
@@ -244,8 +329,10 @@ class Assignment:
                         and env not in self._pool_of):  # provisioned ones stay warm
                     await self._destroy(env)
 
-    async def _create(self, record: FunctionRecord,
-                      initialization: str = "on-demand") -> Environment:
+    async def _create(self, record: FunctionRecord, initialization: str = "on-demand",
+                      snapshot: bool = False, fork_of: Environment | None = None) -> Environment:
+        """A new environment; ``snapshot``: a SnapStart template; ``fork_of``: forked from
+        that template."""
         env_id = uuid.uuid4().hex
         task_root = self.code.task_root(record.code_sha_hex)
         opt = self.opt_dir(record)
@@ -262,8 +349,13 @@ class Assignment:
             ephemeral_mb=record.ephemeral_storage,
             on_output=output.feed,
             egress=egress,
+            snapshot=snapshot,
         )
-        sandbox = await self.backend.create(spec)
+        if fork_of is not None:
+            assert isinstance(self.backend, SnapshotBackend)
+            sandbox = await self.backend.fork(fork_of.sandbox, spec)
+        else:
+            sandbox = await self.backend.create(spec)
         env = Environment(env_id, record, sandbox, output)
         # The network opt-in changed while this one was being made: it serves once, then goes.
         env.retired = self.egress(record.name) != egress

@@ -75,6 +75,8 @@ class Environment:
         self.api = RuntimeApi(env_id)
         self.state = State.INIT
         self.init_duration_ms: float | None = None
+        #: A SnapStart fork's time from the fork request to ready (its first REPORT's).
+        self.restore_duration_ms: float | None = None
         self.invocations = 0
         self.last_used = time.monotonic()
         self.retired = False

@@ -93,7 +93,7 @@ class LogStore:
 
 def report_line(request_id: str, duration_ms: float, memory_size: int, max_memory_used: int,
                 init_duration_ms: float | None, status: str | None = None,
-                error_type: str | None = None) -> str:
+                error_type: str | None = None, restore_duration_ms: float | None = None) -> str:
     parts = [
         f"REPORT RequestId: {request_id}",
         f"Duration: {duration_ms:.2f} ms",
@@ -103,6 +103,8 @@ def report_line(request_id: str, duration_ms: float, memory_size: int, max_memor
     ]
     if init_duration_ms is not None:
         parts.append(f"Init Duration: {init_duration_ms:.2f} ms")
+    if restore_duration_ms is not None:  # SnapStart: a fork of the version's template
+        parts.append(f"Restore Duration: {restore_duration_ms:.2f} ms")
     if status is not None:
         parts.append(f"Status: {status}")
     if error_type is not None:

@@ -92,6 +92,7 @@ class Invoker:
         env, failure = await self.assignment.acquire(record, request_id)
         init_lines = env.output.take()
         init_duration = env.init_duration_ms if env.invocations == 0 else None
+        restore_duration = env.restore_duration_ms if env.invocations == 0 else None
         started = time.perf_counter()
         if failure is not None:
             result, status = failure, "init"
@@ -117,10 +118,10 @@ class Invoker:
             # system calls) after the caller has its answer.
             env.loop.call_soon(
                 self._log, record, env, request_id, result, status, init_lines, output,
-                duration, init_duration)
+                duration, init_duration, restore_duration)
             return InvokeOutcome(request_id, result, record.version, status)
         lines = self._log(record, env, request_id, result, status, init_lines, output, duration,
-                          init_duration)
+                          init_duration, restore_duration)
         # This invocation's part only: init output belongs to the environment's log,
         # unless INIT failed and that output is the only account of why.
         shown = lines if status == "init" else lines[len(init_lines):]
@@ -130,7 +131,8 @@ class Invoker:
 
     def _log(self, record: FunctionRecord, env: Environment, request_id: str,
              result: InvocationResult, status: str, init_lines: list[str], output: list[str],
-             duration: float, init_duration: float | None) -> list[str]:
+             duration: float, init_duration: float | None,
+             restore_duration: float | None) -> list[str]:
         """Append the invocation's START ... REPORT block to the function's log."""
         max_memory = env.sandbox.max_memory_used_mb()
         lines = [*init_lines, f"START RequestId: {request_id} Version: {record.version}"]
@@ -143,6 +145,7 @@ class Invoker:
         lines.append(f"END RequestId: {request_id}")
         lines.append(report_line(
             request_id, duration, record.memory_size, max_memory, init_duration,
+            restore_duration_ms=restore_duration,
             status={"timeout": "timeout", "crash": "error", "init": "error"}.get(status),
             error_type=result.error_type if status in ("crash", "init") else None))
         self.logs.append(record.name, "\n".join(lines) + "\n")

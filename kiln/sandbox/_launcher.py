@@ -26,12 +26,16 @@ and the launcher forks:
 ``runtime`` (pid 2)
     stdio to ``/dev/null`` and the output pipe, ``cwd /var/task``, rlimits, an empty capability
     bounding set, uid/gid of the sandbox user, ``no_new_privs``, the seccomp filter, ``execve``.
+    A SnapStart template's ``start`` carries a socket for fork requests: its runtime (a zygote
+    fork only) gets the template filter and serves forks after INIT (``_snapshot``).
+The server also sends ``{"track": [cgroup dirs]}`` for each SnapStart fork's cgroup (which it
+made itself), so that they are removed with the rest should it die.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
+import errno
 import gc
 import json
 import os
@@ -44,7 +48,7 @@ import time
 from typing import Any
 
 from kiln.sandbox import _namespaces as ns
-from kiln.sandbox import _seccomp
+from kiln.sandbox import _seccomp, _snapshot
 
 API_PORT = 9001
 _SYSTEM_DIRS = ("usr", "bin", "lib", "lib32", "lib64", "libx32", "sbin")
@@ -93,16 +97,6 @@ def _send(ctl: socket.socket, text: str, fds: list[int] | None = None) -> None:
 # -- launcher ---------------------------------------------------------------------------------
 
 
-def _reap_all(_signum: int = 0, _frame: object = None) -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-
-
 #: Loaded once by the zygote, inherited by every fork: what Kiln's Python runtime imports, and
 #: standard modules functions commonly import (fresh per process after the fork, like any
 #: module state; ``random`` is re-seeded).
@@ -126,7 +120,7 @@ def main(fd: int, python_path: list[str] | None = None) -> None:
     server.setblocking(True)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGCHLD, _reap_all)
+    signal.signal(signal.SIGCHLD, lambda _s, _f: ns.reap_children())
     ns.prctl(ns.PR_SET_CHILD_SUBREAPER, 1)
     program = _seccomp.build_filter() if _seccomp.supported() else b""
     gc.collect()
@@ -143,6 +137,9 @@ def main(fd: int, python_path: list[str] | None = None) -> None:
         if not msg:
             break
         cfg = json.loads(msg)
+        if "track" in cfg:  # a SnapStart fork's cgroup: the server made it, the same clean-up
+            environments = [d for d in environments if os.path.isdir(d[0])] + [cfg["track"]]
+            continue
         cfg["python_path"] = python_path
         environments.append([os.path.dirname(p) for p in cfg["cgroup_procs"]])
         parents = cfg.get("cgroup_parents", parents)
@@ -394,7 +391,7 @@ def _init(cfg: dict[str, Any], ctl: socket.socket, out_w: int, program: bytes) -
     configured = False
     while True:
         try:
-            msg = ctl.recv(1 << 20)
+            msg, fds, _flags, _addr = socket.recv_fds(ctl, 1 << 20, 1)
         except InterruptedError:
             continue
         if not msg:
@@ -405,13 +402,12 @@ def _init(cfg: dict[str, Any], ctl: socket.socket, out_w: int, program: bytes) -
             configured = True
             _send(ctl, "configured")
         elif msg == b"start" and configured:
+            # A SnapStart template's start carries the socket its fork requests come on.
+            cfg["fork_requests"] = fds[0] if fds else None
             break
+        for fd in fds:
+            os.close(fd)
 
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_r, False)
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda _s, _f: None)
     err_r, err_w = os.pipe()  # close-on-exec: EOF means execve succeeded
     pid = os.fork()
     if pid == 0:
@@ -428,6 +424,8 @@ def _init(cfg: dict[str, Any], ctl: socket.socket, out_w: int, program: bytes) -
             os._exit(127)
     os.close(out_w)
     os.close(err_w)
+    if cfg["fork_requests"] is not None:
+        os.close(cfg["fork_requests"])
     failure = b""
     while True:
         try:
@@ -446,8 +444,29 @@ def _init(cfg: dict[str, Any], ctl: socket.socket, out_w: int, program: bytes) -
         pidfd = os.pidfd_open(pid)
         _send(ctl, "started", [pidfd])
         os.close(pidfd)
+    _supervise(ctl, pid)
 
+
+def _supervise(ctl: socket.socket, pid: int) -> None:
+    """Reap children until ``pid`` (the runtime) exits, then report ``exit <returncode>``;
+    exit at once on end-of-file of ``ctl``.  Never returns."""
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda _s, _f: None)
     while True:
+        while True:  # first of all: the runtime may have exited before the handler was set
+            try:
+                child, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if child == 0:
+                break
+            if child == pid:
+                code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+                _send(ctl, f"exit {code}")
+                os._exit(0)
         try:
             ready, _, _ = select.select([ctl.fileno(), wake_r], [], [])
         except InterruptedError:
@@ -467,17 +486,10 @@ def _init(cfg: dict[str, Any], ctl: socket.socket, out_w: int, program: bytes) -
                     break
                 except InterruptedError:
                     continue
-        while True:
-            try:
-                child, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if child == 0:
-                break
-            if child == pid:
-                code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-                _send(ctl, f"exit {code}")
-                os._exit(0)
+
+
+def _report_fork_failure(ctl: socket.socket, exc: BaseException) -> None:
+    _send(ctl, f"error fork: {_describe(exc)}")
 
 
 def _exec_runtime(cfg: dict[str, Any], out_w: int, err_w: int, program: bytes) -> None:
@@ -490,7 +502,8 @@ def _exec_runtime(cfg: dict[str, Any], out_w: int, err_w: int, program: bytes) -
     os.dup2(devnull, 0)
     os.dup2(out_w, 1)
     os.dup2(out_w, 2)
-    ns.close_fds_except([err_w])
+    requests = cfg["fork_requests"]
+    ns.close_fds_except([err_w] if requests is None else [err_w, requests])
     _oom_score_adj("0")
     os.chdir("/var/task")
     resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
@@ -502,12 +515,18 @@ def _exec_runtime(cfg: dict[str, Any], out_w: int, err_w: int, program: bytes) -
         # Dumpable again, as an execve would make it (the uid change cleared it): its /proc
         # files belong to the sandbox user, so the function can read /proc/self/environ.
         ns.prctl(ns.PR_SET_DUMPABLE, 1)
+    if requests is not None and not (zygote and program):
+        raise OSError(errno.ENOTSUP, "a SnapStart template needs the Python zygote and seccomp")
     if program:
-        _seccomp.install(program)
+        # A template keeps what its forks need to make their namespaces (see _snapshot).
+        _seccomp.install(program if requests is None else _seccomp.build_filter(
+            allow=_seccomp.TEMPLATE_ALLOWED))
     argv: list[str] = cfg["argv"]
     env: dict[str, str] = cfg["env"]
     if zygote:
         os.close(err_w)  # "exec" succeeded: from here on this process is the runtime
+        if requests is not None:
+            _snapshot.serve_forks(requests, program, _supervise, _report_fork_failure)
         _run_python(argv[-1], env, cfg["python_path"])
     exe = argv[0]
     if "/" not in exe:
@@ -521,23 +540,9 @@ def _exec_runtime(cfg: dict[str, Any], out_w: int, err_w: int, program: bytes) -
 
 #: Flags of Kiln's Python runtime, which the zygote was started with.
 ZYGOTE_FLAGS = ("-s", "-u")
-#: The zygote's only start-up variable: room for ``_show_as_exec`` to write a runtime's
+#: The zygote's only start-up variable: room for ``show_as_exec`` to write a runtime's
 #: environment in (Lambda allows 4 KB of variables; Kiln adds about 1 KB).
 ENVIRONMENT_ROOM = {"KILN_ENVIRONMENT_ROOM": "." * 8192}
-
-
-def _show_as_exec(argv: list[str], env: dict[str, str]) -> None:
-    """Write ``argv`` and ``env`` over this process's start-up argument and environment areas
-    (as setproctitle does; truncated to their size), so that ``ps`` and ``/proc/<pid>/cmdline``
-    and ``environ`` show the runtime as if it had been exec'd."""
-    with open("/proc/self/stat", "rb") as stat:
-        fields = stat.read().rsplit(b")", 1)[1].split()
-    arg_start, arg_end, env_start, env_end = (int(fields[n - 3]) for n in (48, 49, 50, 51))
-    for start, end, items in ((arg_start, arg_end, argv),
-                              (env_start, env_end, [f"{k}={v}" for k, v in env.items()])):
-        size = end - start
-        block = b"".join(item.encode() + b"\0" for item in items)[:size]
-        ctypes.memmove(start, block.ljust(size, b"\0"), size)
 
 
 def _run_python(script: str, env: dict[str, str], python_path: list[str]) -> None:
@@ -554,7 +559,7 @@ def _run_python(script: str, env: dict[str, str], python_path: list[str]) -> Non
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     os.environ.clear()  # unsetenv: nothing in C refers to the start-up environment any more
-    _show_as_exec([sys.executable, *ZYGOTE_FLAGS, script], env)
+    ns.show_as_exec([sys.executable, *ZYGOTE_FLAGS, script], env)
     os.environ.update(env)
     extra = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     sys.path[:] = [os.path.dirname(script), *extra, *python_path]

@@ -118,6 +118,43 @@ def drop_privileges(uid: int, gid: int) -> None:
     os.setresuid(uid, uid, uid)
 
 
+def reap_children() -> None:
+    """Collect every exited child, without waiting."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def map_own_ids(uid: int, gid: int) -> None:
+    """In a user namespace just made by an unprivileged process: map its own uid and gid to
+    themselves (all an unprivileged process may map), with ``setgroups`` denied as required."""
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1\n"),
+                       ("gid_map", f"{gid} {gid} 1\n")):
+        fd = os.open(f"/proc/self/{name}", os.O_WRONLY | os.O_CLOEXEC)  # no O_CREAT/O_TRUNC
+        try:
+            os.write(fd, text.encode())
+        except OSError as exc:
+            raise OSError(exc.errno, f"writing /proc/self/{name}: {exc.strerror}") from None
+        finally:
+            os.close(fd)
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
+
+
+def drop_capabilities() -> None:
+    """Clear the effective, permitted and inheritable capability sets (``capset``): what a
+    process keeps in a user namespace it made, as no uid change clears them there."""
+    header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
+    data = (ctypes.c_uint32 * 6)()  # two struct __user_cap_data_struct, all zero
+    _check(libc.capset(ctypes.byref(header), ctypes.byref(data)), "capset")
+
+
 def mkdirs(path: str, mode: int = 0o755) -> None:
     """``os.makedirs`` that leaves every created directory at ``mode`` (no umask surprises)."""
     parts = path.strip("/").split("/")
@@ -178,3 +215,17 @@ def _close_range(first: int, last: int) -> None:
         if first <= fd <= last:
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def show_as_exec(argv: list[str], env: dict[str, str]) -> None:
+    """Write ``argv`` and ``env`` over this process's start-up argument and environment areas
+    (as setproctitle does; truncated to their size), so that ``ps`` and ``/proc/<pid>/cmdline``
+    and ``environ`` show the runtime as if it had been exec'd."""
+    with open("/proc/self/stat", "rb") as stat:
+        fields = stat.read().rsplit(b")", 1)[1].split()
+    arg_start, arg_end, env_start, env_end = (int(fields[n - 3]) for n in (48, 49, 50, 51))
+    for start, end, items in ((arg_start, arg_end, argv),
+                              (env_start, env_end, [f"{k}={v}" for k, v in env.items()])):
+        size = end - start
+        block = b"".join(item.encode() + b"\0" for item in items)[:size]
+        ctypes.memmove(start, block.ljust(size, b"\0"), size)

@@ -54,6 +54,17 @@ x0.29-0.31 of the runtime's interpreter's ``-c pass`` (pyenv 3.11.7, 34 ms; x0.9
 environment costs 3.1 MiB beyond its runtime's own 4.9 MiB PSS: the init's PSS 2.5 MiB, what its
 cgroup is charged besides the processes 0.6 MiB, the server's Python objects 0.02 MiB.
 
+SnapStart (a post-INIT snapshot per function version, ``_snapshot``): ``create`` with
+``spec.snapshot`` makes a template -- a zygote-forked Python runtime that runs INIT, then parks
+in its first ``/next`` and forks on request; ``fork(template, spec)`` makes an environment from
+it: a child of the template that enters a user namespace of its own and new mount, PID, network,
+IPC and UTS namespaces, is moved by the server into a new cgroup (``spec``'s limits), mounts a
+fresh ``/tmp`` and ``/proc``, sends its own ``127.0.0.1:9001`` listener, takes ``spec``'s
+environment variables, re-seeds ``random``, drops its capabilities and stacks the full seccomp
+filter; its runtime's ``/next`` then reaches its own listener.  Forks live in the template's PID
+namespace: destroying the template ends them too.  Templates need the zygote path and no
+``egress`` (else ``SnapshotUnsupported``).
+
 Clean-up: ``destroy()`` kills the cgroup's processes (freezing it first so nothing can fork
 meanwhile), waits for the init to go, and removes the cgroup; mounts live only in the
 environment's mount namespace and vanish with it, and nothing is written per environment under
@@ -63,8 +74,8 @@ and removes the cgroups; ``sweep()`` (run by the constructor) removes whatever s
 (a ``kill -9`` of the launcher as well).
 
 The public extras beyond the protocol: ``oom_killed()``, ``end_init()``, ``init_pid``,
-``cgroup``, ``runtime_api_address`` on the sandbox; ``prepare()``, ``sweep()`` and ``live()`` on
-the backend.
+``cgroup``, ``runtime_api_address`` on the sandbox; ``prepare()``, ``sweep()``, ``live()`` and
+``fork()`` on the backend.
 
 Host paths of the function's code and layers in ``argv`` and ``env`` (``LAMBDA_TASK_ROOT``,
 ``LD_LIBRARY_PATH``, a ``provided`` runtime's ``<task_root>/bootstrap``) are rewritten to
@@ -105,7 +116,7 @@ from kiln.sandbox import _namespaces
 from kiln.sandbox._cgroups import CgroupTree, CgroupV1, CgroupV2, Limits
 from kiln.sandbox._launcher import ENVIRONMENT_ROOM, ZYGOTE_FLAGS
 from kiln.sandbox._output import drain
-from kiln.sandbox.types import SandboxSpec
+from kiln.sandbox.types import Sandbox, SandboxSpec, SnapshotUnsupported
 
 SANDBOX_UID = 993
 SANDBOX_GID = 990
@@ -246,6 +257,7 @@ class IsolatedSandbox:
         ctl: socket.socket,
         out_r: int,
         forget: Callable[[str], object],
+        forked: bool = False,
     ) -> None:
         #: Set by ``_assign``; until then the environment is a pre-warmed blank one.
         self.env_id = ""
@@ -271,6 +283,15 @@ class IsolatedSandbox:
         self._oom_kills = 0
         self._frozen = False
         self._runtime_pidfd: int | None = None
+        #: A SnapStart template: its start hands the runtime a socket for fork requests,
+        #: kept here (``IsolatedBackend.fork`` writes to it).
+        self.snapshot = False
+        self.fork_requests: socket.socket | None = None
+        #: Host directories shared read-write (``config["rw_paths"]``), for its forks.
+        self.rw_paths: list[str] = []
+        self._forked = forked
+        if forked:  # a fork of a template reports its runtime started right after ready
+            self._started = self._loop.create_future()
         ctl.setblocking(False)
         self._loop.add_reader(ctl.fileno(), self._on_ctl)
         os.set_blocking(out_r, False)
@@ -304,6 +325,8 @@ class IsolatedSandbox:
         if word == "started" and fds and self._runtime_pidfd is None and not self._destroyed:
             self._runtime_pidfd = fds.pop(0)
             self._loop.add_reader(self._runtime_pidfd, self._on_runtime_exit)
+        if word == "hello" and fds:
+            self._adopt(fds.pop(0))
         for fd in fds:
             os.close(fd)
         if word == "pid":
@@ -332,6 +355,30 @@ class IsolatedSandbox:
             for fut in (self._ready, self._configured, self._started):
                 if fut is not None:
                     _fail(fut, exc2)
+
+    def _adopt(self, pidfd: int) -> None:
+        """A fork of a template asks to be moved into this environment's cgroup before it
+        makes any other process (``hello`` with a pidfd of itself); ``go`` once done.  The
+        move runs in a thread: joining a v1 cgroup waits for an RCU grace period."""
+        try:
+            self.init_pid = _pidfd_pid(pidfd)
+        finally:
+            os.close(pidfd)
+        joining = self._loop.run_in_executor(None, self._join_cgroup, self.init_pid)
+        joining.add_done_callback(self._joined)
+
+    def _join_cgroup(self, pid: int) -> None:
+        for procs in self.cgroup.procs_files():
+            with open(procs, "w") as f:
+                f.write(str(pid))
+
+    def _joined(self, joining: asyncio.Future[None]) -> None:
+        exc = joining.exception()
+        if exc is not None:
+            _fail(self._ready, SandboxError(f"environment {self.env_id}: joining its cgroup: "
+                                            f"{exc}"))
+        elif self._ctl is not None:
+            self._ctl.send(b"go")
 
     def _on_runtime_exit(self) -> None:
         """The runtime exited.  The init reports how, unless it is frozen: then the zombie it
@@ -397,10 +444,25 @@ class IsolatedSandbox:
     async def start(self) -> None:
         if self._ctl is None or self._destroyed:
             raise SandboxError(f"environment {self.env_id} is gone")
+        if self._forked and self._started is not None:  # its runtime was running once ready
+            await asyncio.wait_for(asyncio.shield(self._started), 10)
+            self._forked = False  # a second start is an error, as for any environment
+            return
         if self._started is not None:
             raise SandboxError(f"environment {self.env_id} already started")
         self._started = self._loop.create_future()
-        self._ctl.send(b"start")
+        if self.snapshot:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            try:
+                socket.send_fds(self._ctl, [b"start"], [theirs.fileno()])
+            except BaseException:
+                ours.close()
+                raise
+            finally:
+                theirs.close()
+            self.fork_requests = ours
+        else:
+            self._ctl.send(b"start")
         await asyncio.wait_for(asyncio.shield(self._started), 10)
 
     async def wait(self) -> int:
@@ -496,6 +558,8 @@ class IsolatedSandbox:
                 os.close(self._out_fd)
                 self._out_fd = None
             self.listener.close()
+            if self.fork_requests is not None:
+                self.fork_requests.close()
             while not self.cgroup.remove():
                 if time.monotonic() > deadline:
                     break
@@ -625,15 +689,26 @@ class IsolatedBackend:
             "newroot": os.fspath(self._newroot),
             "cgroup_parents": [os.fspath(p) for p in self.cgroups.parents.values()],
         }
+        message = json.dumps(cfg).encode()
+
+        def send(fds: list[int]) -> None:
+            try:
+                socket.send_fds(self._ensure_launcher(), [message], fds)
+            except (BrokenPipeError, ConnectionResetError):
+                self._sock = None
+                socket.send_fds(self._ensure_launcher(), [message], fds)
+
+        return await self._launch(send, cgroup)
+
+    async def _launch(self, send: Callable[[list[int]], object], cgroup: CgroupV1 | CgroupV2,
+                      spec: SandboxSpec | None = None,
+                      quota: float | None = None) -> IsolatedSandbox:
+        """Hand a new environment's control socket and output pipe to ``send`` (to the
+        launcher, or with ``spec`` to a SnapStart template), then wait until it is ready."""
         ctl, ctl_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         out_r, out_w = os.pipe()
         try:
-            message = json.dumps(cfg).encode()
-            try:
-                socket.send_fds(self._ensure_launcher(), [message], [ctl_child.fileno(), out_w])
-            except (BrokenPipeError, ConnectionResetError):
-                self._sock = None
-                socket.send_fds(self._ensure_launcher(), [message], [ctl_child.fileno(), out_w])
+            send([ctl_child.fileno(), out_w])
         except BaseException:
             ctl.close()
             os.close(out_r)
@@ -643,7 +718,10 @@ class IsolatedBackend:
         finally:
             ctl_child.close()
             os.close(out_w)
-        sandbox = IsolatedSandbox(cgroup, ctl, out_r, forget=self._forget)
+        sandbox = IsolatedSandbox(cgroup, ctl, out_r, forget=self._forget, forked=spec is not None)
+        if spec is not None:
+            sandbox.spec, sandbox.env_id, sandbox._cpu_vcpus = spec, spec.env_id, quota
+            self._live[spec.env_id] = sandbox
         try:
             await sandbox._wait_ready(self.ready_timeout)
         except BaseException:
@@ -690,6 +768,11 @@ class IsolatedBackend:
         for layer in layers:
             if ":" in layer or "," in layer:
                 raise ValueError(f"layer path {layer!r} may not contain ':' or ','")
+        if spec.snapshot and (egress or self._zygote_script(
+                spec.argv, spec.env, layers, spec.task_root) is None):
+            raise SnapshotUnsupported(
+                "SnapStart templates need Kiln's Python runtime on the zygote's interpreter, no "
+                "layers or /var/task/lib, and no network but the environment's own loopback")
         sandbox: IsolatedSandbox | None = None
         while not egress and self._pool:
             candidate = self._pool.pop(0)
@@ -701,9 +784,10 @@ class IsolatedBackend:
             sandbox = await self._spawn(netns=not egress)
         self._schedule_refill()
         self._live[spec.env_id] = sandbox
+        sandbox.snapshot = spec.snapshot
         try:
             argv = inside_paths(spec, spec.argv)
-            env = dict(zip(spec.env, inside_paths(spec, spec.env.values()), strict=True))
+            env = self._inside_env(spec)
             if egress:
                 host_listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 host_listener.bind(("127.0.0.1", 0))
@@ -713,17 +797,18 @@ class IsolatedBackend:
                 sandbox.listener = host_listener
                 sandbox.runtime_api_address = f"127.0.0.1:{host_listener.getsockname()[1]}"
             env["AWS_LAMBDA_RUNTIME_API"] = sandbox.runtime_api_address
-            vcpus = spec.memory_mb / 1769
-            quota = vcpus if self.cpu_quota else None
-            # INIT runs with at least one vCPU, like Lambda's init boost; end_init() applies it.
-            sandbox.cgroup.create(
-                Limits(spec.memory_mb, None if quota is None else max(quota, 1.0), self.pids_max)
-            )
-            sandbox.cgroup.reset_peak()
+            quota = self._limit(sandbox.cgroup, spec)
             extra = [*self.extra_ro_paths, *getattr(spec, "ro_paths", ())]
             extra += [p for p in env.get("KILN_EXTRA_PYTHONPATH", "").split(":") if p]
             if env.get("LAMBDA_RUNTIME_DIR"):
                 extra.append(env["LAMBDA_RUNTIME_DIR"])
+            sandbox.rw_paths = [
+                os.path.realpath(p)
+                for p in [*self.extra_rw_paths, *getattr(spec, "rw_paths", ())]
+                if os.path.isdir(p)
+                and not _under(os.path.realpath(p), _FORBIDDEN_PREFIXES)
+                and os.path.realpath(p) != "/"
+            ]
             config = {
                 "argv": argv,
                 "env": env,
@@ -732,19 +817,50 @@ class IsolatedBackend:
                 "ephemeral_mb": spec.ephemeral_mb,
                 "ro_paths": runtime_paths(argv, extra),
                 "zygote": self._zygote_script(argv, env, layers, spec.task_root) is not None,
-                "rw_paths": [
-                    os.path.realpath(p)
-                    for p in [*self.extra_rw_paths, *getattr(spec, "rw_paths", ())]
-                    if os.path.isdir(p)
-                    and not _under(os.path.realpath(p), _FORBIDDEN_PREFIXES)
-                    and os.path.realpath(p) != "/"
-                ],
+                "rw_paths": sandbox.rw_paths,
             }
             await sandbox._assign(spec, config, quota, self.ready_timeout)
         except BaseException:
             await sandbox.destroy()
             raise
         return sandbox
+
+    def _inside_env(self, spec: SandboxSpec) -> dict[str, str]:
+        return dict(zip(spec.env, inside_paths(spec, spec.env.values()), strict=True))
+
+    def _limit(self, cgroup: CgroupV1 | CgroupV2, spec: SandboxSpec) -> float | None:
+        """Apply ``spec``'s limits to ``cgroup``; the CPU quota in vCPUs for after INIT."""
+        quota = spec.memory_mb / 1769 if self.cpu_quota else None
+        # INIT runs with at least one vCPU, like Lambda's init boost; end_init() applies it.
+        cgroup.create(Limits(spec.memory_mb, None if quota is None else max(quota, 1.0),
+                             self.pids_max))
+        cgroup.reset_peak()
+        return quota
+
+    async def fork(self, template: Sandbox, spec: SandboxSpec) -> IsolatedSandbox:
+        """A new environment forked from ``template`` (see ``_snapshot``): its own cgroup
+        (``spec``'s limits), namespaces, ``/tmp``, listener and environment variables."""
+        if (self._closed or not isinstance(template, IsolatedSandbox) or not template.alive
+                or template.fork_requests is None):
+            raise SandboxError("no started SnapStart template to fork")
+        requests = template.fork_requests
+        if spec.env_id in self._live:
+            raise SandboxError(f"environment {spec.env_id} exists")
+        cgroup = self.cgroups.cgroup(f"env{next(self._counter)}")
+        quota = self._limit(cgroup, spec)
+        # The launcher removes it with the others should the server die.
+        track = {"track": [os.path.dirname(p) for p in cgroup.procs_files()]}
+        with contextlib.suppress(OSError):  # best effort: sweep() finds what it missed
+            self._ensure_launcher().send(json.dumps(track).encode())
+        env = self._inside_env(spec)
+        env["AWS_LAMBDA_RUNTIME_API"] = RUNTIME_API_ADDRESS
+        request = json.dumps({"env": env, "ephemeral_mb": spec.ephemeral_mb,
+                              "hostname": "localhost", "rw_paths": template.rw_paths}).encode()
+        try:
+            return await self._launch(lambda fds: socket.send_fds(requests, [request], fds),
+                                      cgroup, spec, quota)
+        except SandboxError as exc:  # e.g. no user namespaces here: INIT in each environment
+            raise SnapshotUnsupported(f"forking the SnapStart template failed: {exc}") from exc
 
     def _zygote_script(self, argv: list[str], env: dict[str, str], layers: list[str],
                        task_root: Path) -> str | None:

@@ -18,6 +18,8 @@ class SandboxSpec:
     Output (stdout and stderr, interleaved) goes to ``on_output`` in arbitrary chunks.
     ``egress``: the environment may use the host's network (reach Kiln and the outside); by
     default an isolating backend gives it only a loopback of its own.
+    ``snapshot``: make a SnapStart template, whose runtime runs INIT and then serves forks
+    (``SnapshotBackend.fork``) instead of invokes; backends that cannot snapshot it raise.
     """
 
     env_id: str
@@ -29,6 +31,7 @@ class SandboxSpec:
     ephemeral_mb: int = 512
     on_output: Callable[[bytes], None] = lambda _chunk: None
     egress: bool = False
+    snapshot: bool = False
 
 
 class Sandbox(Protocol):
@@ -70,6 +73,20 @@ class ResourceLimited(Protocol):
 
     def end_init(self) -> None:
         """INIT is over: from now on the CPU share proportional to memory applies."""
+
+
+class SnapshotUnsupported(RuntimeError):
+    """This environment cannot be a SnapStart template (e.g. not a runtime the backend can
+    fork after INIT): its version's environments start with INIT instead."""
+
+
+@runtime_checkable
+class SnapshotBackend(Protocol):
+    """A backend that makes environments from a post-INIT template (SnapStart)."""
+
+    async def fork(self, template: Sandbox, spec: SandboxSpec) -> Sandbox:
+        """A new environment for ``spec`` forked from ``template`` (created with ``snapshot``
+        and started; its INIT done): its runtime is ready for its first event, no INIT."""
 
 
 class SandboxBackend(Protocol):
