@@ -3,8 +3,9 @@ configuration, or create one; reap idle ones after the keep-alive; retire outdat
 Provisioned concurrency keeps pools of environments of published versions initialised ahead:
 invokes take from them first, and the reaper leaves them alone.  A published version with
 SnapStart runs INIT once, in a template, on a backend that can fork one (``SnapshotBackend``):
-its new environments are forks of the template, ready without INIT.  The template serves no
-invoke and lives until its function changes and its last fork is gone.
+its new environments are forks of the template, ready without INIT, and one fork is always made
+ahead (a spare), so that scale-out only hands it over.  The template serves no invoke and lives
+until its function changes and its last fork is gone.
 
     env, failure = await assignment.acquire(record, request_id)
     ...
@@ -57,6 +58,8 @@ class _Template:
         self.env = env
         self.forks: set[Environment] = set()
         self.retired = False
+        #: The next fork, being made or ready (not yet initialised: no Runtime API served).
+        self.spare: asyncio.Task[Environment] | None = None
 
 
 def _snap_start(record: FunctionRecord) -> bool:
@@ -147,7 +150,7 @@ class Assignment:
                 template = self._templates[key] = _Template(env)
                 init_output = env.output.take()  # the INIT's log: the invoke that waited for it
         started = time.perf_counter()
-        env = await self._create(record, "snap-start", fork_of=template.env)
+        env = await self._take_fork(template, record)
         if init_output:
             env.output.feed("\n".join([*init_output, ""]).encode())
         template.forks.add(env)
@@ -161,15 +164,42 @@ class Assignment:
         env.restore_duration_ms = (time.perf_counter() - started) * 1000
         return env, None
 
+    async def _take_fork(self, template: _Template, record: FunctionRecord) -> Environment:
+        """The template's spare fork (else a new one), and the next spare started."""
+        env = None
+        spare, template.spare = template.spare, None
+        if spare is not None:
+            with contextlib.suppress(OSError, RuntimeError):  # made inline below, or raised
+                env = await spare
+        if env is None:
+            env = await self._create(record, "snap-start", fork_of=template.env)
+        if not template.retired:
+            template.spare = asyncio.get_running_loop().create_task(
+                self._create(record, "snap-start", fork_of=template.env))
+        return env
+
     async def _retire_template(self, template: _Template) -> None:
         template.retired = True
+        await self._discard_spare(template)
         if not template.forks:  # else the last fork's destroy takes it down
             await self._drop_template(template)
+
+    async def _discard_spare(self, template: _Template) -> None:
+        spare, template.spare = template.spare, None
+        if spare is None:
+            return
+        spare.cancel()
+        try:
+            env = await spare
+        except (asyncio.CancelledError, OSError, RuntimeError):
+            return
+        await self._destroy(env)
 
     async def _drop_template(self, template: _Template) -> None:
         key = _key(template.env.record)
         if self._templates.get(key) is template:
             del self._templates[key]
+        await self._discard_spare(template)
         await template.env.destroy()
 
     async def release(self, env: Environment) -> None:

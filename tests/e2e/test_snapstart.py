@@ -223,7 +223,7 @@ def test_delete_leaves_no_fork_nor_template(lambda_client: Any, shared_dir: Path
     body, _log = _invoke(lambda_client, qualified, {"round": "one", "wait": 1})
     fork = footprint(body["stream"])
     assert len(fork.pids) == 2  # the fork's runtime and its supervisor, in its own cgroup
-    assert len(_processes_of(name)) == 3  # ... and the template
+    assert set(fork.pids) < set(_processes_of(name))  # ... and the template (and a spare)
     lambda_client.delete_function(FunctionName=name)
     assert wait_for(fork.gone, 10), fork.left()
     assert wait_for(lambda: not _processes_of(name), 10)
