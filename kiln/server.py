@@ -82,6 +82,7 @@ class Kiln:
         self.queue = AsyncQueue(self.db, self.functions, self.event_configs, self.invoker,
                                 settings)
         self.functions.listeners.append(self.assignment.retire)
+        self.functions.published.append(self.assignment.prepare_snapshot)  # SnapStart
         self.provisioning = Provisioning(self.functions, self.assignment,
                                          settings.account_concurrency)
         self.functions.listeners.append(self.provisioning.reconcile)

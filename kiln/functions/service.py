@@ -65,6 +65,8 @@ class FunctionService:
         self.arns = arns
         #: Called with a function name after its code/configuration changed or it was deleted.
         self.listeners: list[Listener] = []
+        #: Called with every version as it is published (inside the write: schedule, no I/O).
+        self.published: list[Callable[[FunctionRecord], None]] = []
         db.migrate(SCHEMA)
         self.aliases = AliasStore(db)
         self.concurrency = Reservations(db)
@@ -479,6 +481,8 @@ class FunctionService:
             self._write(record)
             self._write(FunctionRecord({**latest.config, "RevisionId": str(uuid.uuid4())},
                                        latest.code_sha_hex))
+        for listener in self.published:
+            listener(record)
         return record, True
 
     def _save_code(self, fields: Fields, layer_arns: builtins.list[str],

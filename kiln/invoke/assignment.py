@@ -60,6 +60,8 @@ class _Template:
         self.retired = False
         #: The next fork, being made or ready (not yet initialised: no Runtime API served).
         self.spare: asyncio.Task[Environment] | None = None
+        #: What INIT printed, for the log of the first invoke a fork serves.
+        self.init_output: list[str] = []
 
 
 def _snap_start(record: FunctionRecord) -> bool:
@@ -89,6 +91,7 @@ class Assignment:
         self._templates: dict[tuple[str, str, str], _Template] = {}
         self._template_of: dict[Environment, _Template] = {}
         self._making: dict[tuple[str, str, str], asyncio.Lock] = {}
+        self._preparing: set[asyncio.Task[None]] = set()  # referenced until they finish
         #: Versions whose environments cannot be forked (the backend said why once).
         self._unforkable: set[tuple[str, str, str]] = set()
 
@@ -130,29 +133,59 @@ class Assignment:
             self._live.discard(env)
         return env, failure
 
+    def prepare_snapshot(self, record: FunctionRecord) -> None:
+        """PublishVersion: make a SnapStart version's template and its first fork now, in the
+        background (an INIT failure is then met again, and answered, by the first invoke)."""
+        if (not _snap_start(record) or not isinstance(self.backend, SnapshotBackend)
+                or _key(record) in self._unforkable):
+            return
+        task = asyncio.get_running_loop().create_task(self._prepare_snapshot(record))
+        self._preparing.add(task)
+        task.add_done_callback(self._preparing.discard)
+
+    async def _prepare_snapshot(self, record: FunctionRecord) -> None:
+        try:
+            template = await self._template(record, str(uuid.uuid4()))
+        except SnapshotUnsupported:
+            self._unforkable.add(_key(record))
+            return
+        except (OSError, RuntimeError):
+            return  # the first invoke tries again, and answers the error
+        if isinstance(template, _Template) and template.spare is None:
+            self._start_spare(template, record)
+
+    async def _template(self, record: FunctionRecord,
+                        request_id: str) -> _Template | tuple[Environment, InvocationResult]:
+        """The version's template, made (INIT run) if need be; else the failed environment
+        and its INIT failure, as answered to ``request_id``."""
+        key = _key(record)
+        async with self._making.setdefault(key, asyncio.Lock()):  # one INIT at a time
+            template = self._templates.get(key)
+            if template is not None and template.env.alive:
+                return template
+            if template is not None:
+                await self._drop_template(template)
+            env = await self._create(record, "snap-start", snapshot=True)
+            self._live.discard(env)  # a template serves no invoke
+            failure = await env.initialize(self.settings.init_timeout_seconds, request_id)
+            if failure is not None:
+                return env, failure
+            template = self._templates[key] = _Template(env)
+            template.init_output = env.output.take()
+            return template
+
     async def _restore(self, record: FunctionRecord,
                        request_id: str) -> tuple[Environment, InvocationResult | None]:
         """A new environment forked from the version's template, made first if need be (its
         INIT failure is then the answer, as an on-demand environment's would be)."""
-        key = _key(record)
-        init_output: list[str] = []
-        lock = self._making.setdefault(key, asyncio.Lock())
-        async with lock:  # concurrent first invokes: one INIT
-            template = self._templates.get(key)
-            if template is None or not template.env.alive:
-                if template is not None:
-                    await self._drop_template(template)
-                env = await self._create(record, "snap-start", snapshot=True)
-                self._live.discard(env)  # a template serves no invoke
-                failure = await env.initialize(self.settings.init_timeout_seconds, request_id)
-                if failure is not None:
-                    return env, failure
-                template = self._templates[key] = _Template(env)
-                init_output = env.output.take()  # the INIT's log: the invoke that waited for it
+        template = await self._template(record, request_id)
+        if not isinstance(template, _Template):
+            return template
         started = time.perf_counter()
         env = await self._take_fork(template, record)
-        if init_output:
-            env.output.feed("\n".join([*init_output, ""]).encode())
+        if template.init_output:  # the INIT's log: the first invoke's
+            env.output.feed("\n".join([*template.init_output, ""]).encode())
+            template.init_output = []
         template.forks.add(env)
         self._template_of[env] = template
         failure = await env.initialize(self.settings.init_timeout_seconds, request_id)
@@ -173,10 +206,13 @@ class Assignment:
                 env = await spare
         if env is None:
             env = await self._create(record, "snap-start", fork_of=template.env)
+        self._start_spare(template, record)
+        return env
+
+    def _start_spare(self, template: _Template, record: FunctionRecord) -> None:
         if not template.retired:
             template.spare = asyncio.get_running_loop().create_task(
                 self._create(record, "snap-start", fork_of=template.env))
-        return env
 
     async def _retire_template(self, template: _Template) -> None:
         template.retired = True
@@ -320,6 +356,10 @@ class Assignment:
             if pool.filling is not None:
                 pool.filling.cancel()
         self._pools.clear()
+        for task in list(self._preparing):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await asyncio.gather(*self._retiring)
         if self._reaper is not None:
             self._reaper.cancel()

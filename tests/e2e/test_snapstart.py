@@ -150,6 +150,7 @@ def test_forks_of_one_template(lambda_client: Any, shared_dir: Path) -> None:
     version = lambda_client.publish_version(FunctionName=name)
     assert version["SnapStart"] == {"ApplyOn": "PublishedVersions", "OptimizationStatus": "On"}
     qualified = f"{name}:{version['Version']}"
+    assert wait_for((shared_dir / "inits").exists)  # INIT ran on PublishVersion, no invoke yet
 
     first = _together(lambda_client, qualified, "one")
     answers = [body for body, _log in first]
