@@ -48,6 +48,7 @@ from kiln.vmm.guest.image import (
     make_ext4,
 )
 from kiln.vmm.launch import MonitorFailed, MonitorProcess, start_monitor, sweep
+from kiln.vmm.qemu import seal_memory_image, serve_memory_image
 
 log = logging.getLogger("kiln.microvm")
 
@@ -158,7 +159,8 @@ class MicrovmSandbox:
             try:
                 await client.put("/snapshot/load", {
                     "snapshot_path": str(snapshot / "state"),
-                    "mem_backend": {"backend_type": "File", "backend_path": str(snapshot / "mem")},
+                    "mem_backend": {"backend_type": "File",
+                                    "backend_path": str(backend.memory_path(self._key))},
                     "resume_vm": True, "vsock_override": {"uds_path": uds_path}})
                 self._restored = True
             except VmmError as exc:
@@ -456,6 +458,9 @@ class MicrovmBackend:
         #: By key, least recently used first.
         self.snapshots: OrderedDict[str, Path] = OrderedDict()
         self._snapshotting: dict[str, asyncio.Task[None]] = {}
+        #: By key: a snapshot's memory as a sealed memfd and the socket that hands it to
+        #: restores (QEMU engine), which map it copy-on-write instead of copying the file.
+        self._images: dict[str, tuple[int, socket.socket]] = {}
         self._code_builds: dict[Path, asyncio.Task[Path]] = {}
         self._live: dict[str, MicrovmSandbox] = {}
         #: A monitor started ahead, as Firecracker hosts pre-spawn theirs: a restore then
@@ -530,6 +535,33 @@ class MicrovmBackend:
             log.warning("snapshot of %s failed: %s", sandbox.env_id, exc)
             return
         self.add_snapshot(key, target)
+        try:
+            await self._share_memory(key, target)
+        except OSError as exc:  # restores copy the memory file instead
+            log.warning("no shared memory image for snapshot %s: %s", key, exc)
+
+    async def _share_memory(self, key: str, target: Path) -> None:
+        with open(target / "state", "rb") as f:
+            if b'"engine": "qemu"' not in f.read(64):
+                return
+        loop = asyncio.get_running_loop()
+        # The copy takes a moment: not on the event loop.
+        image = await loop.run_in_executor(None, seal_memory_image, str(target / "mem"))
+        try:
+            if key not in self.snapshots:  # forgotten meanwhile
+                raise FileNotFoundError(f"snapshot {key} is gone")
+            listener = serve_memory_image(image, str(target / "mem.sock"), loop)
+        except OSError:
+            os.close(image)
+            raise
+        self._images[key] = (image, listener)
+        if self.jail_uid is not None:  # the jailed monitors connect as their own user
+            os.chown(target / "mem.sock", self.jail_uid, -1)
+
+    def memory_path(self, key: str) -> Path:
+        """What a restore of snapshot ``key`` names as its memory file: the shared image's
+        socket once there is one, else the file."""
+        return self.snapshots[key] / ("mem.sock" if key in self._images else "mem")
 
     def add_snapshot(self, key: str, path: Path) -> None:
         self.snapshots[key] = path
@@ -543,6 +575,12 @@ class MicrovmBackend:
         return path
 
     def forget_snapshot(self, key: str) -> None:
+        served = self._images.pop(key, None)
+        if served is not None:
+            image, listener = served
+            asyncio.get_running_loop().remove_reader(listener.fileno())
+            listener.close()
+            os.close(image)
         path = self.snapshots.pop(key, None)
         if path is not None:
             shutil.rmtree(path, ignore_errors=True)

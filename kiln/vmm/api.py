@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import stat
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -252,7 +253,8 @@ class Monitor:
             with open(params.snapshot_path, "rb") as f:
                 header = f.readline(MAX_STATE_HEADER)
             state = json.loads(header)
-            os.close(os.open(params.mem_path, os.O_RDONLY | os.O_CLOEXEC))
+            if not stat.S_ISSOCK(os.stat(params.mem_path).st_mode):  # else an image server
+                os.close(os.open(params.mem_path, os.O_RDONLY | os.O_CLOEXEC))
         except (OSError, ValueError) as exc:
             raise ApiError(f"Load snapshot error: Cannot load the microVM state: {exc}") from None
         if not isinstance(state, dict) or state.get("format") != SNAPSHOT_FORMAT:

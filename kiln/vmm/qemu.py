@@ -18,11 +18,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import shlex
 import socket
+import stat
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +41,9 @@ MIGRATION_POLL = 0.001
 PAGE = 4096
 ZERO_PAGE = bytes(PAGE)
 COPY_CHUNK = 1 << 20
+#: A shared memory image must be immutable: it backs every restore made from it.
+IMAGE_SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+IMAGE_SERVER_TIMEOUT = 5.0
 
 
 @dataclass
@@ -84,7 +90,7 @@ def kernel_args(config: VmConfig, accelerator: str) -> str:
 
 def command_line(
     config: VmConfig, accelerator: str, workdir: str, qemu_bin: str, ram_fd: int,
-    incoming: bool = False,
+    incoming: bool = False, copy_on_write: bool = False,
 ) -> list[str]:
     assert config.boot is not None
     machine = config.machine
@@ -92,9 +98,10 @@ def command_line(
         qemu_bin, "-M", "microvm,x-option-roms=off,memory-backend=ram", "-accel", accelerator,
         "-cpu", "host" if accelerator == "kvm" else "max",
         "-m", str(machine.mem_size_mib), "-smp", str(machine.vcpu_count),
-        # The RAM: the engine's memfd, shared, so migrations leave it out (x-ignore-shared).
+        # The RAM: the engine's memfd, shared, so migrations leave it out (x-ignore-shared);
+        # or a sealed memory image, mapped privately (copy-on-write).
         "-object", f"memory-backend-file,id=ram,size={machine.mem_size_mib}M,"
-                   f"mem-path=/proc/self/fd/{ram_fd},share=on",
+                   f"mem-path=/proc/self/fd/{ram_fd},share={'off' if copy_on_write else 'on'}",
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         # QEMU's own seccomp filter (Firecracker filters each thread); spawning stays allowed
         # because snapshots stream through ``exec:cat``.
@@ -150,22 +157,32 @@ class QemuVm:
         self._qmp_lock = asyncio.Lock()
         self._stderr_task: asyncio.Future[None] | None = None
         self.ram_size = config.machine.mem_size_mib << 20
-        #: The guest's RAM (QEMU maps it shared): the engine reads it for snapshots.
-        self.ram = os.memfd_create("kiln-vm-ram")
-        os.ftruncate(self.ram, self.ram_size)
+        #: The guest's RAM: the engine's memfd (QEMU maps it shared; snapshots read it), or a
+        #: shared memory image QEMU maps copy-on-write (``image``).
+        self.ram = -1
+        self.image = False
 
     async def start(self, incoming: Incoming | None = None) -> None:
+        """Boot, or with ``incoming`` restore: ``incoming.mem_path`` is a raw memory image
+        (copied in while QEMU starts) or a memory image server's Unix socket (see
+        :func:`serve_memory_image`), whose sealed image is mapped instead: nothing is copied."""
+        if incoming is not None and stat.S_ISSOCK(os.stat(incoming.mem_path).st_mode):
+            self.ram, self.image = receive_memory_image(incoming.mem_path, self.ram_size), True
+        else:
+            self.ram = os.memfd_create("kiln-vm-ram")
+            os.ftruncate(self.ram, self.ram_size)
         wants_channel = self.config.vsock is not None or self.config.mmds is not None
         qmp_listener = _listen(f"{self.workdir}/qmp.sock")
         channel_listener = _listen(f"{self.workdir}/channel.sock") if wants_channel else None
         argv = command_line(self.config, self.accelerator, self.workdir, self.qemu_bin, self.ram,
-                            incoming is not None)
+                            incoming is not None, self.image)
         fds = [self.ram]
         fill: asyncio.Future[None] | None = None
         try:
             if incoming is not None:
                 fds.append(os.open(incoming.state_path, os.O_RDONLY | os.O_CLOEXEC))
                 os.lseek(fds[1], incoming.state_offset, os.SEEK_SET)
+            if incoming is not None and not self.image:
                 # The memory goes in while QEMU starts (a thread: the copy releases the GIL).
                 fill = asyncio.get_running_loop().run_in_executor(
                     None, fill_memory, incoming.mem_path, self.ram, self.ram_size)
@@ -203,9 +220,10 @@ class QemuVm:
             self.channel = streams[1]
         await self._qmp_reader.readline()  # the greeting
         await self.qmp("qmp_capabilities")
-        if fill is not None:
+        if incoming is not None:
             await self._ignore_shared()
-            await fill
+            if fill is not None:
+                await fill
             await self.qmp("migrate-incoming", uri=f"fd:{fds[1]}")
             await self._wait_incoming()
 
@@ -276,6 +294,9 @@ class QemuVm:
     async def save(self, mem_path: str) -> bytes:
         """Write the paused VM's memory to ``mem_path``; returns its device state (a migration
         stream without the RAM)."""
+        if self.image:
+            raise ApiError("Cannot save the microVM state: it was restored from a shared memory "
+                           "image (snapshot its source instead).")
         stream = f"{self.workdir}/state.tmp"
         with contextlib.suppress(FileNotFoundError):
             os.unlink(stream)
@@ -316,12 +337,26 @@ class QemuVm:
             self.ram = -1
 
 
-def _listen(path: str) -> socket.socket:
+@contextlib.contextmanager
+def _addressable(path: str) -> Iterator[str]:
+    """``path`` as a Unix socket address: when too long (107 bytes at most), the same file
+    through a descriptor of its directory."""
+    if len(path.encode()) < 100:
+        yield path
+        return
+    directory = os.open(os.path.dirname(path), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{directory}/{os.path.basename(path)}"
+    finally:
+        os.close(directory)
+
+
+def _listen(path: str, backlog: int = 1) -> socket.socket:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.bind(path)
-    sock.listen(1)
+    sock.listen(backlog)
     sock.setblocking(False)
     return sock
 
@@ -376,3 +411,55 @@ def fill_memory(mem_path: str, ram: int, size: int) -> None:
                 start += sent
     finally:
         os.close(source)
+
+
+def seal_memory_image(mem_path: str) -> int:
+    """A sealed (immutable) memfd holding the raw memory image ``mem_path``."""
+    size = os.stat(mem_path).st_size
+    image = os.memfd_create("kiln-memory-image", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        os.ftruncate(image, size)
+        fill_memory(mem_path, image, size)
+        fcntl.fcntl(image, fcntl.F_ADD_SEALS, IMAGE_SEALS | fcntl.F_SEAL_SEAL)
+    except OSError:
+        os.close(image)
+        raise
+    return image
+
+
+def serve_memory_image(image: int, path: str, loop: asyncio.AbstractEventLoop) -> socket.socket:
+    """Hand the sealed memfd ``image`` to whoever connects to the Unix socket ``path`` (a
+    restore names ``path`` as its memory file).  Close the returned socket to stop."""
+    with _addressable(path) as address:
+        listener = _listen(address, backlog=64)
+
+    def hand_out() -> None:
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            connection, _ = listener.accept()
+            with connection, contextlib.suppress(OSError):
+                socket.send_fds(connection, [b"m"], [image])
+
+    loop.add_reader(listener.fileno(), hand_out)
+    return listener
+
+
+def receive_memory_image(path: str, size: int) -> int:
+    """The sealed memory image the server at ``path`` hands out."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(IMAGE_SERVER_TIMEOUT)
+        with _addressable(path) as address:
+            sock.connect(address)
+        _, fds, _, _ = socket.recv_fds(sock, 1, 1)
+    if not fds:
+        raise OSError(errno.EPROTO, f"{path} handed out no memory image")
+    image = fds[0]
+    try:
+        os.set_inheritable(image, False)
+        if fcntl.fcntl(image, fcntl.F_GET_SEALS) & IMAGE_SEALS != IMAGE_SEALS:
+            raise OSError(errno.EPERM, "the memory image is not sealed")
+        if os.fstat(image).st_size != size:
+            raise OSError(errno.EINVAL, "the memory image does not match the machine's size")
+    except OSError:
+        os.close(image)
+        raise
+    return image

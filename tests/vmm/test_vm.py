@@ -8,6 +8,9 @@ import asyncio
 import os
 from pathlib import Path
 
+import pytest
+
+from kiln.vmm.qemu import seal_memory_image, serve_memory_image
 from tests.conftest import process_gone, wait_for
 from tests.vmm.conftest import Snapshot, Spec, ask, restore, start, wait_guest
 
@@ -80,6 +83,38 @@ async def test_guest_initiated_connection_and_mmds(tmp_path: Path, spec: Spec,
     finally:
         server.close()
         m.stop()
+
+
+async def test_restore_from_a_shared_memory_image(tmp_path: Path, spec: Spec,
+                                                  snapshot: Snapshot) -> None:
+    """Two VMs restored from one sealed memory image (mapped copy-on-write, nothing copied):
+    each runs on its own, the image stays as it was, and neither can be snapshotted."""
+    image = seal_memory_image(snapshot.mem)
+    deep = tmp_path / ("d" * 100)  # longer than a Unix socket address may be
+    deep.mkdir()
+    server = serve_memory_image(image, str(deep / "mem.sock"), asyncio.get_running_loop())
+    shared = Snapshot(snapshot.state, str(deep / "mem.sock"), 0)
+    monitors = [start(tmp_path, f"shared{i}", spec) for i in range(2)]
+    try:
+        with pytest.raises(PermissionError):
+            os.pwrite(image, b"x", 0)  # sealed: no writer, not even its owner
+        before = os.pread(image, 1 << 20, 0)
+        for i, m in enumerate(monitors):
+            await restore(m, shared, str(tmp_path / f"s{i}.vsock"))
+        for i in range(2):
+            await wait_guest(str(tmp_path / f"s{i}.vsock"), timeout=30)
+            assert await ask(str(tmp_path / f"s{i}.vsock"), f"echo vm {i}") == f"vm {i}"
+        assert os.pread(image, 1 << 20, 0) == before
+        c = monitors[0].client
+        await c.patch("/vm", {"state": "Paused"})
+        assert "shared memory image" in await c.fault("PUT", "/snapshot/create", {
+            "snapshot_path": str(tmp_path / "s2"), "mem_file_path": str(tmp_path / "m2")})
+    finally:
+        for m in monitors:
+            m.stop()
+        asyncio.get_running_loop().remove_reader(server.fileno())
+        server.close()
+        os.close(image)
 
 
 async def test_pause_resume_snapshot_rules(tmp_path: Path, spec: Spec,
