@@ -9,8 +9,8 @@ between two retries of the interrupted ``recv``) forks.  In the parent the handl
 the template goes on waiting.  The child:
 
 ``fork`` (child of the template, in the template's PID namespace)
-    ``unshare(NEWUSER|NEWNS|NEWPID|NEWNET|NEWIPC|NEWUTS)``, maps its own uid/gid, sends the
-    server a pidfd of itself (``hello``), waits until the server has moved it into the fork's
+    sends the server a pidfd of itself (``hello``), ``unshare(NEWUSER|NEWNS|NEWPID|NEWNET|
+    NEWIPC|NEWUTS)``, maps its own uid/gid, waits until the server has moved it into the fork's
     cgroup (``go``), forks the runtime and stays as its supervisor (reports ``exit N``, and
     exits on end-of-file of the control socket, which kills the runtime's namespace).
 ``runtime`` (pid 1 of the new PID namespace)
@@ -119,14 +119,14 @@ def _become_fork(cfg: dict[str, Any], ctl: socket.socket, out_w: int, program: b
     """Run in the template's child: returns in the fork's runtime, ready to reconnect."""
     signal.signal(signal.SIGIO, signal.SIG_DFL)
     ctl.setblocking(True)
+    _send_pidfd(ctl, "hello")  # the server moves it into the fork's cgroup meanwhile
     uid, gid = os.getuid(), os.getgid()  # unmapped (65534) in the new namespace until mapped
     ns.unshare(_NAMESPACES)
     # Gaining capabilities (in the new user namespace) made the process non-dumpable, which
     # gives its /proc files to root: dumpable again, so it can write its own id maps.
     ns.prctl(ns.PR_SET_DUMPABLE, 1)
     ns.map_own_ids(uid, gid)
-    _send_pidfd(ctl, "hello")
-    if ctl.recv(64) != b"go":  # the server moved this process into the fork's cgroup
+    if ctl.recv(64) != b"go":  # in the fork's cgroup now: its processes start there
         os._exit(1)
     pid = os.fork()
     if pid != 0:
