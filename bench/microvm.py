@@ -53,24 +53,38 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
-def tree_kb(pids: list[int]) -> int:
-    """Memory of a process tree: PSS, with shared memory files (a microVM's RAM memfd, only
-    partly mapped) counted by what they hold instead of by what is mapped."""
-    total, files = 0, {}
+#: A booted microVM's RAM (a memfd the monitor holds, partly mapped by QEMU) and a snapshot's
+#: sealed memory image (held by Kiln, mapped copy-on-write by every VM restored from it).
+VM_RAM, MEMORY_IMAGE = "/memfd:kiln-vm-ram", "/memfd:kiln-memory-image"
+
+
+def memfds_kb(pids: list[int], name: str) -> list[int]:
+    """What each memfd called ``name`` that ``pids`` hold takes."""
+    files = {}
     for pid in pids:
-        try:
-            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        fields = {line.split(":")[0]: int(line.split()[1]) for line in rollup[1:]}
-        total += fields.get("Pss", 0) - fields.get("Pss_Shmem", 0)
-        for fd in fds:
-            with contextlib.suppress(OSError):
-                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/memfd:"):
-                    info = os.stat(f"/proc/{pid}/fd/{fd}")
-                    files[info.st_ino] = info.st_blocks // 2
-    return total + sum(files.values())
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(name):
+                        info = os.stat(f"/proc/{pid}/fd/{fd}")
+                        files[info.st_ino] = info.st_blocks // 2
+    return list(files.values())
+
+
+def tree_kb(pids: list[int]) -> int:
+    """Memory of a microVM's process tree: PSS (a restored VM's share of its snapshot's
+    memory image included), with a booted VM's RAM memfd counted by all it holds, not only
+    by what is mapped."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            mapping = ""
+            for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+                if not line[:1].isupper():  # a mapping's header: "start-end perms ... path"
+                    mapping = line.split(maxsplit=5)[-1] if len(line.split()) > 5 else ""
+                elif line.startswith("Pss:") and not mapping.startswith(VM_RAM):
+                    total += int(line.split()[1])
+    return total + sum(memfds_kb(pids, VM_RAM))
 
 
 def descendants(pid: int) -> list[int]:
@@ -147,6 +161,7 @@ class Result:
     cold: list[float]
     fresh: list[float]
     memory_kb: int
+    images_kb: list[int]
     engine: str
 
 
@@ -160,11 +175,12 @@ async def measure(backend: str, images: Path, cold: int, restores: int, work: Pa
     try:
         cold_samples = await cold_starts(server.port, cold)
         fresh, memory = await new_environments(server, restores)
+        images = memfds_kb([server.process.pid], MEMORY_IMAGE)
         name = await engine(data_dir) if backend == "microvm" else "host processes"
     finally:
         server.stop()
         shutil.rmtree(data_dir.parent, ignore_errors=True)
-    return Result(cold_samples, fresh, memory, name)
+    return Result(cold_samples, fresh, memory, images, name)
 
 
 async def main() -> None:
@@ -196,6 +212,9 @@ async def main() -> None:
     print(f"memory of one idle environment: microvm {vm.memory_kb // 1024} MB (monitor + QEMU), "
           f"process {process.memory_kb // 1024} MB (runtime); Firecracker publishes <= 5 MB "
           "of VMM overhead")
+    print(f"plus each snapshot's memory image, held once by Kiln and shared copy-on-write by "
+          f"every environment restored from it: "
+          f"{', '.join(f'{kb // 1024} MB' for kb in vm.images_kb) or 'none'}")
     print(json.dumps({"microvm": asdict(vm), "process": asdict(process)}))
 
 
