@@ -11,6 +11,13 @@ itself (a raw image, zero pages left as holes).  A restore fills a new memfd fro
 while QEMU starts, then loads the device state from a file descriptor (``-incoming defer`` and
 ``migrate-incoming fd:N``): no RAM goes through the migration stream, which under TCG took about
 as long as everything else in a restore together.
+
+Kiln extension to ``/snapshot/load``: the memory file may instead be the Unix socket of a memory
+image server (:func:`serve_memory_image`), which hands out the image as a sealed memfd; QEMU
+maps it copy-on-write, so a restore copies nothing and the VMs restored from one snapshot share
+the pages they only read, as Firecracker's ``MAP_PRIVATE`` memory file does.  (QEMU opens a
+memory file read-write, so the file itself could not be shared safely.)  Such a VM cannot be
+snapshotted itself.
 """
 
 from __future__ import annotations
