@@ -4,7 +4,11 @@ Firecracker's API (:mod:`kiln.vmm`), booted from the guest image ``kiln microvm 
 The first environment of a configuration (code, runtime, environment variables, memory) boots
 cold; when its runtime first asks for an event (INIT is over) the VM is paused, snapshotted and
 resumed.  Every later environment of that configuration is restored from the snapshot, with its
-pending ``/next`` sent again by the guest agent, so INIT ran once (SnapStart's shape).
+pending ``/next`` sent again by the guest agent, so INIT ran once (SnapStart's shape).  A
+restore is a new VM, made when the invoke arrives: a spare monitor (started ahead) launches QEMU
+and loads the device state; the snapshot's memory is a sealed memfd Kiln holds and serves on
+``<snapshot>/mem.sock``, which the VM maps copy-on-write, so nothing is copied and the VMs of one
+snapshot share the pages they only read.
 
 Host side of one VM (all under ``<root>/microvm/<vm id>/``)::
 
