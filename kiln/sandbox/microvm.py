@@ -52,7 +52,7 @@ from kiln.vmm.guest.image import (
     make_ext4,
 )
 from kiln.vmm.launch import MonitorFailed, MonitorProcess, start_monitor, sweep
-from kiln.vmm.qemu import seal_memory_image, serve_memory_image
+from kiln.vmm.qemu import MemoryImageServer, seal_memory_image
 
 log = logging.getLogger("kiln.microvm")
 
@@ -464,7 +464,7 @@ class MicrovmBackend:
         self._snapshotting: dict[str, asyncio.Task[None]] = {}
         #: By key: a snapshot's memory as a sealed memfd and the socket that hands it to
         #: restores (QEMU engine), which map it copy-on-write instead of copying the file.
-        self._images: dict[str, tuple[int, socket.socket]] = {}
+        self._images: dict[str, MemoryImageServer] = {}
         self._code_builds: dict[Path, asyncio.Task[Path]] = {}
         self._live: dict[str, MicrovmSandbox] = {}
         #: A monitor started ahead, as Firecracker hosts pre-spawn theirs: a restore then
@@ -554,13 +554,17 @@ class MicrovmBackend:
         try:
             if key not in self.snapshots:  # forgotten meanwhile
                 raise FileNotFoundError(f"snapshot {key} is gone")
-            listener = serve_memory_image(image, str(target / "mem.sock"), loop)
+            server = MemoryImageServer(image, str(target / "mem.sock"), loop)
         except OSError:
             os.close(image)
             raise
-        self._images[key] = (image, listener)
-        if self.jail_uid is not None:  # the jailed monitors connect as their own user
-            os.chown(target / "mem.sock", self.jail_uid, -1)
+        try:
+            if self.jail_uid is not None:  # the jailed monitors connect as their own user
+                os.chown(target / "mem.sock", self.jail_uid, -1)
+        except OSError:
+            server.close()
+            raise
+        self._images[key] = server
 
     def memory_path(self, key: str) -> Path:
         """What a restore of snapshot ``key`` names as its memory file: the shared image's
@@ -579,12 +583,9 @@ class MicrovmBackend:
         return path
 
     def forget_snapshot(self, key: str) -> None:
-        served = self._images.pop(key, None)
-        if served is not None:
-            image, listener = served
-            asyncio.get_running_loop().remove_reader(listener.fileno())
-            listener.close()
-            os.close(image)
+        server = self._images.pop(key, None)
+        if server is not None:
+            server.close()
         path = self.snapshots.pop(key, None)
         if path is not None:
             shutil.rmtree(path, ignore_errors=True)

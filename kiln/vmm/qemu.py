@@ -13,7 +13,7 @@ while QEMU starts, then loads the device state from a file descriptor (``-incomi
 as long as everything else in a restore together.
 
 Kiln extension to ``/snapshot/load``: the memory file may instead be the Unix socket of a memory
-image server (:func:`serve_memory_image`), which hands out the image as a sealed memfd; QEMU
+image server (:class:`MemoryImageServer`), which hands out the image as a sealed memfd; QEMU
 maps it copy-on-write, so a restore copies nothing and the VMs restored from one snapshot share
 the pages they only read, as Firecracker's ``MAP_PRIVATE`` memory file does.  (QEMU opens a
 memory file read-write, so the file itself could not be shared safely.)  Such a VM cannot be
@@ -172,7 +172,7 @@ class QemuVm:
     async def start(self, incoming: Incoming | None = None) -> None:
         """Boot, or with ``incoming`` restore: ``incoming.mem_path`` is a raw memory image
         (copied in while QEMU starts) or a memory image server's Unix socket (see
-        :func:`serve_memory_image`), whose sealed image is mapped instead: nothing is copied."""
+        :class:`MemoryImageServer`), whose sealed image is mapped instead: nothing is copied."""
         if incoming is not None and stat.S_ISSOCK(os.stat(incoming.mem_path).st_mode):
             self.ram, self.image = receive_memory_image(incoming.mem_path, self.ram_size), True
         else:
@@ -434,20 +434,30 @@ def seal_memory_image(mem_path: str) -> int:
     return image
 
 
-def serve_memory_image(image: int, path: str, loop: asyncio.AbstractEventLoop) -> socket.socket:
-    """Hand the sealed memfd ``image`` to whoever connects to the Unix socket ``path`` (a
-    restore names ``path`` as its memory file).  Close the returned socket to stop."""
-    with _addressable(path) as address:
-        listener = _listen(address, backlog=64)
+class MemoryImageServer:
+    """Hands the sealed memfd ``image`` (see :func:`seal_memory_image`) to whoever connects to
+    the Unix socket ``path``: a restore names ``path`` as its memory file.  ``close`` stops it
+    and closes ``image``."""
 
-    def hand_out() -> None:
+    def __init__(self, image: int, path: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.image = image
+        with _addressable(path) as address:
+            self._listener = _listen(address, backlog=64)
+        self._loop = loop
+        loop.add_reader(self._listener.fileno(), self._hand_out)
+
+    def _hand_out(self) -> None:
         with contextlib.suppress(BlockingIOError, InterruptedError):
-            connection, _ = listener.accept()
+            connection, _ = self._listener.accept()
             with connection, contextlib.suppress(OSError):
-                socket.send_fds(connection, [b"m"], [image])
+                socket.send_fds(connection, [b"m"], [self.image])
 
-    loop.add_reader(listener.fileno(), hand_out)
-    return listener
+    def close(self) -> None:
+        if self.image >= 0:
+            self._loop.remove_reader(self._listener.fileno())
+            self._listener.close()
+            os.close(self.image)
+            self.image = -1
 
 
 def receive_memory_image(path: str, size: int) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kiln.vmm.qemu import seal_memory_image, serve_memory_image
+from kiln.vmm.qemu import MemoryImageServer, seal_memory_image
 from tests.conftest import process_gone, wait_for
 from tests.vmm.conftest import Snapshot, Spec, ask, restore, start, wait_guest
 
@@ -92,7 +92,7 @@ async def test_restore_from_a_shared_memory_image(tmp_path: Path, spec: Spec,
     image = seal_memory_image(snapshot.mem)
     deep = tmp_path / ("d" * 100)  # longer than a Unix socket address may be
     deep.mkdir()
-    server = serve_memory_image(image, str(deep / "mem.sock"), asyncio.get_running_loop())
+    server = MemoryImageServer(image, str(deep / "mem.sock"), asyncio.get_running_loop())
     shared = Snapshot(snapshot.state, str(deep / "mem.sock"), 0)
     monitors = [start(tmp_path, f"shared{i}", spec) for i in range(2)]
     try:
@@ -112,9 +112,7 @@ async def test_restore_from_a_shared_memory_image(tmp_path: Path, spec: Spec,
     finally:
         for m in monitors:
             m.stop()
-        asyncio.get_running_loop().remove_reader(server.fileno())
         server.close()
-        os.close(image)
 
 
 async def test_pause_resume_snapshot_rules(tmp_path: Path, spec: Spec,
