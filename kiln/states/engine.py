@@ -839,21 +839,27 @@ class Interpreter:
         frame.prev = self.add("LambdaFunctionScheduled", frame.prev, scheduled)
         frame.prev = self.add("LambdaFunctionStarted", frame.prev)
         self.persist(frame)
-        try:
-            result, _ = await self._lambda_result(state.resource, value, timeout)
-        except StatesFailure as failure:
-            kind = "LambdaFunctionTimedOut" if failure.error == "States.Timeout" else (
-                "LambdaFunctionFailed")
-            frame.prev = self.add(kind, frame.prev, partial(_error_details, failure))
-            raise
-        frame.prev = self.add("LambdaFunctionSucceeded", frame.prev, lambda: {
-            "output": dumps(result), "outputDetails": _NO_DETAIL,
-        })
-        return result
+        async def result() -> JSON:
+            return (await self.call_lambda(state.resource, value))[0]
 
-    async def _lambda_result(self, function: str, payload: JSON,
-                             timeout: float | None) -> tuple[JSON, str]:
-        return await self.guarded(self.call_lambda(function, payload), timeout)
+        return await self.recorded(frame, "LambdaFunction", self.guarded(result(), timeout))
+
+    async def recorded(self, frame: Frame, events: str, work: Awaitable[JSON],
+                       outcome: str = "Succeeded", **fields: Any) -> JSON:
+        """Await a task's ``work`` and record how it ended: ``{events}TimedOut`` or
+        ``{events}Failed`` (the failure is re-raised), else ``{events}{outcome}`` with its
+        output; ``fields`` go into either event."""
+        try:
+            output = await work
+        except StatesFailure as failure:
+            kind = "TimedOut" if failure.error == "States.Timeout" else "Failed"
+            details = {**fields, **_error_details(failure)}
+            frame.prev = self.add(events + kind, frame.prev, lambda: details)
+            raise
+        frame.prev = self.add(events + outcome, frame.prev, lambda: {
+            **fields, "output": dumps(output), "outputDetails": _NO_DETAIL,
+        })
+        return output
 
     async def invoke_service(self, state: State, service: str, action: str, value: JSON,
                              frame: Frame, timeout: float | None, heartbeat: float | None,
@@ -870,11 +876,7 @@ class Interpreter:
                 d["heartbeatInSeconds"] = int(heartbeat)
             return d
 
-        def failed(kind: str, failure: StatesFailure) -> None:
-            frame.prev = self.add(kind, frame.prev, lambda: {
-                "resourceType": resource_type, "resource": action, **_error_details(failure),
-            })
-
+        fields = {"resourceType": resource_type, "resource": action}
         submitted = bool(resume and resume.get("submitted") and token
                          and resume.get("token") == token)
         if not submitted:
@@ -886,36 +888,17 @@ class Interpreter:
         self.persist(frame, token=token, submitted=submitted)
         try:
             if not submitted:
-                try:
-                    output = await self.guarded(
-                        self.call_service(service, base, pattern, value), timeout)
-                except StatesFailure as failure:
-                    failed("TaskTimedOut" if failure.error == "States.Timeout" else
-                           "TaskFailed", failure)
-                    raise
+                # With a task token the service's answer only submits the task.
+                output = await self.recorded(
+                    frame, "Task", self.guarded(
+                        self.call_service(service, base, pattern, value), timeout),
+                    "Succeeded" if waiter is None else "Submitted", **fields)
                 if waiter is None:
-                    frame.prev = self.add("TaskSucceeded", frame.prev, lambda: {
-                        "resourceType": resource_type, "resource": action,
-                        "output": dumps(output), "outputDetails": _NO_DETAIL,
-                    })
                     return output
-                frame.prev = self.add("TaskSubmitted", frame.prev, lambda: {
-                    "resourceType": resource_type, "resource": action,
-                    "output": dumps(output), "outputDetails": _NO_DETAIL,
-                })
                 self.persist(frame, token=token, submitted=True)
             assert waiter is not None
-            try:
-                output = await wait_for_token(waiter, self.clock, timeout, heartbeat)
-            except StatesFailure as failure:
-                failed("TaskTimedOut" if failure.error == "States.Timeout" else "TaskFailed",
-                       failure)
-                raise
-            frame.prev = self.add("TaskSucceeded", frame.prev, lambda: {
-                "resourceType": resource_type, "resource": action,
-                "output": dumps(output), "outputDetails": _NO_DETAIL,
-            })
-            return output
+            return await self.recorded(
+                frame, "Task", wait_for_token(waiter, self.clock, timeout, heartbeat), **fields)
         finally:
             if token:
                 self.services.tokens.discard(token)
@@ -1001,17 +984,8 @@ class Interpreter:
             frame.prev = self.add("ActivityStarted", frame.prev, lambda: {"workerName": worker})
             self.persist(frame)
             remaining = None if deadline is None else max(0.0, deadline - self.clock.now())
-            try:
-                output = await wait_for_token(waiter, self.clock, remaining, heartbeat)
-            except StatesFailure as failure:
-                kind = "ActivityTimedOut" if failure.error == "States.Timeout" else (
-                    "ActivityFailed")
-                frame.prev = self.add(kind, frame.prev, partial(_error_details, failure))
-                raise
-            frame.prev = self.add("ActivitySucceeded", frame.prev, lambda: {
-                "output": dumps(output), "outputDetails": _NO_DETAIL,
-            })
-            return output
+            return await self.recorded(
+                frame, "Activity", wait_for_token(waiter, self.clock, remaining, heartbeat))
         finally:
             self.services.tokens.discard(token)
             self.services.activities.cancel(arn, task)
