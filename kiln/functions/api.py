@@ -47,13 +47,14 @@ def qualified_function_id(kiln: Kiln, name: str, qualifier: str | None) -> Funct
     return FunctionId(parsed.name, qualifier or parsed.qualifier)
 
 
-def max_items(request: Request) -> int:
-    """The MaxItems query parameter (1-10000), capped at the 50 items AWS pages hold."""
+def max_items(request: Request, allowed: int = 10000) -> int:
+    """The MaxItems query parameter (1 to ``allowed``, the operation's model limit), capped at
+    the 50 items AWS pages hold."""
     raw = request.query_params.get("MaxItems", str(LIST_PAGE_MAX))
-    if not raw.isdigit() or not 1 <= int(raw) <= 10000:
+    if not raw.isdigit() or not 1 <= int(raw) <= allowed:
         raise AwsError.invalid_parameter(
             f"1 validation error detected: Value '{raw}' at 'maxItems' failed to satisfy "
-            "constraint: Member must have value between 1 and 10000")
+            f"constraint: Member must have value between 1 and {allowed}")
     return min(int(raw), LIST_PAGE_MAX)
 
 

@@ -9,8 +9,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from kiln.aws.restjson import aws_endpoint, empty_response, json_body, json_response
-from kiln.functions.api import MAX_CONFIG_BYTES, function_id, page
-from kiln.functions.layers_api import max_items_up_to_50
+from kiln.functions.api import MAX_CONFIG_BYTES, function_id, max_items, page
 
 if TYPE_CHECKING:
     from kiln.server import Kiln
@@ -46,7 +45,7 @@ def routes(kiln: Kiln) -> list[Route]:
     async def list_configs(request: Request) -> Response:
         fid = function_id(kiln, request)
         items, marker = configs.list(fid.name, request.query_params.get("Marker"),
-                                     max_items_up_to_50(request))
+                                     max_items(request, 50))
         return page("FunctionEventInvokeConfigs", items, marker)
 
     path = "/2019-09-25/functions/{name}/event-invoke-config"

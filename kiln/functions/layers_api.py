@@ -8,22 +8,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from kiln.aws.errors import AwsError
 from kiln.aws.restjson import aws_endpoint, empty_response, json_body, json_response
-from kiln.functions.api import MAX_CONFIG_BYTES, MAX_CREATE_BYTES, page
+from kiln.functions.api import MAX_CONFIG_BYTES, MAX_CREATE_BYTES, max_items, page
 
 if TYPE_CHECKING:
     from kiln.server import Kiln
-
-
-def max_items_up_to_50(request: Request) -> int:
-    """MaxItems of the listings that page at most 50 (layers, provisioned configurations)."""
-    raw = request.query_params.get("MaxItems", "50")
-    if not raw.isdigit() or not 1 <= int(raw) <= 50:
-        raise AwsError.invalid_parameter(
-            f"1 validation error detected: Value '{raw}' at 'maxItems' failed to satisfy "
-            "constraint: Member must have value between 1 and 50")
-    return int(raw)
 
 
 def routes(kiln: Kiln) -> list[Route]:
@@ -58,7 +47,7 @@ def routes(kiln: Kiln) -> list[Route]:
             return json_response(with_location(request, info, sha_hex))
         items, marker = layers.list_layers(
             query.get("CompatibleRuntime"), query.get("CompatibleArchitecture"),
-            query.get("Marker"), max_items_up_to_50(request))
+            query.get("Marker"), max_items(request, 50))
         return page("Layers", items, marker)
 
     @aws_endpoint("ListLayerVersions")
@@ -66,7 +55,7 @@ def routes(kiln: Kiln) -> list[Route]:
         query = request.query_params
         items, marker = layers.list_versions(
             request.path_params["layer"], query.get("CompatibleRuntime"),
-            query.get("CompatibleArchitecture"), query.get("Marker"), max_items_up_to_50(request))
+            query.get("CompatibleArchitecture"), query.get("Marker"), max_items(request, 50))
         return page("LayerVersions", items, marker)
 
     @aws_endpoint("DeleteLayerVersion")

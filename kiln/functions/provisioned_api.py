@@ -9,8 +9,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from kiln.aws.restjson import aws_endpoint, empty_response, json_body, json_response
-from kiln.functions.api import MAX_CONFIG_BYTES, function_id, page
-from kiln.functions.layers_api import max_items_up_to_50
+from kiln.functions.api import MAX_CONFIG_BYTES, function_id, max_items, page
 
 if TYPE_CHECKING:
     from kiln.server import Kiln
@@ -32,7 +31,7 @@ def routes(kiln: Kiln) -> list[Route]:
         if request.query_params.get("List") == "ALL":
             request.scope["kiln.operation"] = "ListProvisionedConcurrencyConfigs"
             items, marker = provisioning.listing(fid.name, request.query_params.get("Marker"),
-                                                 max_items_up_to_50(request))
+                                                 max_items(request, 50))
             return page("ProvisionedConcurrencyConfigs", items, marker)
         return json_response(provisioning.get(fid.name, fid.qualifier))
 
