@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._http import Connection
-from bench.invoke import ROLE, make_zip, percentile
+from bench.invoke import create_function, percentile
 from tests.conftest import start_server
 
 ROUNDS = 10
@@ -42,15 +42,6 @@ def handler(event, context):
 """
 INVOKE = f"/2015-03-31/functions/{NAME}/invocations"
 EVENT = {"X-Amz-Invocation-Type": "Event"}
-
-
-async def create_function(port: int) -> None:
-    conn = await Connection.open(port)
-    body = json.dumps({"FunctionName": NAME, "Runtime": "python3.11", "Role": ROLE,
-                       "Handler": "app.handler", "Code": {"ZipFile": make_zip(HANDLER)}})
-    status, response = await conn.post("/2015-03-31/functions", body.encode())
-    conn.close()
-    assert status == 201, response
 
 
 async def log_offset(port: int) -> int:
@@ -126,7 +117,7 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server = start_server(Path(tmp) / "data")
         try:
-            await create_function(server.port)
+            await create_function(server.port, NAME, HANDLER)
             # Warm both paths' environments before measuring.
             await run_round(server.port, 0, args.clients, per_round, True)
             await run_round(server.port, 0, args.clients, per_round, False)

@@ -96,11 +96,11 @@ def make_zip(source: str) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-async def create_function(port: int, name: str) -> None:
+async def create_function(port: int, name: str, source: str = HANDLER) -> None:
     conn = await Connection.open(port)
     body = json.dumps({"FunctionName": name, "Runtime": "python3.11", "Role": ROLE,
                        "Handler": "app.handler", "MemorySize": MEMORY_MB,
-                       "Code": {"ZipFile": make_zip(HANDLER)}})
+                       "Code": {"ZipFile": make_zip(source)}})
     status, response = await conn.post("/2015-03-31/functions", body.encode())
     conn.close()
     assert status == 201, response
