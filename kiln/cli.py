@@ -81,6 +81,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _microvm_build_image(args: argparse.Namespace) -> int:
+    from kiln.runtime.runtimes import RuntimeCatalog
     from kiln.vmm.guest.image import ImageError, build_image, images_dir
 
     started = time.monotonic()
@@ -89,9 +90,11 @@ def _microvm_build_image(args: argparse.Namespace) -> int:
         print(f"kiln microvm build-image: {time.monotonic() - started:6.1f}s {step}",
               file=sys.stderr, flush=True)
 
+    settings = Settings.from_env(data_dir=args.data_dir)
     try:
-        image = build_image(images_dir(Settings.from_env(data_dir=args.data_dir).data_dir),
-                            progress)
+        # The node nodejs*.x runs on here, so the guest's is the same.
+        image = build_image(images_dir(settings.data_dir), progress,
+                            node=RuntimeCatalog(settings).node())
     except ImageError as exc:
         print(f"kiln microvm build-image: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -44,6 +44,7 @@ from kiln.vmm.client import VmmError
 from kiln.vmm.guest import agent
 from kiln.vmm.guest.image import (
     CODE_LABEL,
+    GUEST_NODE,
     GUEST_PYTHON,
     OPT_LABEL,
     RUNTIME_DIR,
@@ -104,7 +105,8 @@ def guest_config(spec: SandboxSpec) -> dict[str, Any]:
         python = f"/usr/bin/python{version}" if version else GUEST_PYTHON
         argv = [python, *argv[1:-1], f"{RUNTIME_DIR}/{bootstrap.name}"]
     elif bootstrap.parent == BOOTSTRAP_DIR:
-        argv = [f"/usr/bin/{Path(argv[0]).name}", f"{RUNTIME_DIR}/{bootstrap.name}"]
+        # Kiln's Node.js runtime, on the image's copy of the host's node (wherever that is).
+        argv = [GUEST_NODE, *argv[1:-1], f"{RUNTIME_DIR}/{bootstrap.name}"]
     else:
         argv = [guest_path(a) for a in argv]
     return {"argv": argv, "env": env, "cwd": GUEST_TASK_ROOT}

@@ -12,6 +12,7 @@ import base64
 import importlib.metadata
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,16 +27,27 @@ import pytest
 
 from tests.conftest import (
     REPO,
+    ROLE,
     KilnServer,
     create_python_function,
     make_zip,
     start_server,
+    unique_name,
     wait_for,
 )
 from tests.e2e.test_runtimes import create_provided, invoke, request_id
 
 CACHE = Path(os.environ.get("KILN_MICROVM_TEST_CACHE",
                             Path.home() / ".cache" / "kiln" / "microvm-test"))
+HOST_NODE = shutil.which("node")
+
+
+def host_node_version() -> str | None:
+    """``node --version`` of the node the host runs nodejs*.x on (None: no Node.js here)."""
+    if HOST_NODE is None:
+        return None
+    return subprocess.run([HOST_NODE, "--version"], capture_output=True, text=True,
+                          check=True).stdout.strip()
 
 
 @pytest.fixture(scope="session")
@@ -56,6 +68,8 @@ def test_build_image_is_cached_by_its_inputs(microvm_images: Path) -> None:
     manifest = json.loads((microvm_images / "current" / "manifest.json").read_text())
     assert manifest["kernel"][0].startswith("linux-image-") and manifest["kernel_release"]
     assert {"python3.11", "busybox-static"} <= {name for name, _ in manifest["packages"]}
+    # The host's own node (or none, as the host has none): the image says which.
+    assert (manifest["node"] and manifest["node"]["version"]) == host_node_version()
 
 
 def start_microvm_server(data_dir: Path, images: Path) -> KilnServer:
@@ -250,6 +264,42 @@ def test_new_environments_are_restored_from_the_snapshot(client: Any) -> None:
     # Fresh entropy and the host's wall clock in every restored guest.
     assert len({b["entropy"] for b in bodies}) == 3
     assert all(abs(b["now_ms"] - time.time() * 1000) < 60_000 for b in bodies)
+
+
+# -- nodejs*.x: Kiln's Node.js runtime on the host's own node, copied into the image ----------
+
+NODE_APP = """
+import os from "node:os";
+
+export const handler = async (event, context) => {
+  if (event.fail) {
+    throw new TypeError("node failure in the guest");
+  }
+  console.log("hello from node in the guest", event.n);
+  return { event, version: process.version, execPath: process.execPath, kernel: os.release(),
+           requestId: context.awsRequestId, taskRoot: process.env.LAMBDA_TASK_ROOT };
+};
+"""
+
+
+@pytest.mark.skipif(HOST_NODE is None, reason="no node here: nodejs runtimes are unsupported")
+def test_nodejs_runs_the_hosts_node_in_the_guest(client: Any) -> None:
+    name = unique_name("node")
+    client.create_function(FunctionName=name, Runtime="nodejs20.x", Role=ROLE,
+                           Handler="app.handler", Timeout=20,
+                           Code={"ZipFile": make_zip({"app.mjs": NODE_APP})})
+    response, body = invoke(client, name, {"n": 1}, LogType="Tail")
+    assert "FunctionError" not in response, body
+    assert body["event"] == {"n": 1} and body["requestId"] == request_id(response)
+    assert body["version"] == host_node_version()  # what the process backend gives too
+    assert body["execPath"] == "/usr/bin/node" and body["taskRoot"] == "/var/task"
+    assert body["kernel"] != os.uname().release  # inside the microVM
+    assert "hello from node in the guest 1" in tail(response)
+    response, error = invoke(client, name, {"fail": True}, LogType="Tail")
+    assert response["FunctionError"] == "Unhandled"
+    assert error["errorType"] == "TypeError"
+    assert error["errorMessage"] == "node failure in the guest"
+    assert "node failure in the guest" in tail(response)
 
 
 # -- an awslambdaric custom runtime (PyPI), run by the guest's Python --------------------------

@@ -3,8 +3,10 @@ boots them)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import stat
 from dataclasses import replace
 from pathlib import Path
@@ -70,6 +72,15 @@ def test_merged_layers_are_mapped_to_opt() -> None:
     assert config["argv"] == ["/opt/bootstrap"]
     assert config["env"]["PATH"] == "/usr/bin:/opt/bin"
     assert config["env"]["PYTHONPATH"] == "/opt/python"
+
+
+def test_node_runtime_runs_the_images_node_wherever_the_hosts_is() -> None:
+    spec = python_spec(argv=["/opt/node-v20/bin/node", str(BOOTSTRAP_DIR / "node_bootstrap.mjs")],
+                       env={"AWS_EXECUTION_ENV": "AWS_Lambda_nodejs20.x",
+                            "NODE_PATH": f"{TASK_ROOT}/node_modules"})
+    config = guest_config(spec)
+    assert config["argv"] == [image.GUEST_NODE, "/var/runtime/node_bootstrap.mjs"]
+    assert config["env"]["NODE_PATH"] == "/var/task/node_modules"
 
 
 @pytest.mark.parametrize(("memory", "vcpus"), [(128, 1), (1769, 1), (1770, 2), (3008, 2),
@@ -157,3 +168,40 @@ def test_snapshots_are_evicted_least_recently_used_first(tmp_path: Path) -> None
     backend.add_snapshot("extra", extra)
     assert backend.use_snapshot("k1") is None and not paths[1].exists()  # evicted, removed
     assert backend.use_snapshot("k0") == paths[0] and backend.use_snapshot("extra") == extra
+
+
+def test_node_input_is_the_resolved_binary_its_digest_and_version(tmp_path: Path) -> None:
+    assert image.node_input(None) is None  # no node on the host: none in the image
+    binary = tmp_path / "node-v99"
+    binary.write_text("#!/bin/sh\necho v99.1.2\n")
+    binary.chmod(0o755)
+    (tmp_path / "node").symlink_to(binary)
+    assert image.node_input(str(tmp_path / "node")) == {
+        "path": str(binary), "version": "v99.1.2",
+        "sha256": hashlib.sha256(binary.read_bytes()).hexdigest()}
+
+
+HOST_NODE = shutil.which("node")
+HOST_LIBS = Path("/lib/x86_64-linux-gnu")
+
+
+@pytest.mark.skipif(HOST_NODE is None or not (HOST_LIBS / "libstdc++.so.6").exists(),
+                    reason="needs a host node linked against Debian's multiarch libraries")
+def test_a_node_whose_libraries_the_root_lacks_fails_the_build(tmp_path: Path) -> None:
+    """The check runs the root's own loader: a library only the host has is named."""
+    assert HOST_NODE is not None
+    root = tmp_path / "root"
+    libs = root / "lib/x86_64-linux-gnu"
+    libs.mkdir(parents=True)
+    (root / "lib64").mkdir()
+    (root / "lib64/ld-linux-x86-64.so.2").symlink_to("/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")
+    for name in ("ld-linux-x86-64.so.2", "libc.so.6", "libm.so.6", "libdl.so.2",
+                 "libpthread.so.0", "libgcc_s.so.1"):
+        shutil.copy(HOST_LIBS / name, libs / name)
+    (root / "usr/bin").mkdir(parents=True)
+    shutil.copy(HOST_NODE, root / "usr/bin/node")
+    with pytest.raises(ImageError, match=r"/usr/bin/node cannot run in the guest: needs "
+                                         r"libstdc\+\+\.so\.6, .*KILN_NODE_BINARY"):
+        image.check_libraries(root, image.GUEST_NODE)
+    shutil.copy(HOST_LIBS / "libstdc++.so.6", libs / "libstdc++.so.6")
+    image.check_libraries(root, image.GUEST_NODE)

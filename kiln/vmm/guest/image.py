@@ -1,14 +1,20 @@
 """The guest image: Debian's cloud kernel, a busybox initramfs with its virtio modules, and a
-read-only ext4 root holding Debian's Python and Kiln's guest agent.
+read-only ext4 root holding Debian's Python, the host's Node.js and Kiln's guest agent.
 
-    image = build_image(images_dir, progress=print)   # cached: rebuilt only if inputs change
+    image = build_image(images_dir, progress=print, node="/usr/bin/node")   # cached: rebuilt
+                                                                            # only if inputs change
     image = GuestImage.current(images_dir)             # what the microvm backend boots
 
 Everything comes from Debian packages fetched with ``apt-get download`` and unpacked with
 ``dpkg-deb -x`` (nothing is installed on the host); the filesystem is made by ``mkfs.ext4 -d``.
 An image lives in ``images_dir/<hash>/`` where the hash covers every input: the exact package
-versions apt resolves, the agent, Kiln's runtime bootstraps and this recipe.  ``current`` names
-the last one built.
+versions apt resolves, the agent, Kiln's runtime bootstraps, this recipe and the node binary.
+``current`` names the last one built.
+
+Node.js is the host's own binary (the one the ``process`` backend runs for nodejs*.x), copied to
+``/usr/bin/node``, so both backends give a function the same ``process.version``; the build
+fails unless the root's Debian libraries satisfy it.  Without a node on the host the image has
+none (its manifest says ``"node": null``), as the host then refuses nodejs runtimes.
 """
 
 from __future__ import annotations
@@ -36,6 +42,10 @@ KERNEL_PACKAGE = "linux-image-cloud-amd64"
 #: apt adds their dependency closure (libc6, libssl3, ...).
 ROOT_PACKAGES = ("python3.11", "busybox-static", "libstdc++6")
 GUEST_PYTHON = "/usr/bin/python3.11"
+GUEST_NODE = "/usr/bin/node"
+#: Where the root's shared libraries are (Debian's multiarch layout), and its dynamic loader.
+LIBRARY_DIRS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib", "usr/lib")
+GUEST_LOADER = "/lib64/ld-linux-x86-64.so.2"
 AGENT_DIR = "/usr/lib/kiln"
 RUNTIME_DIR = "/var/runtime"
 #: Modules the initramfs may load, in dependency order (the .debs carry no modules.dep).
@@ -185,6 +195,52 @@ def resolve_packages(work: Path) -> tuple[tuple[str, str], list[tuple[str, str]]
     return kernel, _resolve(list(ROOT_PACKAGES), no_status)
 
 
+def node_input(node: str | None) -> dict[str, str] | None:
+    """What the image takes of the host's node (None: no Node.js here): its resolved path,
+    sha256 (an image input: a new node is a new image) and version."""
+    if node is None:
+        return None
+    path = os.path.realpath(node)
+    with open(path, "rb") as binary:
+        sha256 = hashlib.file_digest(binary, "sha256").hexdigest()
+    return {"path": path, "sha256": sha256, "version": _run([path, "--version"]).strip()}
+
+
+def _in_root(root: Path, path: str) -> Path:
+    """The guest's ``path`` in ``root`` on the host, its (absolute) symlinks followed there."""
+    current = root / path.lstrip("/")
+    for _ in range(8):
+        if not current.is_symlink():
+            break
+        target = os.readlink(current)
+        current = root / target.lstrip("/") if target.startswith("/") else current.parent / target
+    return current
+
+
+def check_libraries(root: Path, binary: str) -> None:
+    """ImageError unless the root's own libraries satisfy the guest's ``binary``: the root's
+    dynamic loader lists what it loads, searching the root's directories (no host cache);
+    whatever it finds only outside the root (its fallback, the host's) the guest lacks."""
+    root = root.resolve()
+    done = subprocess.run(
+        [str(_in_root(root, GUEST_LOADER)), "--inhibit-cache",
+         "--library-path", ":".join(str(root / d) for d in LIBRARY_DIRS),
+         "--list", str(root / binary.lstrip("/"))],
+        capture_output=True, text=True, check=False)
+    missing = []
+    for line in done.stdout.splitlines():
+        name, arrow, found = line.strip().partition(" => ")
+        found = found.rsplit(" (", 1)[0]
+        if arrow and (found == "not found" or not found.startswith(f"{root}/")):
+            missing.append(name)
+    if missing or done.returncode != 0:
+        problem = f"needs {', '.join(missing)}" if missing else done.stderr.strip()[-500:]
+        raise ImageError(
+            f"{binary} cannot run in the guest: {problem}, which the guest root's Debian "
+            f"packages ({', '.join(ROOT_PACKAGES)} and their dependencies) do not provide; "
+            "point KILN_NODE_BINARY at a Node.js built for Debian 12's libraries")
+
+
 def _digest(inputs: Mapping[str, object]) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -307,15 +363,19 @@ def make_ext4(source: Path, target: Path, label: str) -> None:
           "-E", "root_owner=0:0", "-d", str(source), str(target), f"{size_mb}M"])
 
 
-def build_image(images_dir: Path, progress: Callable[[str], None]) -> GuestImage:
-    """Build the guest image unless one with the same inputs exists; point ``current`` at it."""
+def build_image(images_dir: Path, progress: Callable[[str], None],
+                node: str | None = None) -> GuestImage:
+    """Build the guest image unless one with the same inputs exists; point ``current`` at it.
+    ``node`` is the host's Node.js binary the image carries (None: no Node.js)."""
     images_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=images_dir, prefix=".build-") as scratch:
         work = Path(scratch)
         progress("[1/5] resolving Debian packages")
         kernel, packages = resolve_packages(work)
+        node_found = node_input(node)
         inputs = {"recipe": RECIPE_VERSION, "kernel": kernel, "packages": packages,
-                  "files": _file_digests()}
+                  "files": _file_digests(),
+                  "node": node_found and {k: node_found[k] for k in ("sha256", "version")}}
         target = images_dir / _digest(inputs)
         if not (target / "manifest.json").is_file():
             progress(f"[2/5] fetching {len(packages) + 1} packages (cached in "
@@ -327,6 +387,10 @@ def build_image(images_dir: Path, progress: Callable[[str], None]) -> GuestImage
             for deb in debs[1:]:
                 _run(["dpkg-deb", "-x", str(deb), str(root)])
             _populate_root(root)
+            if node_found is not None:
+                progress(f"      Node.js {node_found['version']} from {node_found['path']}")
+                shutil.copy(node_found["path"], root / GUEST_NODE.lstrip("/"))
+                check_libraries(root, GUEST_NODE)
             staging.mkdir()
             (vmlinuz,) = (kernel_dir / "boot").glob("vmlinuz-*")
             shutil.copy(vmlinuz, staging / "vmlinuz")
@@ -337,7 +401,8 @@ def build_image(images_dir: Path, progress: Callable[[str], None]) -> GuestImage
             progress("[5/5] making the read-only root filesystem")
             make_ext4(root, staging / "rootfs.ext4", ROOT_LABEL)
             (staging / "manifest.json").write_text(json.dumps(
-                {**inputs, "kernel_release": modules_dir.name}, indent=1))
+                {**inputs, "kernel_release": modules_dir.name,
+                 "node_source": node_found and node_found["path"]}, indent=1))
             shutil.rmtree(target, ignore_errors=True)
             os.rename(staging, target)
         else:
