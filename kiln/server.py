@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -28,7 +28,7 @@ from kiln.functions.code import CodeStore
 from kiln.functions.event_config import EventInvokeConfigs
 from kiln.functions.provisioned import Provisioning
 from kiln.functions.service import FunctionService
-from kiln.functions.tags import egress_policy
+from kiln.functions.tags import egress_policy, sandbox_policy
 from kiln.gateway import api as gateway_api
 from kiln.gateway import urls as gateway_urls
 from kiln.gateway.alb import AlbTargets, parse_targets
@@ -45,7 +45,7 @@ from kiln.invoke.logs import LogStore
 from kiln.invoke.queue import AsyncQueue
 from kiln.invoke.service import Invoker
 from kiln.runtime.runtimes import RuntimeCatalog
-from kiln.sandbox import SandboxBackend, make_backend
+from kiln.sandbox import Backends, SandboxBackend
 from kiln.states.api import StatesApi
 from kiln.states.types import StatesFailure
 from kiln.store import Database
@@ -56,7 +56,11 @@ log = logging.getLogger("kiln")
 class Kiln:
     """Every service of one Kiln node, wired together; the only holder of mutable state."""
 
-    def __init__(self, settings: Settings, backend: SandboxBackend | None = None) -> None:
+    def __init__(self, settings: Settings, backend: SandboxBackend | None = None,
+                 others: Mapping[str, SandboxBackend] | None = None) -> None:
+        """``backend``: the default sandbox backend, made from settings unless given;
+        ``others``: other backends functions may choose (``kiln:sandbox``), by name, made
+        when first chosen unless given (tests pass fakes)."""
         self.settings = settings
         data = settings.data_dir
         data.mkdir(parents=True, exist_ok=True)
@@ -67,11 +71,16 @@ class Kiln:
         self.functions = FunctionService(self.db, self.code, self.runtimes, self.arns)
         self.logs = LogStore(data / "logs")
         egress = egress_policy(settings.sandbox_egress, self.functions.tags.get)  # may refuse
-        self.backend = backend or make_backend(settings.sandbox_backend,
-                                               str(data / "sandboxes"),
-                                               settings.sandbox_shared_dirs)
-        self.assignment = Assignment(self.backend, self.runtimes, self.code, settings,
-                                     self.functions.layers.opt_dir, egress)
+        made = dict(others or {})
+        if backend is not None:
+            made[settings.sandbox_backend] = backend
+        self.backends = Backends(settings.sandbox_backend, str(data / "sandboxes"),
+                                 settings.sandbox_shared_dirs, made)
+        self.backend = self.backends.get(settings.sandbox_backend)
+        self.assignment = Assignment(self.backends, self.runtimes, self.code, settings,
+                                     self.functions.layers.opt_dir, egress,
+                                     sandbox_policy(settings.sandbox_backend,
+                                                    self.functions.tags.get))
         # Reserved concurrency is the control plane's; every invoke path (the Invoke route,
         # the async queue, Step Functions tasks) takes its lease here, so it applies to all.
         self.counting = Counting(settings.account_concurrency,

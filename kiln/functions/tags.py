@@ -1,5 +1,5 @@
 """Function tags (TagResource, UntagResource, ListTags, CreateFunction's ``Tags``) and the
-network opt-in they carry.
+network and sandbox choices they carry.
 
 Tags belong to the function, not to a version: every version and alias shows the same ones,
 and only the unqualified function ARN takes them.  AWS's limits apply: at most 50 per function,
@@ -9,10 +9,15 @@ keys starting with ``aws:`` are reserved.
     tags = FunctionTags(db)
     tags.put("fn", validated({"team": "a", EGRESS_TAG: "allow"}))
     egress = egress_policy("tagged", tags.get)     # egress("fn") -> True
+    sandbox = sandbox_policy("process", tags.get)  # sandbox("fn") -> "process"
 
 ``kiln:egress`` = ``allow`` gives the function's execution environments the host's network
 (they can reach Kiln itself and the outside); without it they have only their own loopback.
 The ``sandbox_egress`` setting can instead allow (``all``) or deny (``none``) every function.
+
+``kiln:sandbox`` = ``microvm`` or ``process`` runs the function's execution environments on that
+sandbox backend instead of the ``sandbox_backend`` setting's (``unisolated`` is no choice: a tag
+must not take a function out of isolation).
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ SCHEMA = [
 ]
 EGRESS_TAG = "kiln:egress"
 EGRESS_MODES = ("tagged", "all", "none")
+SANDBOX_TAG = "kiln:sandbox"
+SANDBOX_CHOICES = ("process", "microvm")
 MAX_TAGS = 50
 _TAG_PATTERN = r"[\p{L}\p{Z}\p{N}_.:/=+\-@]*"
 _TAG_PUNCTUATION = frozenset("_.:/=+-@")
@@ -81,6 +88,11 @@ def validated(tags: Any) -> dict[str, str]:
             raise AwsError.invalid_parameter(
                 f"Invalid tag key {key}: tag keys starting with 'aws:' are reserved for AWS "
                 "use.")
+    choice = tags.get(SANDBOX_TAG)
+    if choice is not None and choice not in SANDBOX_CHOICES:
+        raise AwsError.invalid_parameter(
+            f"Invalid tag value {choice} for key {SANDBOX_TAG}: the value must be one of "
+            f"{', '.join(SANDBOX_CHOICES)}.")
     return dict(tags)
 
 
@@ -159,3 +171,15 @@ def egress_policy(mode: str,
     if mode == "tagged":
         return lambda function: tags(function).get(EGRESS_TAG) == "allow"
     raise ValueError(f"sandbox_egress must be one of {', '.join(EGRESS_MODES)}, not {mode!r}")
+
+
+def sandbox_policy(default: str,
+                   tags: Callable[[str], dict[str, str]]) -> Callable[[str], str]:
+    """The sandbox backend a function's environments run on: its ``kiln:sandbox`` tag's, else
+    ``default`` (the ``sandbox_backend`` setting)."""
+
+    def sandbox(function: str) -> str:
+        choice = tags(function).get(SANDBOX_TAG, default)
+        return choice if choice in SANDBOX_CHOICES else default  # never out of isolation
+
+    return sandbox

@@ -39,10 +39,10 @@ def tagged_function(kiln: Kiln, resource: str) -> str:
 def routes(kiln: Kiln) -> list[Route]:
     tags = kiln.functions.tags
 
-    async def changed(function: str, had_egress: bool) -> None:
-        """Environments made with the other network serve no more (the next invoke gets a new
-        one), as after a configuration update."""
-        if kiln.assignment.egress(function) != had_egress:
+    async def changed(function: str, placement: tuple[str, bool]) -> None:
+        """Environments made on the other backend or with the other network serve no more
+        (the next invoke gets a new one), as after a configuration update."""
+        if kiln.assignment.placement(function) != placement:
             await kiln.assignment.retire(function, provisioned=True)
 
     @aws_endpoint("TagResource")
@@ -53,18 +53,18 @@ def routes(kiln: Kiln) -> list[Route]:
         if raw is None:
             raise AwsError("ValidationException", "1 validation error detected: Value null at "
                            "'tags' failed to satisfy constraint: Member must not be null")
-        had_egress = kiln.assignment.egress(function)
+        placement = kiln.assignment.placement(function)
         tags.add(function, validated(raw))
-        await changed(function, had_egress)
+        await changed(function, placement)
         return empty_response(204)
 
     @aws_endpoint("UntagResource")
     async def untag_resource(request: Request) -> Response:
         function = tagged_function(kiln, request.path_params["resource"])
         keys = validated_keys(request.query_params.getlist("tagKeys"))
-        had_egress = kiln.assignment.egress(function)
+        placement = kiln.assignment.placement(function)
         tags.discard(function, keys)
-        await changed(function, had_egress)
+        await changed(function, placement)
         return empty_response(204)
 
     @aws_endpoint("ListTags")

@@ -6,6 +6,9 @@ SnapStart runs INIT once, in a template, on a backend that can fork one (``Snaps
 its new environments are forks of the template, ready without INIT, and one fork is always made
 ahead (a spare), so that scale-out only hands it over.  The template serves no invoke and lives
 until its function changes and its last fork is gone.
+Placement: a function's environments run on the sandbox backend it chose (``sandbox(function)``,
+its ``kiln:sandbox`` tag, else the setting's); SnapStart templates are made only on a backend
+that can fork them, and a version on another starts each environment with INIT.
 
     env, failure = await assignment.acquire(record, request_id)
     ...
@@ -25,12 +28,14 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
+from kiln.aws.errors import AwsError
 from kiln.config import Settings
 from kiln.functions.code import CodeStore
 from kiln.functions.types import FunctionRecord
 from kiln.invoke.environment import Environment, Output, State
 from kiln.runtime.runtimes import RuntimeCatalog
 from kiln.runtime.types import InvocationResult
+from kiln.sandbox import Backends, BackendUnavailable
 from kiln.sandbox.types import SandboxBackend, SandboxSpec, SnapshotBackend, SnapshotUnsupported
 
 
@@ -54,8 +59,9 @@ class _Pool:
 class _Template:
     """The SnapStart template of one function version, and the environments forked from it."""
 
-    def __init__(self, env: Environment) -> None:
+    def __init__(self, env: Environment, backend: SandboxBackend) -> None:
         self.env = env
+        self.backend = backend  # the one that made it, and forks it (a SnapshotBackend)
         self.forks: set[Environment] = set()
         self.retired = False
         #: The next fork, being made or ready (not yet initialised: no Runtime API served).
@@ -69,19 +75,22 @@ def _snap_start(record: FunctionRecord) -> bool:
 
 
 class Assignment:
-    def __init__(self, backend: SandboxBackend, runtimes: RuntimeCatalog, code: CodeStore,
+    def __init__(self, backends: Backends, runtimes: RuntimeCatalog, code: CodeStore,
                  settings: Settings,
                  opt_dir: Callable[[FunctionRecord], Path | None] = lambda _record: None,
-                 egress: Callable[[str], bool] = lambda _function: False) -> None:
+                 egress: Callable[[str], bool] = lambda _function: False,
+                 sandbox: Callable[[str], str] | None = None) -> None:
         """``opt_dir(record)``: the host directory holding the version's merged layers;
-        ``egress(function)``: whether its new environments get the host's network (when that
-        answer changes, ``retire(function, provisioned=True)``)."""
-        self.backend = backend
+        ``egress(function)``: whether its new environments get the host's network;
+        ``sandbox(function)``: the name of the backend they run on (``backends.default``
+        unless given).  When ``placement`` changes, ``retire(function, provisioned=True)``."""
+        self.backends = backends
         self.runtimes = runtimes
         self.code = code
         self.settings = settings
         self.opt_dir = opt_dir
         self.egress = egress
+        self.sandbox = sandbox or (lambda _function: backends.default)
         self._idle: dict[tuple[str, str, str], list[Environment]] = defaultdict(list)
         self._live: set[Environment] = set()
         self._reaper: asyncio.Task[None] | None = None
@@ -102,10 +111,16 @@ class Assignment:
     def environments(self) -> list[Environment]:
         return list(self._live)
 
+    def placement(self, function: str) -> tuple[str, bool]:
+        """Where ``function``'s new environments go: (backend name, host network)."""
+        return self.sandbox(function), self.egress(function)
+
     async def acquire(self, record: FunctionRecord,
                       request_id: str) -> tuple[Environment, InvocationResult | None]:
         """A ready environment (provisioned or warm if possible), or a failed one with its INIT
-        failure."""
+        failure.  When this host cannot make the backend the function chose (``microvm``
+        without a guest image, ...), the AWS error: nothing ran, and a later invoke tries again
+        (once the image is built, without a restart)."""
         pool = self._pools.get((record.name, record.version))
         while pool is not None and pool.idle and pool.record.revision_id == record.revision_id:
             env = pool.idle.pop()
@@ -118,16 +133,21 @@ class Assignment:
             if env.alive:
                 return env, None
             await self._destroy(env)  # died while idle: release what it still holds
-        if (_snap_start(record) and isinstance(self.backend, SnapshotBackend)
-                and _key(record) not in self._unforkable):
-            try:
-                return await self._restore(record, request_id)
-            except SnapshotUnsupported:
-                self._unforkable.add(_key(record))
-                template = self._templates.get(_key(record))
-                if template is not None:
-                    await self._retire_template(template)
-        env = await self._create(record)
+        try:
+            backend = self.backends.get(self.sandbox(record.name))
+            if (_snap_start(record) and isinstance(backend, SnapshotBackend)
+                    and _key(record) not in self._unforkable):
+                try:
+                    return await self._restore(record, request_id, backend)
+                except SnapshotUnsupported:
+                    self._unforkable.add(_key(record))
+                    template = self._templates.get(_key(record))
+                    if template is not None:
+                        await self._retire_template(template)
+            env = await self._create(record)
+        except BackendUnavailable as exc:
+            raise AwsError("ResourceNotReadyException", f"Kiln could not make an execution "
+                           f"environment for {record.name}: {exc}", 502) from None
         failure = await env.initialize(self.settings.init_timeout_seconds, request_id)
         if failure is not None:
             self._live.discard(env)
@@ -136,16 +156,21 @@ class Assignment:
     def prepare_snapshot(self, record: FunctionRecord) -> None:
         """PublishVersion: make a SnapStart version's template and its first fork now, in the
         background (an INIT failure is then met again, and answered, by the first invoke)."""
-        if (not _snap_start(record) or not isinstance(self.backend, SnapshotBackend)
-                or _key(record) in self._unforkable):
+        if not _snap_start(record) or _key(record) in self._unforkable:
             return
-        task = asyncio.get_running_loop().create_task(self._prepare_snapshot(record))
+        try:
+            backend = self.backends.get(self.sandbox(record.name))
+        except BackendUnavailable:
+            return  # the first invoke answers why
+        if not isinstance(backend, SnapshotBackend):
+            return
+        task = asyncio.get_running_loop().create_task(self._prepare_snapshot(record, backend))
         self._preparing.add(task)
         task.add_done_callback(self._preparing.discard)
 
-    async def _prepare_snapshot(self, record: FunctionRecord) -> None:
+    async def _prepare_snapshot(self, record: FunctionRecord, backend: SandboxBackend) -> None:
         try:
-            template = await self._template(record, str(uuid.uuid4()))
+            template = await self._template(record, str(uuid.uuid4()), backend)
         except SnapshotUnsupported:
             self._unforkable.add(_key(record))
             return
@@ -154,10 +179,11 @@ class Assignment:
         if isinstance(template, _Template) and template.spare is None:
             self._start_spare(template, record)
 
-    async def _template(self, record: FunctionRecord,
-                        request_id: str) -> _Template | tuple[Environment, InvocationResult]:
-        """The version's template, made (INIT run) if need be; else the failed environment
-        and its INIT failure, as answered to ``request_id``."""
+    async def _template(self, record: FunctionRecord, request_id: str,
+                        backend: SandboxBackend) -> _Template | tuple[Environment,
+                                                                      InvocationResult]:
+        """The version's template, made (INIT run on ``backend``) if need be; else the failed
+        environment and its INIT failure, as answered to ``request_id``."""
         key = _key(record)
         async with self._making.setdefault(key, asyncio.Lock()):  # one INIT at a time
             template = self._templates.get(key)
@@ -165,20 +191,20 @@ class Assignment:
                 return template
             if template is not None:
                 await self._drop_template(template)
-            env = await self._create(record, "snap-start", snapshot=True)
+            env = await self._create(record, "snap-start", snapshot=True, backend=backend)
             self._live.discard(env)  # a template serves no invoke
             failure = await env.initialize(self.settings.init_timeout_seconds, request_id)
             if failure is not None:
                 return env, failure
-            template = self._templates[key] = _Template(env)
+            template = self._templates[key] = _Template(env, backend)
             template.init_output = env.output.take()
             return template
 
-    async def _restore(self, record: FunctionRecord,
-                       request_id: str) -> tuple[Environment, InvocationResult | None]:
+    async def _restore(self, record: FunctionRecord, request_id: str,
+                       backend: SandboxBackend) -> tuple[Environment, InvocationResult | None]:
         """A new environment forked from the version's template, made first if need be (its
         INIT failure is then the answer, as an on-demand environment's would be)."""
-        template = await self._template(record, request_id)
+        template = await self._template(record, request_id, backend)
         if not isinstance(template, _Template):
             return template
         started = time.perf_counter()
@@ -205,14 +231,14 @@ class Assignment:
             with contextlib.suppress(OSError, RuntimeError):  # made inline below, or raised
                 env = await spare
         if env is None:
-            env = await self._create(record, "snap-start", fork_of=template.env)
+            env = await self._create(record, "snap-start", fork_of=template)
         self._start_spare(template, record)
         return env
 
     def _start_spare(self, template: _Template, record: FunctionRecord) -> None:
         if not template.retired:
             template.spare = asyncio.get_running_loop().create_task(
-                self._create(record, "snap-start", fork_of=template.env))
+                self._create(record, "snap-start", fork_of=template))
 
     async def _retire_template(self, template: _Template) -> None:
         template.retired = True
@@ -370,7 +396,7 @@ class Assignment:
         for template in list(self._templates.values()):
             await self._drop_template(template)
         self._idle.clear()
-        await self.backend.close()
+        await self.backends.close()
 
     async def _destroy(self, env: Environment) -> None:
         self._live.discard(env)
@@ -400,15 +426,17 @@ class Assignment:
                     await self._destroy(env)
 
     async def _create(self, record: FunctionRecord, initialization: str = "on-demand",
-                      snapshot: bool = False, fork_of: Environment | None = None) -> Environment:
-        """A new environment; ``snapshot``: a SnapStart template; ``fork_of``: forked from
-        that template."""
+                      snapshot: bool = False, fork_of: _Template | None = None,
+                      backend: SandboxBackend | None = None) -> Environment:
+        """A new environment on ``backend`` (by default the function's); ``snapshot``: a
+        SnapStart template; ``fork_of``: forked from that template, on its backend."""
+        placement = self.placement(record.name)
         env_id = uuid.uuid4().hex
         task_root = self.code.task_root(record.code_sha_hex)
         opt = self.opt_dir(record)
         layers = [opt] if opt is not None else []
         output = Output()
-        egress = self.egress(record.name)
+        egress = placement[1]
         spec = SandboxSpec(
             env_id=env_id,
             argv=self.runtimes.command(record.runtime, task_root, layers),
@@ -422,13 +450,14 @@ class Assignment:
             snapshot=snapshot,
         )
         if fork_of is not None:
-            assert isinstance(self.backend, SnapshotBackend)
-            sandbox = await self.backend.fork(fork_of.sandbox, spec)
+            assert isinstance(fork_of.backend, SnapshotBackend)
+            sandbox = await fork_of.backend.fork(fork_of.env.sandbox, spec)
         else:
-            sandbox = await self.backend.create(spec)
+            backend = backend or self.backends.get(placement[0])
+            sandbox = await backend.create(spec)
         env = Environment(env_id, record, sandbox, output)
-        # The network opt-in changed while this one was being made: it serves once, then goes.
-        env.retired = self.egress(record.name) != egress
+        # The placement changed while this one was being made: it serves once, then goes.
+        env.retired = self.placement(record.name) != placement
         self._live.add(env)
         return env
 
