@@ -181,6 +181,25 @@ def test_node_input_is_the_resolved_binary_its_digest_and_version(tmp_path: Path
         "sha256": hashlib.sha256(binary.read_bytes()).hexdigest()}
 
 
+def test_an_image_whose_node_the_host_has_since_changed_is_refused(tmp_path: Path) -> None:
+    binary = tmp_path / "node"
+    binary.write_text("#!/bin/sh\necho v20.1.0\n")
+    binary.chmod(0o755)
+    built = tmp_path / "images" / "0123"
+    built.mkdir(parents=True)
+    recorded = image.node_input(str(binary))
+    assert recorded is not None
+    (built / "manifest.json").write_text(json.dumps({
+        "files": image._file_digests(), "node_source": str(binary),
+        "node": {"sha256": recorded["sha256"], "version": recorded["version"]}}))
+    (tmp_path / "images" / "current").symlink_to("0123")
+    assert GuestImage.current(tmp_path / "images").manifest["node_source"] == str(binary)
+    binary.write_text("#!/bin/sh\necho v20.2.0\n")  # the host's node upgraded in place
+    with pytest.raises(ImageError, match=r"node changed since .* Node.js v20.1.0: run "
+                                         "'kiln microvm build-image'"):
+        GuestImage.current(tmp_path / "images")
+
+
 HOST_NODE = shutil.which("node")
 HOST_LIBS = Path("/lib/x86_64-linux-gnu")
 

@@ -150,6 +150,13 @@ class GuestImage:
         if manifest.get("files") != _file_digests():
             raise ImageError(f"the microVM guest image in {images_dir} was built by another "
                              "version of Kiln: run 'kiln microvm build-image'")
+        node, source = manifest.get("node"), manifest.get("node_source")
+        if node and source and os.path.exists(source) \
+                and node_input(source) != {"path": source, **node}:
+            # The host's node was upgraded: the guest's would no longer be the same.
+            raise ImageError(f"{source} changed since the microVM guest image in {images_dir} "
+                             f"was built with its Node.js {node['version']}: run "
+                             "'kiln microvm build-image'")
         return cls(link.resolve(), manifest)
 
 
