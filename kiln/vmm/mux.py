@@ -32,6 +32,7 @@ import os
 import socket
 import struct
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 HEADER = struct.Struct(">IBI")
 PORT = struct.Struct(">I")
@@ -45,6 +46,15 @@ HOST_SIDE, GUEST_SIDE = 0x80000000, 0
 #: Gives a connected local socket for a port the peer opened, or None to refuse it.
 Acceptor = Callable[[int], Awaitable[socket.socket | None]]
 StreamHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class Channel(Protocol):
+    """What the guest agent needs of its channel to the host: a :class:`Mux`, or AF_VSOCK
+    (:mod:`kiln.vmm.guest.channel`)."""
+
+    def listen(self, port: int, handler: StreamHandler) -> None: ...
+
+    async def connect(self, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]: ...
 
 
 class Mux:
@@ -172,7 +182,7 @@ class Mux:
         if handler is not None:
             sock, theirs = socket.socketpair()
             reader, writer = await asyncio.open_connection(sock=theirs)
-            self._spawn(_serve(handler, reader, writer))
+            self._spawn(run_handler(handler, reader, writer))
         elif self._acceptor is not None:
             sock = await self._acceptor(port)
         if sock is None:
@@ -229,9 +239,10 @@ class Mux:
         task.add_done_callback(self._tasks.discard)
 
 
-async def _serve(
+async def run_handler(
     handler: StreamHandler, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
+    """``handler`` on one connection, which is closed after it."""
     try:
         await handler(reader, writer)
     finally:
@@ -268,14 +279,14 @@ async def open_guest_channel(device: str | None = None) -> Mux:
     return mux
 
 
-async def mmds_get(mux: Mux, path: str = "/", token_ttl: int = 60) -> str:
+async def mmds_get(mux: Channel, path: str = "/", token_ttl: int = 60) -> str:
     """GET ``path`` from the MMDS (the V2 session flow; a V1 store ignores the token)."""
     token = await _http(mux, "PUT", "/latest/api/token",
                         {"X-metadata-token-ttl-seconds": str(token_ttl)})
     return await _http(mux, "GET", path, {"X-metadata-token": token, "Accept": "application/json"})
 
 
-async def _http(mux: Mux, method: str, path: str, headers: dict[str, str]) -> str:
+async def _http(mux: Channel, method: str, path: str, headers: dict[str, str]) -> str:
     reader, writer = await mux.connect(MMDS_PORT)
     try:
         head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())

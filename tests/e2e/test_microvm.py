@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -300,6 +301,77 @@ def test_nodejs_runs_the_hosts_node_in_the_guest(client: Any) -> None:
     assert error["errorType"] == "TypeError"
     assert error["errorMessage"] == "node failure in the guest"
     assert "node failure in the guest" in tail(response)
+
+
+# -- the agent's AF_VSOCK channel, on the guest kernel's own vsock (its loopback transport) -----
+
+VSOCK_APP = """
+import asyncio, errno, subprocess, sys
+sys.path.insert(0, "/usr/lib/kiln")  # the agent's own modules, as the image holds them
+from kiln.vmm.guest.channel import VsockChannel, vsock_present
+
+async def exchange():
+    channel = VsockChannel(cid=1)  # VMADDR_CID_LOCAL: this guest, over vsock_loopback
+    async def echo(reader, writer):
+        line = await reader.readline()
+        writer.write(b"echo " + line)
+        writer.write(b"%d" % len(await reader.read()))  # everything, until the end of file
+    channel.listen(5000, echo)
+    reader, writer = await channel.connect(5000)
+    writer.write(b"ping\\n" + b"x" * (1 << 20))
+    writer.write_eof()
+    answer = (await reader.readline()).decode(), (await reader.read()).decode()
+    try:
+        await channel.connect(5001)  # nobody listens there
+        refused = None
+    except ConnectionRefusedError as exc:
+        refused = [type(exc).__name__, errno.errorcode[exc.__cause__.errno]]
+    return {"answer": answer, "refused": refused}
+
+def handler(event, context):
+    errors = [subprocess.run(["insmod", f"/var/task/{module}.ko"], capture_output=True,
+                             text=True).stderr for module in event["modules"]]
+    return {"insmod": errors, "vsock_device": vsock_present(), **asyncio.run(exchange())}
+"""
+VSOCK_MODULES = ("vsock", "vmw_vsock_virtio_transport_common", "vsock_loopback")
+
+
+def guest_kernel_modules(images: Path, names: tuple[str, ...]) -> dict[str, bytes]:
+    """``names``.ko of the image's kernel, from the kernel package the build cached."""
+    manifest = json.loads((images / "current" / "manifest.json").read_text())
+    (deb,) = (images / "debs").glob(f"{manifest['kernel'][0]}_*.deb")
+    with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)],
+                          stdout=subprocess.PIPE) as unpack, \
+            tarfile.open(fileobj=unpack.stdout, mode="r|") as archive:
+        found = {}
+        for member in archive:
+            name = Path(member.name).name.removesuffix(".ko")
+            if "/net/vmw_vsock/" in member.name and name in names:
+                extracted = archive.extractfile(member)
+                assert extracted is not None
+                found[f"{name}.ko"] = extracted.read()
+    assert len(found) == len(names), found.keys()
+    return found
+
+
+def test_agent_vsock_channel_over_the_guest_kernels_af_vsock(client: Any,
+                                                             microvm_images: Path) -> None:
+    """No engine here offers a vsock device (no /dev/vhost-vsock on these hosts), so the
+    AF_VSOCK channel runs against the guest kernel's loopback transport: the agent's own
+    module, in the image, on Debian's guest kernel."""
+    modules = guest_kernel_modules(microvm_images, VSOCK_MODULES)
+    name = unique_name("vsock")
+    client.create_function(FunctionName=name, Runtime="python3.11", Role=ROLE,
+                           Handler="app.handler", Timeout=30,
+                           Code={"ZipFile": make_zip({"app.py": VSOCK_APP, **modules})})
+    response, body = invoke(client, name, {"modules": VSOCK_MODULES})
+    assert "FunctionError" not in response, body
+    assert body["insmod"] == ["", "", ""]
+    assert body["vsock_device"] is False  # so the agent itself runs on the mux
+    assert body["answer"] == ["echo ping\n", str(1 << 20)]
+    # The kernel resets a connect to a port nobody serves (as Firecracker's RST does): the
+    # channel says refused, as the mux does.
+    assert body["refused"] == ["ConnectionRefusedError", "ECONNRESET"]
 
 
 # -- an awslambdaric custom runtime (PyPI), run by the guest's Python --------------------------

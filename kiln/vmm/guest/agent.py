@@ -1,6 +1,7 @@
 """Kiln's guest agent: PID 1 of a microVM (started by the image's /init), stdlib only.
 
-It talks to the host over the channel of :mod:`kiln.vmm.mux` (vsock's semantics):
+It talks to the host over :mod:`kiln.vmm.guest.channel` (AF_VSOCK, or the virtio-serial mux of
+:mod:`kiln.vmm.mux`; vsock's semantics either way):
 
 * The host opens port ``CONTROL_PORT`` and sends one JSON line, the *hello*: the wall clock, fresh
   entropy and, on a cold boot, ``"start": true``.  The agent sets the clock, mixes in the
@@ -31,7 +32,8 @@ import struct
 import subprocess
 import time
 
-from kiln.vmm import mux as channel
+from kiln.vmm import mux
+from kiln.vmm.guest import channel
 
 CONTROL_PORT = 1024
 RUNTIME_API_PORT = 9001
@@ -43,8 +45,8 @@ RNDRESEEDCRNG = 0x5207  # _IO('R', 0x07)
 
 
 class Agent:
-    def __init__(self, mux: channel.Mux) -> None:
-        self.mux = mux
+    def __init__(self, host: mux.Channel) -> None:
+        self.host = host
         self.control: asyncio.StreamWriter | None = None
         #: Bumped at each hello: a reset connection retries once a newer host has said hello.
         self.generation = 0
@@ -67,7 +69,7 @@ class Agent:
             fcntl.ioctl(urandom.fileno(), RNDRESEEDCRNG)
         self.control = writer
         if hello.get("start") and self.runtime is None:
-            config = json.loads(await channel.mmds_get(self.mux, "/kiln/runtime"))
+            config = json.loads(await mux.mmds_get(self.host, "/kiln/runtime"))
             try:
                 self.start(list(config["argv"]), dict(config["env"]), str(config["cwd"]))
             except OSError as exc:
@@ -160,7 +162,7 @@ class Agent:
                                                  and self.control is not None)
                     generation = self.generation
                 try:
-                    host_reader, host_writer = await self.mux.connect(RUNTIME_API_PORT)
+                    host_reader, host_writer = await self.host.connect(RUNTIME_API_PORT)
                 except ConnectionRefusedError:
                     await self._next_generation(generation)
                     continue
@@ -221,11 +223,11 @@ def oom_kills() -> int:
 
 
 async def serve() -> None:
-    mux = await channel.open_guest_channel()
-    agent = Agent(mux)
+    host = await channel.open_channel()
+    agent = Agent(host)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGCHLD, agent.reap)
-    mux.listen(CONTROL_PORT, agent.on_control)
+    host.listen(CONTROL_PORT, agent.on_control)
     server = await asyncio.start_server(agent.on_runtime, "127.0.0.1", RUNTIME_API_PORT)
     async with server:
         await server.serve_forever()

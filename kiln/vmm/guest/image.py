@@ -105,7 +105,7 @@ exec switch_root /root {GUEST_PYTHON} -S {AGENT_DIR}/launch.py
 LAUNCH = "from kiln.vmm.guest.agent import main\n\nmain()\n"
 KILN_DIR = Path(__file__).resolve().parent.parent.parent
 #: Kiln's own modules in the guest (stdlib-only ones).
-GUEST_MODULES = ("vmm/guest/agent.py", "vmm/mux.py")
+GUEST_MODULES = ("vmm/guest/agent.py", "vmm/guest/channel.py", "vmm/mux.py")
 
 
 def images_dir(data_dir: Path) -> Path:
