@@ -15,7 +15,7 @@ from enum import Enum
 from kiln.functions.types import FunctionRecord
 from kiln.runtime.api import RuntimeApi
 from kiln.runtime.types import Invocation, InvocationResult
-from kiln.sandbox.types import ResourceLimited, Sandbox
+from kiln.sandbox.types import ResourceLimited, Restorable, Sandbox
 
 
 class State(Enum):
@@ -121,6 +121,8 @@ class Environment:
         self.init_duration_ms = (time.perf_counter() - started) * 1000
         if ready in done and not self.api.init_error:
             self.state = State.IDLE
+            if isinstance(self.sandbox, Restorable) and self.sandbox.restored:
+                self.restore_duration_ms, self.init_duration_ms = self.init_duration_ms, None
             if isinstance(self.sandbox, ResourceLimited):
                 self.sandbox.end_init()
             return None

@@ -366,6 +366,11 @@ class MicrovmSandbox:
         await waiter
 
     @property
+    def restored(self) -> bool:
+        """Restored from its configuration's snapshot: no INIT ran in it."""
+        return self._restored
+
+    @property
     def monitor_pid(self) -> int:
         return self._monitor.process.pid
 

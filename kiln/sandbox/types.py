@@ -75,6 +75,16 @@ class ResourceLimited(Protocol):
         """INIT is over: from now on the CPU share proportional to memory applies."""
 
 
+@runtime_checkable
+class Restorable(Protocol):
+    """A sandbox that may start from a snapshot its configuration's first environment took
+    after INIT (microVMs): then no INIT ran in it, and its REPORT tells the restore."""
+
+    @property
+    def restored(self) -> bool:
+        """Whether ``start`` restored it from a snapshot."""
+
+
 class SnapshotUnsupported(RuntimeError):
     """This environment cannot be a SnapStart template (e.g. not a runtime the backend can
     fork after INIT): its version's environments start with INIT instead."""

@@ -253,11 +253,16 @@ def handler(event, context):
 
 def test_new_environments_are_restored_from_the_snapshot(client: Any) -> None:
     name = create_python_function(client, SNAPSHOT, Timeout=30)
-    _, cold = invoke(client, name, {})
+    response, cold = invoke(client, name, {})
     with ThreadPoolExecutor(3) as pool:
-        results = list(pool.map(lambda _i: invoke(client, name, {"hold": 2}), range(3)))
+        results = list(pool.map(lambda _i: invoke(client, name, {"hold": 2}, LogType="Tail"),
+                                range(3)))
     bodies = [body for _, body in results]
     assert all("FunctionError" not in response for response, _ in results), bodies
+    for result, body in results:  # the REPORT of a restored environment's first invoke
+        report = tail(result).splitlines()[-1]
+        restored = body["environment"] != request_id(response)
+        assert ("Restore Duration" in report) == restored and "Init Duration" not in report
     # Three environments at once: the warm one and two new ones, each a restored snapshot:
     # their INIT token is the cold environment's, their own first request differs.
     assert {b["init"] for b in bodies} == {cold["init"]}
