@@ -9,8 +9,10 @@ refused the request or Kiln could not be reached.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -20,7 +22,7 @@ import zipfile
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from kiln.client import DEFAULT_ENDPOINT, ApiError, ConnectionFailed, KilnClient, zip_directory
 from kiln.config import Settings
@@ -47,6 +49,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     from kiln.gateway._ws_protocol import ApiGatewayWebSocketProtocol
     from kiln.gateway.alb import parse_targets
+    from kiln.invoke._http_protocol import InvokeHttpProtocol
+    from kiln.invoke.api import InvokeApp
     from kiln.server import Kiln, create_app
 
     settings = Settings.from_env(host=args.host, port=args.port, data_dir=args.data_dir,
@@ -56,10 +60,15 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     app = create_app(Kiln(settings))
+    # Invoke is answered by Kiln's subclass of uvicorn's httptools protocol, without ASGI,
+    # by the InvokeApp that answers it on the ASGI path (behind the gateway dispatch).
+    assert isinstance(app.app, InvokeApp)
+    http = functools.partial(InvokeHttpProtocol, invoke=app.app)
     print(f"kiln: serving on http://{settings.host}:{settings.port} "
           f"(data in {settings.data_dir})", file=sys.stderr, flush=True)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, loop="uvloop",
-                            http="httptools", ws=ApiGatewayWebSocketProtocol,
+                            http=cast(type[asyncio.Protocol], http),
+                            ws=ApiGatewayWebSocketProtocol,
                             log_level=settings.log_level,
                             timeout_graceful_shutdown=30, access_log=False)
 

@@ -17,7 +17,6 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp
 
 from kiln.aws.arn import ArnBuilder
 from kiln.aws.errors import AwsError
@@ -147,7 +146,7 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
     return AwsError.service(f"Internal error: {type(exc).__name__}").to_response()
 
 
-def create_app(kiln: Kiln) -> ASGIApp:
+def create_app(kiln: Kiln) -> GatewayDispatch:
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         await kiln.start()

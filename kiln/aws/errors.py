@@ -66,14 +66,19 @@ class AwsError(Exception):
         return {"Type": kind, "message": self.message, "Message": self.message, **self.fields}
 
     def to_response(self, request_id: str | None = None) -> Response:
-        headers = {
-            "x-amzn-ErrorType": self.code,
-            "x-amzn-RequestId": request_id or str(uuid.uuid4()),
-            **self.headers,
-        }
-        return Response(
-            json.dumps(self.body()),
-            status_code=self.status,
-            headers=headers,
-            media_type="application/json",
-        )
+        status, headers, body = self.wire(request_id)
+        response = Response(body, status_code=status)
+        response.raw_headers.extend(headers)
+        return response
+
+    def wire(self, request_id: str | None = None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """Status, headers (with Content-Type, without Content-Length) and body, for front
+        doors that write the response themselves."""
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"x-amzn-errortype", self.code.encode("latin-1")),
+            (b"x-amzn-requestid", (request_id or str(uuid.uuid4())).encode("latin-1")),
+            *((name.lower().encode("latin-1"), value.encode("latin-1"))
+              for name, value in self.headers.items()),
+        ]
+        return self.status, headers, json.dumps(self.body()).encode()

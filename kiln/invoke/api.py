@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
@@ -14,9 +15,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from kiln.aws.arn import FunctionId
 from kiln.aws.errors import AwsError
 from kiln.aws.restjson import aws_endpoint, json_response, receive_body
 from kiln.functions.api import function_id, qualified_function_id
+from kiln.gateway.addressing import is_gateway
 from kiln.invoke.service import InvokeRequest
 from kiln.runtime.api import decode_client_context
 
@@ -28,7 +31,14 @@ ASYNC_PAYLOAD_LIMIT = 1_048_576
 CLIENT_CONTEXT_LIMIT = 3583
 INVOCATION_TYPES = ("RequestResponse", "Event", "DryRun")
 _INVOKE_PATH = re.compile(r"^/2015-03-31/functions/([^/]+)/invocations/?$")
+#: The request headers Invoke reads (the others are not decoded).
+_HEADERS = frozenset({b"x-amz-invocation-type", b"x-amz-log-type", b"content-length",
+                      b"x-amz-client-context", b"amz-sdk-invocation-id"})
+#: Parsed function identifiers remembered, at most (then forgotten all at once).
+_IDS_MAX = 4096
 log = logging.getLogger("kiln")
+#: ``read(limit, message, declared Content-Length)``: the request's payload (see InvokeApp.answer).
+ReadPayload = Callable[[int, str, "str | None"], Awaitable[bytes]]
 
 
 class InvokeApp:
@@ -42,6 +52,9 @@ class InvokeApp:
     def __init__(self, kiln: Kiln, app: ASGIApp) -> None:
         self.kiln = kiln
         self.app = app
+        #: (name in the path, Qualifier) -> the function id and the ARN the function is told
+        #: it was invoked as: both depend only on these strings, and callers repeat them.
+        self._ids: dict[tuple[str, str | None], tuple[FunctionId, str]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -51,33 +64,64 @@ class InvokeApp:
                 return
         await self.app(scope, receive, send)
 
+    def target(self, scope: Scope) -> str | None:
+        """The function named by an Invoke request that Kiln's HTTP protocol may answer
+        without ASGI (``kiln.invoke._http_protocol``): its body is declared and within the
+        limit.  None for every other request, which goes through ASGI as usual."""
+        if scope["method"] != "POST" or is_gateway(scope):
+            return None
+        match = _INVOKE_PATH.match(scope["path"])
+        if match is None:
+            return None
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                return match[1] if value.isdigit() and int(value) <= SYNC_PAYLOAD_LIMIT else None
+        return None
+
     async def invoke(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
+        async def read(limit: int, message: str, declared: str | None) -> bytes:
+            return await receive_body(receive, declared, limit, message)
+
         try:
-            status, headers, body = await self._invoke(scope, receive, name)
-        except AwsError as exc:
-            await exc.to_response()(scope, receive, send)
-            return
+            status, headers, body = await self.answer(scope, name, read)
         except ClientDisconnect:  # nobody is left to answer; not a server fault
-            return
-        except Exception as exc:
-            # Answered rather than raised: uvicorn would drop the keep-alive connection.
-            log.exception("unhandled error in Invoke", exc_info=exc)
-            await AwsError.service(f"Internal error: {type(exc).__name__}").to_response()(
-                scope, receive, send)
             return
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    async def _invoke(self, scope: Scope, receive: Receive,
-                      name: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    async def answer(self, scope: Scope, name: str, read: ReadPayload
+                     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """The Invoke response: status, headers (without Content-Length) and body; errors are
+        answered in AWS's shape.  ``read(limit, message, declared)`` gives the payload, or
+        raises RequestEntityTooLargeException with ``message`` past ``limit`` bytes."""
+        try:
+            return await self._invoke(scope, name, read)
+        except AwsError as exc:
+            return exc.wire()
+        except ClientDisconnect:
+            raise
+        except Exception as exc:
+            # Answered rather than raised: uvicorn would drop the keep-alive connection.
+            log.exception("unhandled error in Invoke", exc_info=exc)
+            return AwsError.service(f"Internal error: {type(exc).__name__}").wire()
+
+    async def _invoke(self, scope: Scope, name: str, read: ReadPayload
+                      ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         kiln = self.kiln
         headers = {key.decode("latin-1"): value.decode("latin-1")
-                   for key, value in scope["headers"]}
+                   for key, value in scope["headers"] if key in _HEADERS}
         query = scope["query_string"]
         qualifier = (dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True))
                      .get("Qualifier") if query else None)
-        fid = qualified_function_id(kiln, name, qualifier)
+        known = self._ids.get((name, qualifier))
+        if known is None:
+            fid = qualified_function_id(kiln, name, qualifier)  # raises for a bad one
+            if len(self._ids) >= _IDS_MAX:
+                self._ids.clear()
+            known = self._ids[name, qualifier] = (fid, kiln.arns.function(fid.name,
+                                                                          fid.qualifier))
+        fid, invoked_arn = known
         invocation_type = headers.get("x-amz-invocation-type", "RequestResponse")
         if invocation_type not in INVOCATION_TYPES:
             raise AwsError.invalid_parameter(
@@ -92,14 +136,12 @@ class InvokeApp:
         record = kiln.functions.resolve(fid.name, fid.qualifier)
         declared = headers.get("content-length")
         if invocation_type == "Event":
-            payload = await receive_body(
-                receive, declared, ASYNC_PAYLOAD_LIMIT,
-                "{size} byte payload is too large for the Event invocation type "
-                "(limit {limit} bytes)")
+            payload = await read(ASYNC_PAYLOAD_LIMIT,
+                                 "{size} byte payload is too large for the Event invocation type "
+                                 "(limit {limit} bytes)", declared)
         else:
-            payload = await receive_body(
-                receive, declared, SYNC_PAYLOAD_LIMIT,
-                "Request must be smaller than {limit} bytes for the InvokeFunction operation")
+            payload = await read(SYNC_PAYLOAD_LIMIT, "Request must be smaller than {limit} bytes "
+                                 "for the InvokeFunction operation", declared)
         _check_json(payload)
         client_context = None
         raw_context = headers.get("x-amz-client-context")
@@ -112,7 +154,6 @@ class InvokeApp:
             except ValueError:
                 raise AwsError.invalid_content(
                     "Client context must be a valid Base64-encoded JSON object.") from None
-        invoked_arn = kiln.arns.function(fid.name, fid.qualifier)
         if invocation_type == "DryRun":
             return 204, [(b"x-amzn-requestid", str(uuid.uuid4()).encode())], b""
         if invocation_type == "Event":

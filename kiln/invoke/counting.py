@@ -13,8 +13,8 @@ others have that much less.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from types import TracebackType
 
 from kiln.aws.errors import AwsError
 
@@ -37,9 +37,12 @@ class Counting:
     def function_in_use(self, name: str) -> int:
         return self._in_use[name]
 
-    @contextmanager
-    def lease(self, name: str) -> Iterator[None]:
-        """Take one unit of concurrency or raise TooManyRequestsException (429)."""
+    def lease(self, name: str) -> Lease:
+        """One unit of ``name``'s concurrency for a ``with`` block; entering it raises
+        TooManyRequestsException (429) when there is none left."""
+        return Lease(self, name)
+
+    def _take(self, name: str) -> None:
         reserved = self.reservations.get(name)
         if reserved is not None:
             if self._in_use[name] >= reserved:
@@ -51,13 +54,12 @@ class Counting:
                 "Rate Exceeded.", "ConcurrentInvocationLimitExceeded")
         self._in_use[name] += 1
         self._total += 1
-        try:
-            yield
-        finally:
-            self._total -= 1
-            self._in_use[name] -= 1
-            if not self._in_use[name]:
-                del self._in_use[name]
+
+    def _give_back(self, name: str) -> None:
+        self._total -= 1
+        self._in_use[name] -= 1
+        if not self._in_use[name]:
+            del self._in_use[name]
 
     def _carved(self) -> dict[str, int]:
         """Provisioned concurrency taken from the shared pool (not within a reservation)."""
@@ -65,6 +67,8 @@ class Counting:
                 if name not in self.reservations}
 
     def _unreserved_pool(self) -> int:
+        if not self.reservations and not self.provisioned:
+            return self.account_limit
         return (self.account_limit - sum(self.reservations.values())
                 - sum(self._carved().values()))
 
@@ -74,3 +78,20 @@ class Counting:
         shares = {**self._carved(), **self.reservations}
         in_shares = sum(min(self._in_use[other], share) for other, share in shares.items())
         return self._total - in_shares
+
+
+class Lease:
+    """A context manager rather than a generator-based one: it is taken on every invoke."""
+
+    __slots__ = ("_counting", "_name")
+
+    def __init__(self, counting: Counting, name: str) -> None:
+        self._counting = counting
+        self._name = name
+
+    def __enter__(self) -> None:
+        self._counting._take(self._name)
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self._counting._give_back(self._name)

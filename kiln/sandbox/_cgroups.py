@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,19 +93,21 @@ class Cgroup:
     version: int
     #: Descriptors of files read after every invoke (the memory peak), kept open: one pread
     #: instead of open, fstat, ioctl, lseek, read, read and close, costly on nested guests.
-    _held: dict[Path, int]
+    #: Keyed by the file's name; its path is built only to open it (a Path join per invoke
+    #: costs more than the pread).
+    _held: dict[str, int]
 
-    def _read_held(self, path: Path) -> str:
-        fd = self._held.get(path)
+    def _read_held(self, name: str, path: Callable[[], Path]) -> str:
+        fd = self._held.get(name)
         if fd is None:
-            fd = self._held[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = self._held[name] = os.open(path(), os.O_RDONLY | os.O_CLOEXEC)
         return os.pread(fd, 4096, 0).decode()
 
-    def _write_held(self, path: Path, value: bytes) -> None:
+    def _write_held(self, name: str, path: Callable[[], Path], value: bytes) -> None:
         """Write through a held descriptor (the freezer: written on every freeze and thaw)."""
-        fd = self._held.get(path)
+        fd = self._held.get(name)
         if fd is None:
-            fd = self._held[path] = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            fd = self._held[name] = os.open(path(), os.O_WRONLY | os.O_CLOEXEC)
         os.pwrite(fd, value, 0)
 
     def _close_held(self) -> None:
@@ -194,14 +198,15 @@ class CgroupV1(Cgroup):
         return sorted(found)
 
     def request_freeze(self, frozen: bool) -> None:
-        self._write_held(self.dirs["freezer"] / "freezer.state",
+        self._write_held("freezer.state", lambda: self.dirs["freezer"] / "freezer.state",
                          b"FROZEN" if frozen else b"THAWED")
 
     def is_frozen(self) -> bool:
         return _read(self.dirs["freezer"] / "freezer.state").strip() == "FROZEN"
 
     def peak_bytes(self) -> int:
-        return int(self._read_held(self.dirs["memory"] / "memory.max_usage_in_bytes"))
+        name = "memory.max_usage_in_bytes"
+        return int(self._read_held(name, lambda: self.dirs["memory"] / name))
 
     def reset_peak(self) -> None:
         with contextlib.suppress(OSError):
@@ -268,7 +273,8 @@ class CgroupV2(Cgroup):
             return []
 
     def request_freeze(self, frozen: bool) -> None:
-        self._write_held(self.path / "cgroup.freeze", b"1" if frozen else b"0")
+        self._write_held("cgroup.freeze", lambda: self.path / "cgroup.freeze",
+                         b"1" if frozen else b"0")
 
     def is_frozen(self) -> bool:
         return _keyed(_read(self.path / "cgroup.events"), "frozen") == 1
@@ -276,7 +282,7 @@ class CgroupV2(Cgroup):
     def peak_bytes(self) -> int:
         for name in ("memory.peak", "memory.current"):
             with contextlib.suppress(FileNotFoundError):
-                return int(self._read_held(self.path / name))
+                return int(self._read_held(name, functools.partial(self.path.joinpath, name)))
         return 0
 
     def oom_kills(self) -> int:

@@ -488,8 +488,10 @@ class IsolatedSandbox:
             self._oom_kills = max(self._oom_kills, self.cgroup.oom_kills())
 
     def _sample_peak(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
+        try:  # noqa: SIM105 - after every invoke: a try is cheaper than contextlib.suppress
             self._peak_bytes = max(self._peak_bytes, self.cgroup.peak_bytes())
+        except (OSError, ValueError):
+            pass
 
     def max_memory_used_mb(self) -> int:
         # Read after every invoke: the peak only (OOM kills matter once the runtime exits).
