@@ -72,7 +72,9 @@ MAX_SNAPSHOTS = 32
 #: plus the engine's own.
 JAIL_UID = 65534
 JAIL_MEMORY_MB = 10240 + 512
-#: Environment variables that differ between environments of one configuration.
+#: Environment variables that differ between environments of one configuration: a guest has
+#: none of them, since all but the first environment are restored from one snapshot (Lambda's
+#: SnapStart environments lack the log stream name too).
 PER_ENVIRONMENT = ("AWS_LAMBDA_LOG_STREAM_NAME",)
 
 
@@ -94,7 +96,7 @@ def guest_config(spec: SandboxSpec) -> dict[str, Any]:
         value = value.replace(task_root, GUEST_TASK_ROOT)
         return value.replace(opt, "/opt") if opt else value
 
-    env = {k: guest_path(v) for k, v in spec.env.items()}
+    env = {k: guest_path(v) for k, v in spec.env.items() if k not in PER_ENVIRONMENT}
     env["LAMBDA_RUNTIME_DIR"] = RUNTIME_DIR
     env["AWS_LAMBDA_RUNTIME_API"] = f"127.0.0.1:{agent.RUNTIME_API_PORT}"
     argv = list(spec.argv)
@@ -113,8 +115,7 @@ def guest_config(spec: SandboxSpec) -> dict[str, Any]:
 
 
 def snapshot_key(image: GuestImage, spec: SandboxSpec, config: dict[str, Any]) -> str:
-    env = {k: v for k, v in config["env"].items() if k not in PER_ENVIRONMENT}
-    identity = [image.digest, config["argv"], env, str(spec.task_root),
+    identity = [image.digest, config["argv"], config["env"], str(spec.task_root),
                 [str(p) for p in spec.layers], spec.memory_mb, spec.ephemeral_mb]
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
 

@@ -247,7 +247,8 @@ def handler(event, context):
     first_request = first_request or context.aws_request_id
     time.sleep(event.get("hold", 0))
     return {"init": INIT_TOKEN, "environment": first_request,
-            "entropy": os.urandom(8).hex(), "now_ms": int(time.time() * 1000)}
+            "entropy": os.urandom(8).hex(), "now_ms": int(time.time() * 1000),
+            "log_stream": context.log_stream_name}
 """
 
 
@@ -270,6 +271,9 @@ def test_new_environments_are_restored_from_the_snapshot(client: Any) -> None:
     # Fresh entropy and the host's wall clock in every restored guest.
     assert len({b["entropy"] for b in bodies}) == 3
     assert all(abs(b["now_ms"] - time.time() * 1000) < 60_000 for b in bodies)
+    # No environment names a log stream (a restored one could only name the snapshot's), as
+    # Lambda's SnapStart environments do not.
+    assert [b["log_stream"] for b in [cold, *bodies]] == [None] * 4
 
 
 # -- nodejs*.x: Kiln's Node.js runtime on the host's own node, copied into the image ----------

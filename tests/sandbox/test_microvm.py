@@ -51,6 +51,7 @@ def test_python_runtime_runs_on_the_guest_interpreter_with_guest_paths() -> None
     assert env["LAMBDA_RUNTIME_DIR"] == "/var/runtime"
     assert env["AWS_LAMBDA_RUNTIME_API"] == "127.0.0.1:9001"
     assert env["MINE"] == "x"
+    assert "AWS_LAMBDA_LOG_STREAM_NAME" not in env  # restores would all carry the first one's
 
 
 def test_other_python_versions_ask_for_their_own_guest_interpreter() -> None:
