@@ -279,15 +279,21 @@ def test_new_environments_are_restored_from_the_snapshot(client: Any) -> None:
 # -- nodejs*.x: Kiln's Node.js runtime on the host's own node, copied into the image ----------
 
 NODE_APP = """
+import crypto from "node:crypto";
 import os from "node:os";
+import { setTimeout } from "node:timers/promises";
+
+const INIT_TOKEN = crypto.randomUUID();  // made once, in the INIT the snapshot holds
 
 export const handler = async (event, context) => {
   if (event.fail) {
     throw new TypeError("node failure in the guest");
   }
   console.log("hello from node in the guest", event.n);
+  await setTimeout(event.hold ?? 0);
   return { event, version: process.version, execPath: process.execPath, kernel: os.release(),
-           requestId: context.awsRequestId, taskRoot: process.env.LAMBDA_TASK_ROOT };
+           requestId: context.awsRequestId, taskRoot: process.env.LAMBDA_TASK_ROOT,
+           init: INIT_TOKEN };
 };
 """
 
@@ -310,6 +316,14 @@ def test_nodejs_runs_the_hosts_node_in_the_guest(client: Any) -> None:
     assert error["errorType"] == "TypeError"
     assert error["errorMessage"] == "node failure in the guest"
     assert "node failure in the guest" in tail(response)
+    # A second environment at once: node restored from the first one's snapshot.
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda n: invoke(client, name, {"n": n, "hold": 1500},
+                                                 LogType="Tail"), (2, 3)))
+    assert all("FunctionError" not in response for response, _ in results), results
+    assert {b["init"] for _, b in results} == {body["init"]}
+    assert {b["version"] for _, b in results} == {body["version"]}
+    assert sum("Restore Duration" in tail(response) for response, _ in results) == 1
 
 
 # -- the agent's AF_VSOCK channel, on the guest kernel's own vsock (its loopback transport) -----
