@@ -103,18 +103,22 @@ def test_snapstart_restores_on_process_and_starts_with_init_in_a_microvm(client:
 def test_a_killed_servers_microvms_are_swept(microvm_images: Path,  # noqa: F811
                                              tmp_path: Path) -> None:
     data = tmp_path / "data"
-    first = serve(data, microvm_images)
-    client = first.client()
-    name = create_python_function(client, PROBE, Tags=MICROVM)
-    assert probe(client, name)[0]["boot_id"] != HOST_BOOT_ID
     vms = data / "sandboxes" / "microvm" / "vms"
-    monitors = [json.loads((vm / "monitor.json").read_text())["pid"] for vm in vms.iterdir()]
+    first = serve(data, microvm_images)
+    try:
+        client = first.client()
+        name = create_python_function(client, PROBE, Tags=MICROVM)
+        assert probe(client, name)[0]["boot_id"] != HOST_BOOT_ID
+        # The spare monitor started after a boot records itself (its state file) a moment later.
+        wait_for(lambda: len(list(vms.glob("*/monitor.json"))) > 1, timeout=5)
+    finally:
+        first.stop(signal.SIGKILL)
+    monitors = {vm.parent: json.loads(vm.read_text())["pid"] for vm in vms.glob("*/monitor.json")}
     assert monitors
-    first.stop(signal.SIGKILL)
     second = serve(data, microvm_images)  # no function asks for a microVM: swept all the same
     try:
-        assert not any(vms.iterdir())
-        assert wait_for(lambda: all(process_gone(pid) for pid in monitors))
+        assert not any(vm.exists() for vm in monitors)
+        assert wait_for(lambda: all(process_gone(pid) for pid in monitors.values()))
     finally:
         second.stop()
 
