@@ -38,15 +38,12 @@ class HttpResponse:
     headers: dict[str, str] = field(default_factory=dict)
 
     def encode(self, keep_alive: bool) -> bytes:
-        lines = [
-            f"HTTP/1.1 {self.status} {_REASONS.get(self.status, 'Unknown')}",
-            f"Content-Type: {self.content_type}",
-            f"Content-Length: {len(self.body)}",
-        ]
-        lines.extend(f"{name}: {value}" for name, value in self.headers.items())
+        extra = "".join([f"{name}: {value}\r\n" for name, value in self.headers.items()])
         if not keep_alive:
-            lines.append("Connection: close")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + self.body
+            extra += "Connection: close\r\n"
+        return (f"HTTP/1.1 {self.status} {_REASONS.get(self.status, 'Unknown')}\r\n"
+                f"Content-Type: {self.content_type}\r\nContent-Length: {len(self.body)}\r\n"
+                f"{extra}\r\n").encode("latin-1") + self.body
 
 
 #: Answers a parked request later; False when its connection is gone (nothing was sent).
@@ -106,7 +103,8 @@ class _Protocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         method = self._parser.get_method().decode()
-        path = httptools.parse_url(self._url).path.decode()
+        url = self._url  # parsed only when it has a query (Runtime API paths have none)
+        path = (httptools.parse_url(url).path if b"?" in url else url).decode()
         self._pending.append(HttpRequest(method, path, self._headers, b"".join(self._body)))
 
     def _serve_pending(self) -> None:

@@ -27,6 +27,8 @@ PREFIX = "/2018-06-01"
 MAX_RESPONSE_BYTES = 6 * 1024 * 1024 + 100
 _ERROR_TYPE_RE = re.compile(r"^(Runtime|Function)\.[A-Z][a-zA-Z]+$")
 _INVOCATION_RE = re.compile(r"^/2018-06-01/runtime/invocation/([^/]+)/(response|error)$")
+_NEXT = f"{PREFIX}/runtime/invocation/next"
+_INIT_ERROR = f"{PREFIX}/runtime/init/error"
 
 
 def _json(status: int, body: object) -> HttpResponse:
@@ -80,14 +82,14 @@ class RuntimeApi:
 
     def handle(self, request: HttpRequest, respond: Responder) -> HttpResponse | None:
         path = request.path
-        if path == f"{PREFIX}/runtime/invocation/next" and request.method == "GET":
+        if path == _NEXT and request.method == "GET":
             return self._next(respond)
         match = _INVOCATION_RE.match(path)
         if match and request.method == "POST":
             if match[2] == "response":
                 return self._response(match[1], request)
             return self._invocation_error(match[1], request)
-        if path == f"{PREFIX}/runtime/init/error" and request.method == "POST":
+        if path == _INIT_ERROR and request.method == "POST":
             return self._init_error(request)
         if path == f"{PREFIX}/ping":
             return HttpResponse(200, b"pong", "text/plain")
