@@ -16,6 +16,8 @@ import traceback
 _API = os.environ["AWS_LAMBDA_RUNTIME_API"]
 _PREFIX = "/2018-06-01/runtime"
 _request_id = ""
+_NEXT_REQUEST = (f"GET {_PREFIX}/invocation/next HTTP/1.1\r\nHost: {_API}\r\n"
+                 "Content-Length: 0\r\n\r\n").encode("latin-1")
 # `typing` and `logging` cost milliseconds of every cold start: typing is only for the checker,
 # and the logging handler is installed once the function's code has imported logging itself.
 TYPE_CHECKING = False
@@ -53,9 +55,8 @@ class _Connection:
             return self.request("GET", f"{_PREFIX}/invocation/next")
         head = [f"POST {path} HTTP/1.1", f"Host: {_API}", f"Content-Length: {len(body)}"]
         head.extend(f"{k}: {v}" for k, v in headers.items())
-        nxt = f"GET {_PREFIX}/invocation/next HTTP/1.1\r\nHost: {_API}\r\nContent-Length: 0"
         self._sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
-                           + (nxt + "\r\n\r\n").encode("latin-1"))
+                           + _NEXT_REQUEST)
         self._read_response()
         return self._read_response()
 
