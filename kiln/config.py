@@ -35,7 +35,9 @@ class Settings:
         metadata={"doc": "Execution environment backend: process (isolated; Linux, root) | "
                          "unisolated (plain child processes, no isolation) | microvm (each "
                          "environment a QEMU/Firecracker microVM; run 'kiln microvm "
-                         "build-image' first)."},
+                         "build-image' first).  The default: a function tagged "
+                         "kiln:sandbox=process|microvm runs on that backend instead, made "
+                         "when a function first needs it."},
     )
     sandbox_shared_dirs: list[str] = field(
         default_factory=list,
