@@ -73,6 +73,22 @@ def test_build_image_is_cached_by_its_inputs(microvm_images: Path) -> None:
     assert (manifest["node"] and manifest["node"]["version"]) == host_node_version()
 
 
+def test_build_image_refuses_a_node_the_guest_root_cannot_run(microvm_images: Path,
+                                                              tmp_path: Path) -> None:
+    """A "node" needing libraries the root's Debian packages lack (QEMU, here) fails the
+    build, which names them; no image is made."""
+    images = tmp_path / "microvm" / "images"
+    images.mkdir(parents=True)
+    (images / "debs").symlink_to(microvm_images / "debs")  # the session's packages
+    built = subprocess.run([sys.executable, "-m", "kiln.cli", "microvm", "build-image",
+                            "--data-dir", str(tmp_path)], capture_output=True, text=True,
+                           cwd=REPO, env={**os.environ, "KILN_NODE_BINARY": "qemu-system-x86_64"})
+    assert built.returncode == 2, built.stderr
+    assert "/usr/bin/node cannot run in the guest: needs libpixman-1.so.0, " in built.stderr
+    assert "KILN_NODE_BINARY" in built.stderr and "Traceback" not in built.stderr
+    assert not (images / "current").exists()
+
+
 def start_microvm_server(data_dir: Path, images: Path) -> KilnServer:
     (data_dir / "microvm").mkdir(parents=True, exist_ok=True)
     link = data_dir / "microvm" / "images"
