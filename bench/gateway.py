@@ -48,7 +48,7 @@ async def main() -> None:
         server = start_server(Path(tmp) / "data")
         try:
             lam = server.client()
-            name = create_python_function(lam, HANDLER, name="gwbench")
+            name = create_python_function(lam, HANDLER, name="gwbench", MemorySize=1769)
             arn = lam.get_function(FunctionName=name)["Configuration"]["FunctionArn"]
             gw = server.client("apigatewayv2")
             api_id = gw.create_api(Name="bench", ProtocolType="HTTP", Target=arn,

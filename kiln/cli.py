@@ -49,7 +49,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from kiln.gateway._ws_protocol import ApiGatewayWebSocketProtocol
     from kiln.gateway.alb import parse_targets
-    from kiln.invoke._http_protocol import InvokeHttpProtocol
+    from kiln.http_protocol import KilnHttpProtocol
     from kiln.invoke.api import InvokeApp
     from kiln.server import Kiln, create_app
 
@@ -60,10 +60,10 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     app = create_app(Kiln(settings))
-    # Invoke is answered by Kiln's subclass of uvicorn's httptools protocol, without ASGI,
-    # by the InvokeApp that answers it on the ASGI path (behind the gateway dispatch).
+    # The data plane is answered by Kiln's subclass of uvicorn's httptools protocol (Invoke
+    # by the InvokeApp behind the gateway dispatch, without ASGI).
     assert isinstance(app.app, InvokeApp)
-    http = functools.partial(InvokeHttpProtocol, invoke=app.app)
+    http = functools.partial(KilnHttpProtocol, invoke=app.app)
     print(f"kiln: serving on http://{settings.host}:{settings.port} "
           f"(data in {settings.data_dir})", file=sys.stderr, flush=True)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, loop="uvloop",

@@ -51,6 +51,8 @@ _FAILED = (502, {"message": "Internal Server Error"})
 _UNINVOKABLE = (500, {"message": "Internal Server Error"})
 _TIMED_OUT = (504, {"message": "Endpoint request timed out"})
 _TOO_LARGE = (413, {"message": "Request Entity Too Large"})
+#: One encoder for every event: json.dumps with options builds a new one per call.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
 class HttpProxy:
@@ -130,7 +132,7 @@ class HttpProxy:
                    event: dict[str, object], timeout_ms: int, version: str, cors: Cors | None,
                    extra: Headers) -> None:
         """Invoke, map the result, answer."""
-        payload = json.dumps(event, separators=(",", ":")).encode()
+        payload = _COMPACT.encode(event).encode()
         try:
             if self._ends_before(function_arn, timeout_ms):
                 body, error_type = await self.local.invoke(function_arn, payload)
@@ -213,7 +215,7 @@ async def send_json(send: Send, status: int, body: dict[str, str], cors: Cors | 
     headers: Headers = [("content-type", "application/json")]
     if cors is not None and request is not None:
         headers = with_cors(cors, request, headers)
-    await send_raw(send, status, headers, json.dumps(body, separators=(",", ":")).encode())
+    await send_raw(send, status, headers, _COMPACT.encode(body).encode())
 
 
 async def send_raw(send: Send, status: int, headers: Headers, body: bytes) -> None:

@@ -65,18 +65,12 @@ class InvokeApp:
         await self.app(scope, receive, send)
 
     def target(self, scope: Scope) -> str | None:
-        """The function named by an Invoke request that Kiln's HTTP protocol may answer
-        without ASGI (``kiln.invoke._http_protocol``): its body is declared and within the
-        limit.  None for every other request, which goes through ASGI as usual."""
+        """The function an Invoke request names (for ``kiln.http_protocol``, which answers
+        it with ``answer`` rather than through ASGI); None for any other request."""
         if scope["method"] != "POST" or is_gateway(scope):
             return None
         match = _INVOKE_PATH.match(scope["path"])
-        if match is None:
-            return None
-        for key, value in scope["headers"]:
-            if key == b"content-length":
-                return match[1] if value.isdigit() and int(value) <= SYNC_PAYLOAD_LIMIT else None
-        return None
+        return match[1] if match else None
 
     async def invoke(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
         async def read(limit: int, message: str, declared: str | None) -> bytes:

@@ -1,4 +1,5 @@
-"""InvokeApp's choice of the requests Kiln's HTTP protocol answers without ASGI."""
+"""InvokeApp's choice of the requests Kiln's HTTP protocol answers without ASGI (the body's
+framing and size are the protocol's to check: tests/test_http_protocol.py)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,6 @@ from kiln.invoke.api import InvokeApp
     ("POST", "/2015-03-31/functions/arn:aws:lambda:us-east-1:000000000000:function:fn"
              "/invocations/", [(b"content-length", b"0")],
      "arn:aws:lambda:us-east-1:000000000000:function:fn"),
-    # Left to the ASGI path, which reads bodies of any framing and answers 413 early.
-    ("POST", "/2015-03-31/functions/fn/invocations", [], None),
-    ("POST", "/2015-03-31/functions/fn/invocations", [(b"content-length", b"6291457")], None),
-    ("POST", "/2015-03-31/functions/fn/invocations", [(b"content-length", b"-1")], None),
     ("GET", "/2015-03-31/functions/fn/invocations", [(b"content-length", b"2")], None),
     ("POST", "/2015-03-31/functions/fn", [(b"content-length", b"2")], None),
     ("POST", "/_aws/lambda-url/abc/2015-03-31/functions/fn/invocations",

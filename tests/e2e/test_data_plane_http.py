@@ -1,5 +1,6 @@
-"""Invoke over raw HTTP/1.1: the requests Kiln's protocol answers without ASGI (a declared body
-within the limit) and the ones it leaves to the ASGI path, answered alike."""
+"""The data plane over raw HTTP/1.1: the requests Kiln's protocol answers itself (Invoke, HTTP
+APIs and Function URLs with a body of known length) and the ones it leaves to uvicorn's ASGI
+cycle (chunked bodies, Expect: 100-continue, HEAD, oversized), answered alike."""
 
 from __future__ import annotations
 
@@ -12,6 +13,14 @@ import pytest
 from tests.conftest import KilnServer, create_python_function
 
 ECHO = "def handler(event, context):\n    return event\n"
+# Through a gateway: the request body back, and the method in a header.
+GATEWAY = """
+def handler(event, context):
+    method = event["requestContext"]["http"]["method"]
+    if event.get("body") == "fail":
+        raise RuntimeError("asked to")
+    return {"statusCode": 200, "headers": {"x-method": method}, "body": event.get("body") or ""}
+"""
 
 
 def send(server: KilnServer, raw: bytes, responses: int = 1) -> list[tuple[int, dict[str, str],
@@ -40,14 +49,25 @@ def send(server: KilnServer, raw: bytes, responses: int = 1) -> list[tuple[int, 
         return answers
 
 
-def post(path: str, body: bytes, *extra: str) -> bytes:
-    head = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(body)}", *extra]
+def post(path: str, body: bytes, *extra: str, method: str = "POST") -> bytes:
+    head = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(body)}",
+            *extra]
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
 @pytest.fixture(scope="module")
 def echo(lambda_client: Any) -> str:
     return create_python_function(lambda_client, ECHO)
+
+
+@pytest.fixture(scope="module")
+def api(kiln_server: KilnServer, lambda_client: Any) -> str:
+    """An HTTP API's path prefix: every route runs GATEWAY."""
+    name = create_python_function(lambda_client, GATEWAY)
+    arn = lambda_client.get_function(FunctionName=name)["Configuration"]["FunctionArn"]
+    gw = kiln_server.client("apigatewayv2")
+    api_id = gw.create_api(Name="raw", ProtocolType="HTTP", Target=arn)["ApiId"]
+    return f"/_aws/execute-api/{api_id}"
 
 
 def test_pipelined_invokes_are_answered_in_order(kiln_server: KilnServer, echo: str) -> None:
@@ -146,3 +166,32 @@ def test_api_host_with_an_invoke_path_goes_to_the_gateway(kiln_server: KilnServe
     [(status, _, body)] = send(kiln_server, raw)
     assert status == 404 and json.loads(body) == {"message": "Not Found"}
 
+
+
+def test_pipelined_gateway_and_invoke_requests(kiln_server: KilnServer, echo: str,
+                                               api: str) -> None:
+    raw = (post(f"{api}/a", b"one") + post(f"/2015-03-31/functions/{echo}/invocations", b"2")
+           + post(f"{api}/b", b"", method="GET") + post(f"{api}/c", b"three", method="PUT"))
+    answers = send(kiln_server, raw, responses=4)
+    assert [(status, body) for status, _, body in answers] == [
+        (200, b"one"), (200, b"2"), (200, b""), (200, b"three")]
+    assert [headers.get("x-method") for _, headers, _ in answers] == [
+        "POST", None, "GET", "PUT"]
+    assert all(headers["apigw-requestid"] for _, headers, _ in answers[2:])
+
+
+def test_gateway_errors_and_other_framings(kiln_server: KilnServer, api: str) -> None:
+    [(status, _, body)] = send(kiln_server, post(f"{api}/x", b"fail"))
+    assert (status, json.loads(body)) == (502, {"message": "Internal Server Error"})
+    chunked = (f"POST {api}/x HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+               "3\r\nabc\r\n0\r\n\r\n").encode()
+    [(status, _, body)] = send(kiln_server, chunked)
+    assert (status, body) == (200, b"abc")
+    with socket.create_connection(("127.0.0.1", kiln_server.port), timeout=30) as conn:
+        conn.sendall(f"HEAD {api}/x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        head = conn.recv(65536)
+    assert head.startswith(b"HTTP/1.1 200 OK") and b"x-method: HEAD" in head
+    assert head.endswith(b"\r\n\r\n")  # a HEAD answer has no body
+    big = b"x" * (10 * 1024 * 1024 + 1)
+    [(status, _, body)] = send(kiln_server, post(f"{api}/x", big))
+    assert (status, json.loads(body)) == (413, {"message": "Request Entity Too Large"})
