@@ -15,6 +15,7 @@ from kiln.sandbox.fake import FakeBackend, FakeRuntime, FakeSandbox
 from kiln.sandbox.isolated import IsolatedBackend
 from kiln.sandbox.types import SandboxSpec
 from kiln.sandbox.unisolated import UnisolatedBackend
+from tests.conftest import wait_for
 from tests.sandbox.conftest import run
 
 
@@ -72,7 +73,10 @@ def test_a_killed_process_backend_is_swept(tmp_path: Path, isolation_features: N
     root.mkdir()
     launcher = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
                                  "kiln.sandbox._launcher"])
+    cmdline = Path(f"/proc/{launcher.pid}/cmdline")
     try:
+        # Popen returns once exec began; the new command line shows a moment later.
+        assert wait_for(lambda: b"kiln.sandbox._launcher" in cmdline.read_bytes())
         (root / "launcher.pid").write_text(str(launcher.pid))
         backends = Backends("unisolated", str(root))
         assert launcher.wait(timeout=10) == -9  # the sweep's SIGKILL
