@@ -6,6 +6,7 @@ SnapStart runs INIT once, in a template, on a backend that can fork one (``Snaps
 its new environments are forks of the template, ready without INIT, and one fork is always made
 ahead (a spare), so that scale-out only hands it over.  The template serves no invoke and lives
 until its function changes and its last fork is gone.
+
 Placement: a function's environments run on the sandbox backend it chose (``sandbox(function)``,
 its ``kiln:sandbox`` tag, else the setting's); SnapStart templates are made only on a backend
 that can fork them, and a version on another starts each environment with INIT.
