@@ -20,7 +20,6 @@ import logging
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
-from kiln.aws.arn import parse_function_id
 from kiln.aws.errors import AwsError
 from kiln.aws.restjson import receive_body
 from kiln.config import Settings
@@ -168,7 +167,7 @@ class HttpProxy:
         3 s functions behind 30 s integrations).  Aliases may route to versions with other
         timeouts, so they always get the watchdog."""
         try:
-            fid = parse_function_id(function_arn)
+            fid = self.local.function_id(function_arn)
             if fid.qualifier is not None and not is_version(fid.qualifier):
                 return False
             record = self.local.functions.get(fid.name, fid.qualifier)

@@ -6,10 +6,12 @@
 
 from __future__ import annotations
 
-from kiln.aws.arn import parse_function_id
+from kiln.aws.arn import FunctionId, parse_function_id
 from kiln.aws.errors import AwsError
 from kiln.functions.service import FunctionService
 from kiln.invoke.service import Invoker, InvokeRequest
+
+_IDS_MAX = 4096
 
 
 class InvokeFailed(Exception):
@@ -25,11 +27,23 @@ class LocalInvoker:
     def __init__(self, functions: FunctionService, invoker: Invoker) -> None:
         self.functions = functions
         self.invoker = invoker
+        #: Parsed ARNs: integrations and state machines name the same few on every request.
+        self._ids: dict[str, FunctionId] = {}
+
+    def function_id(self, function_arn: str) -> FunctionId:
+        """``function_arn`` parsed (raises AwsError if it is not a function's)."""
+        fid = self._ids.get(function_arn)
+        if fid is None:
+            fid = parse_function_id(function_arn)
+            if len(self._ids) >= _IDS_MAX:
+                self._ids.clear()
+            self._ids[function_arn] = fid
+        return fid
 
     async def invoke(self, function_arn: str, payload: bytes) -> tuple[bytes, str | None]:
         """(response body, function error type or None); raises InvokeFailed."""
         try:
-            fid = parse_function_id(function_arn)
+            fid = self.function_id(function_arn)
             record = self.functions.resolve(fid.name, fid.qualifier)
             outcome = await self.invoker.invoke(
                 record, InvokeRequest(payload=payload, invoked_arn=function_arn))
