@@ -24,7 +24,6 @@ from tests.conftest import (
     start_server,
     wait_for,
 )
-from tests.e2e.test_microvm import microvm_images  # noqa: F401 - the session's guest image
 
 MICROVM = {"kiln:sandbox": "microvm"}
 #: Which kernel the function runs on: every boot has its own random boot id.
@@ -49,7 +48,7 @@ def serve(data_dir: Path, images: Path) -> KilnServer:
 
 
 @pytest.fixture(scope="module")
-def server(microvm_images: Path,  # noqa: F811 - the imported fixture
+def server(microvm_images: Path,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[KilnServer]:
     server = serve(tmp_path_factory.mktemp("choice") / "data", microvm_images)
     yield server
@@ -100,7 +99,7 @@ def test_snapstart_restores_on_process_and_starts_with_init_in_a_microvm(client:
         assert ("Init Duration" in report) != restored, report
 
 
-def test_a_killed_servers_microvms_are_swept(microvm_images: Path,  # noqa: F811
+def test_a_killed_servers_microvms_are_swept(microvm_images: Path,
                                              tmp_path: Path) -> None:
     data = tmp_path / "data"
     vms = data / "sandboxes" / "microvm" / "vms"

@@ -36,10 +36,9 @@ from tests.conftest import (
     unique_name,
     wait_for,
 )
+from tests.e2e.conftest import CACHE
 from tests.e2e.test_runtimes import create_provided, invoke, request_id
 
-CACHE = Path(os.environ.get("KILN_MICROVM_TEST_CACHE",
-                            Path.home() / ".cache" / "kiln" / "microvm-test"))
 HOST_NODE = shutil.which("node")
 
 
@@ -49,15 +48,6 @@ def host_node_version() -> str | None:
         return None
     return subprocess.run([HOST_NODE, "--version"], capture_output=True, text=True,
                           check=True).stdout.strip()
-
-
-@pytest.fixture(scope="session")
-def microvm_images() -> Path:
-    """The guest image, built (or found up to date) once per test session."""
-    subprocess.run([str(REPO / "scripts" / "ensure-qemu")], check=True)
-    subprocess.run([sys.executable, "-m", "kiln.cli", "microvm", "build-image",
-                    "--data-dir", str(CACHE)], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
-    return CACHE / "microvm" / "images"
 
 
 def test_build_image_is_cached_by_its_inputs(microvm_images: Path) -> None:
