@@ -15,6 +15,8 @@ Host side of one VM (all under ``<root>/microvm/<vm id>/``)::
     api.sock            the monitor's Firecracker API
     v.sock              vsock: the host opens the agent's control port here
     v.sock_9001         vsock: the guest's Runtime API connections arrive here (proxied)
+    v.sock_2852039166   vsock: the guest's MMDS (``MMDS_PORT``), served by a Firecracker
+                        engine's monitor (QEMU's carries it on its own channel)
     runtime.sock        ``Sandbox.listener``: the host's RuntimeApi serves it
 
 The proxy holds each chunk of a guest request until the runtime output the agent sent before it
@@ -205,8 +207,9 @@ class MicrovmSandbox:
                 "drive_id": drive_id, "path_on_host": str(path), "is_root_device": False,
                 "is_read_only": True})
         await client.put("/vsock", {"guest_cid": GUEST_CID, "uds_path": uds_path})
-        # The guest reads its configuration from the MMDS (over the channel on this engine).
-        await client.put("/mmds/config", {"version": "V2", "network_interfaces": ["eth0"]})
+        # The guest reads its configuration from the MMDS over vsock (the monitor serves it,
+        # whatever the engine), not over a network interface: so no /mmds/config, which names
+        # the interfaces (Firecracker refuses one naming none the VM has; Kiln's VMs have none).
         await client.put("/mmds", {"kiln": {"runtime": config}})
         await client.put("/actions", {"action_type": "InstanceStart"})
 

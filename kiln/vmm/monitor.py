@@ -91,9 +91,11 @@ def run(args: argparse.Namespace) -> int:
     with open(os.path.join(vm_dir, STATE_FILE), "w") as f:
         json.dump({"pid": os.getpid(), "api_sock": api_sock, "jailed": args.jail}, f)
     if args.jail:
+        # The engine's binary too: an operator's firecracker may live outside the system
+        # directories the jail binds (Firecracker's jailer copies it in).
+        binds = [os.path.realpath(p) for p in [*args.jail_bind, resolved]]
         spec = jail.JailSpec(args.id, vm_dir, args.uid, args.gid, args.cgroup_mem_mb,
-                             args.cgroup_cpus, [os.path.realpath(p) for p in args.jail_bind],
-                             kvm=accelerator == "kvm")
+                             args.cgroup_cpus, binds, kvm=accelerator == "kvm")
         jail.enter(spec, api_sock)
         workdir = "/run"
     else:

@@ -179,8 +179,8 @@ class QemuVm:
             self.ram = os.memfd_create("kiln-vm-ram")
             os.ftruncate(self.ram, self.ram_size)
         wants_channel = self.config.vsock is not None or self.config.mmds is not None
-        qmp_listener = _listen(f"{self.workdir}/qmp.sock")
-        channel_listener = _listen(f"{self.workdir}/channel.sock") if wants_channel else None
+        qmp_listener = listen_unix(f"{self.workdir}/qmp.sock")
+        channel_listener = listen_unix(f"{self.workdir}/channel.sock") if wants_channel else None
         argv = command_line(self.config, self.accelerator, self.workdir, self.qemu_bin, self.ram,
                             incoming is not None, self.image)
         fds = [self.ram]
@@ -345,7 +345,7 @@ class QemuVm:
 
 
 @contextlib.contextmanager
-def _addressable(path: str) -> Iterator[str]:
+def addressable(path: str) -> Iterator[str]:
     """``path`` as a Unix socket address: when too long (107 bytes at most), the same file
     through a descriptor of its directory."""
     if len(path.encode()) < 100:
@@ -358,7 +358,7 @@ def _addressable(path: str) -> Iterator[str]:
         os.close(directory)
 
 
-def _listen(path: str, backlog: int = 1) -> socket.socket:
+def listen_unix(path: str, backlog: int = 1) -> socket.socket:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -441,8 +441,8 @@ class MemoryImageServer:
 
     def __init__(self, image: int, path: str, loop: asyncio.AbstractEventLoop) -> None:
         self.image = image
-        with _addressable(path) as address:
-            self._listener = _listen(address, backlog=64)
+        with addressable(path) as address:
+            self._listener = listen_unix(address, backlog=64)
         self._loop = loop
         loop.add_reader(self._listener.fileno(), self._hand_out)
 
@@ -464,7 +464,7 @@ def receive_memory_image(path: str, size: int) -> int:
     """The sealed memory image the server at ``path`` hands out."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(IMAGE_SERVER_TIMEOUT)
-        with _addressable(path) as address:
+        with addressable(path) as address:
             sock.connect(address)
         _, fds, _, _ = socket.recv_fds(sock, 1, 1)
     if not fds:

@@ -24,6 +24,12 @@ from kiln.vmm.mux import HOST_SIDE, MMDS_PORT, Mux
 MAX_CONNECT_LINE = 32
 
 
+def guest_port_path(uds_path: str, port: int) -> str:
+    """Where a guest's connection to host port ``port`` arrives: Firecracker's
+    ``<uds_path>_<port>``, which host software listens on."""
+    return f"{uds_path}_{port}"
+
+
 class VsockHost:
     def __init__(self, mmds: Mmds, uds_path: str | None) -> None:
         self._mmds = mmds
@@ -101,7 +107,7 @@ class VsockHost:
             assert self._mmds_listener is not None
             address = self._mmds_listener.getsockname()
         elif self.uds_path is not None:
-            address = f"{self.uds_path}_{port}"
+            address = guest_port_path(self.uds_path, port)
         else:
             return None
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
