@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 
@@ -24,12 +25,14 @@ class FunctionRecord:
 
     config: dict[str, Any]
     code_sha_hex: str
+    # The fields read on every invoke are cached properties: a record is never changed (an
+    # update makes a new one), and these are read many times per invoke.
 
-    @property
+    @cached_property
     def name(self) -> str:
         return str(self.config["FunctionName"])
 
-    @property
+    @cached_property
     def version(self) -> str:
         return str(self.config["Version"])
 
@@ -45,11 +48,11 @@ class FunctionRecord:
     def handler(self) -> str:
         return str(self.config.get("Handler", ""))
 
-    @property
+    @cached_property
     def timeout(self) -> int:
         return int(self.config["Timeout"])
 
-    @property
+    @cached_property
     def memory_size(self) -> int:
         return int(self.config["MemorySize"])
 
@@ -57,7 +60,7 @@ class FunctionRecord:
     def ephemeral_storage(self) -> int:
         return int(self.config["EphemeralStorage"]["Size"])
 
-    @property
+    @cached_property
     def revision_id(self) -> str:
         return str(self.config["RevisionId"])
 

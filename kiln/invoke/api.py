@@ -203,7 +203,14 @@ def _check_json(payload: bytes) -> None:
     if not payload.strip():
         return
     try:
-        json.loads(payload)
+        try:
+            # Decoded first: json.loads sniffs the encoding of bytes (UTF-16/32) at some cost,
+            # and payloads are UTF-8 but for the rare exception retried as bytes below.
+            text = payload.decode()
+        except UnicodeDecodeError:
+            json.loads(payload)
+        else:
+            json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise AwsError.invalid_content(
             f"Could not parse request body into json: Could not parse payload into json: {exc}"

@@ -24,9 +24,13 @@ from kiln.invoke.logs import TAIL_BYTES, LogStore, report_line
 from kiln.runtime.types import Invocation, InvocationResult
 
 _DEDUPE_MAX = 10_000
+#: The REPORT line's Status for the outcomes that have one.
+_REPORT_STATUS = {"timeout": "timeout", "crash": "error", "init": "error"}
 
 
-@dataclass(frozen=True)
+# Values made on every invoke: slots rather than frozen (a frozen dataclass's __init__ sets
+# each field through object.__setattr__); nothing changes them once made.
+@dataclass(slots=True)
 class InvokeRequest:
     payload: bytes
     invoked_arn: str
@@ -37,7 +41,7 @@ class InvokeRequest:
     request_id: str = field(default_factory=lambda: new_request_id())
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class InvokeOutcome:
     request_id: str
     result: InvocationResult
@@ -145,7 +149,7 @@ class Invoker:
         lines.append(report_line(
             request_id, duration, record.memory_size, max_memory, init_duration,
             restore_duration_ms=restore_duration,
-            status={"timeout": "timeout", "crash": "error", "init": "error"}.get(status),
+            status=_REPORT_STATUS.get(status),
             error_type=result.error_type if status in ("crash", "init") else None))
         self.logs.append(record.name, "\n".join(lines) + "\n")
         return lines
@@ -166,8 +170,8 @@ _UUID_SET = (0x4000 << 64) | (0x8000 << 48)
 
 
 def _trace_id() -> str:
-    return (f"Root=1-{int(time.time()):08x}-{random.getrandbits(96):024x};"
-            f"Parent={random.getrandbits(64):016x};Sampled=0")
+    bits = f"{random.getrandbits(160):040x}"  # the root's 96 bits, then the parent's 64
+    return f"Root=1-{int(time.time()):08x}-{bits[:24]};Parent={bits[24:]};Sampled=0"
 
 
 def _now_iso() -> str:

@@ -22,7 +22,7 @@ _REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 403: "Forbidden", 40
             413: "Payload Too Large", 500: "Internal Server Error"}
 
 
-@dataclass
+@dataclass(slots=True)
 class HttpRequest:
     method: str
     path: str
@@ -30,7 +30,7 @@ class HttpRequest:
     body: bytes
 
 
-@dataclass
+@dataclass(slots=True)
 class HttpResponse:
     status: int
     body: bytes
