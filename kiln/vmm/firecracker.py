@@ -97,10 +97,11 @@ class FirecrackerProxy:
     async def _uds_path(self, request: HttpRequest) -> str | None:
         """The vsock device's ``uds_path`` after Firecracker accepted ``request``: the one it
         names, else (a snapshot loaded without ``vsock_override``) the restored device's."""
-        body = json.loads(request.body)  # Firecracker took it: a JSON object
-        named = body.get("vsock_override") or body
-        if isinstance(named.get("uds_path"), str):
-            return str(named["uds_path"])
+        with contextlib.suppress(ValueError):
+            body = json.loads(request.body)
+            named = body.get("vsock_override", body) if isinstance(body, dict) else None
+            if isinstance(named, dict) and isinstance(named.get("uds_path"), str):
+                return str(named["uds_path"])
         vsock = (await self._get("/vm/config")).get("vsock")
         return str(vsock["uds_path"]) if isinstance(vsock, dict) else None
 

@@ -157,8 +157,7 @@ class FakeVm:
         elif method == "PUT" and path == "/snapshot/create":
             if self.state != "Paused":
                 return 400, "Cannot create a snapshot of a microVM that is not paused."
-            with open(body["snapshot_path"], "w") as f:
-                json.dump({"fake-firecracker": self.config}, f)
+            write_snapshot(body["snapshot_path"], self.config)
             with open(body["mem_file_path"], "wb") as f:
                 f.write(b"\0" * 4096)
             return 204, None
@@ -203,13 +202,19 @@ class FakeVm:
             self.call(device.start())
             self.device = device
             self.config["vsock"] = body
+        elif path.startswith("/network-interfaces/"):
+            if body.get("iface_id") != path.removeprefix("/network-interfaces/"):
+                return 400, "The id from the path does not match the id from the body!"
+            self.config.setdefault("network-interfaces", []).append(body)
         elif path == "/mmds/config":
             if not body.get("network_interfaces"):
                 return 400, ("The list of network interface IDs that allow forwarding MMDS "
                              "requests is empty.")
-            # This fake (like Kiln's VMs) has no network interfaces.
-            return 400, ("The list of network interface IDs provided contains at least one ID "
-                         "that does not correspond to any existing network interface.")
+            known = {i["iface_id"] for i in self.config.get("network-interfaces", [])}
+            if not set(body["network_interfaces"]) <= known:
+                return 400, ("The list of network interface IDs provided contains at least one "
+                             "ID that does not correspond to any existing network interface.")
+            self.config["mmds-config"] = {"version": "V1", **body}
         else:
             return 400, f"fake: PUT {path}"
         return 204, None
@@ -242,6 +247,12 @@ class FakeVm:
             self.boot(self.device)
         self.state = "Running" if body.get("resume_vm") else "Paused"
         return 204, None
+
+
+def write_snapshot(path: str, config: dict[str, Any]) -> None:
+    """This fake's snapshot state file: the configuration it restores."""
+    with open(path, "w") as f:
+        json.dump({"fake-firecracker": config}, f)
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

@@ -17,10 +17,11 @@ import pytest
 from kiln.sandbox.microvm import MicrovmBackend
 from kiln.sandbox.types import SandboxSpec
 from kiln.vmm import mux
+from kiln.vmm.client import read_response
 from kiln.vmm.guest import image
 from tests.conftest import wait_for
 from tests.vmm.conftest import Spec, start
-from tests.vmm.fake_firecracker import GuestChannel
+from tests.vmm.fake_firecracker import GuestChannel, write_snapshot
 
 FAKE = Path(__file__).with_name("fake_firecracker.py")
 MMDS_SOCK = f"v.sock_{mux.MMDS_PORT}"
@@ -74,12 +75,49 @@ async def test_the_guest_reads_the_mmds_over_vsock(tmp_path: Path, spec: Spec,
             await mux.mmds_get(guest, "/kiln/nothing")
         with pytest.raises(ConnectionRefusedError):  # no host program on another port
             await guest.connect(9001)
-        # Firecracker's MMDS config names network interfaces, which Kiln's VMs have none of.
+        # Firecracker's MMDS config names network interfaces, which Kiln's VMs have none of...
         assert "does not correspond to any existing network interface" in await m.client.fault(
             "PUT", "/mmds/config", {"network_interfaces": ["eth0"], "version": "V2"})
+        assert await _untokened_get(uds) == 200
+        # ... but where one has them, the version it sets holds over vsock too (V2: sessions).
+        await m.client.put("/network-interfaces/eth0", {"iface_id": "eth0",
+                                                        "host_dev_name": "tap0"})
+        await m.client.put("/mmds/config", {"network_interfaces": ["eth0"], "version": "V2"})
+        assert await _untokened_get(uds) == 401
+        assert json.loads(await mux.mmds_get(guest, "/kiln/runtime/argv")) == ["/b"]
     finally:
         m.stop()
     assert not os.path.exists(f"{uds}_{mux.MMDS_PORT}")  # the monitor removed its socket
+
+
+async def _untokened_get(uds: str) -> int:
+    """The status of a guest's MMDS GET without a session token."""
+    reader, writer = await asyncio.open_unix_connection(f"{uds}_{mux.MMDS_PORT}")
+    try:
+        writer.write(b"GET /kiln HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n")
+        status, _headers, _body = await read_response(reader)
+        return status
+    finally:
+        writer.close()
+
+
+async def test_a_snapshot_loaded_without_vsock_override_keeps_its_mmds(
+        tmp_path: Path, spec: Spec, binary: Path) -> None:
+    """Without ``vsock_override`` the restored device keeps the snapshot's ``uds_path``, which
+    the monitor learns from ``GET /vm/config``."""
+    uds = str(tmp_path / "v.sock")
+    write_snapshot(str(tmp_path / "state"), {"drives": [], "vsock": {"guest_cid": 3,
+                                                                     "uds_path": uds}})
+    (tmp_path / "mem").write_bytes(b"")
+    m = start(tmp_path, "fc", spec, "--firecracker-bin", str(binary))
+    try:
+        await m.client.put("/snapshot/load", {
+            "snapshot_path": str(tmp_path / "state"),
+            "mem_backend": {"backend_type": "File", "backend_path": str(tmp_path / "mem")}})
+        await m.client.put("/mmds", {"restored": "yes"})
+        assert await mux.mmds_get(GuestChannel(uds), "/restored") == '"yes"'
+    finally:
+        m.stop()
 
 
 async def test_a_jailed_monitor_runs_a_binary_from_outside_the_system_directories(
