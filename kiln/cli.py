@@ -63,7 +63,7 @@ def _serve(args: argparse.Namespace) -> int:
     # The data plane is answered by Kiln's subclass of uvicorn's httptools protocol (Invoke
     # by the InvokeApp behind the gateway dispatch, without ASGI).
     assert isinstance(app.app, InvokeApp)
-    http = functools.partial(KilnHttpProtocol, invoke=app.app)
+    http = functools.partial(KilnHttpProtocol, invoke=app.app, gateway=app)
     print(f"kiln: serving on http://{settings.host}:{settings.port} "
           f"(data in {settings.data_dir})", file=sys.stderr, flush=True)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, loop="uvloop",

@@ -32,6 +32,7 @@ from uvicorn.protocols.http.httptools_impl import (
 
 from kiln.aws.errors import AwsError
 from kiln.gateway.addressing import is_gateway
+from kiln.gateway.dispatch import GatewayDispatch
 from kiln.gateway.proxy import API_PAYLOAD_MAX
 from kiln.invoke.api import SYNC_PAYLOAD_LIMIT, InvokeApp
 
@@ -40,21 +41,25 @@ _SERVER_ERROR = b"Internal Server Error"
 
 
 class KilnHttpProtocol(HttpToolsProtocol):
-    def __init__(self, *args: Any, invoke: InvokeApp, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, invoke: InvokeApp, gateway: GatewayDispatch,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._invoke = invoke
+        self._gateway = gateway
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         # Called with a request's head parsed (or when a pipelined one's turn comes).
         scope = cast(Scope, cycle.scope)
-        length = _declared_length(scope)
+        length, forwarded = _head(scope)
         if length is not None and not cycle.waiting_for_100_continue:
             name = self._invoke.target(scope)
             if name is not None and length <= SYNC_PAYLOAD_LIMIT:
                 self._run(self._answer_invoke(cycle, name))
                 return
             if scope["method"] != "HEAD" and is_gateway(scope) and length <= API_PAYLOAD_MAX:
-                self._run(self._answer_asgi(cycle, app))
+                # Straight to the gateways, unless uvicorn's proxy-headers middleware (in
+                # ``app``) has X-Forwarded-* headers to apply.
+                self._run(self._answer_asgi(cycle, app if forwarded else self._gateway.gateway))
                 return
         super()._start_asgi_task(cycle, app)
 
@@ -168,15 +173,17 @@ class KilnHttpProtocol(HttpToolsProtocol):
         cycle.on_response()
 
 
-def _declared_length(scope: Scope) -> int | None:
+def _head(scope: Scope) -> tuple[int | None, bool]:
     """The body's length when known from the head (no Content-Length and no Transfer-Encoding:
-    none); None when it is not (chunked), or the head is contradictory."""
-    length = 0
+    none; None when it is not, or the head is contradictory), and whether the request has
+    X-Forwarded-For or X-Forwarded-Proto headers."""
+    length: int | None = 0
+    forwarded = False
     for key, value in scope["headers"]:
         if key == b"content-length":
-            if not value.isdigit():
-                return None
-            length = int(value)
+            length = int(value) if value.isdigit() and length is not None else None
         elif key == b"transfer-encoding":
-            return None
-    return length
+            length = None
+        elif key in (b"x-forwarded-for", b"x-forwarded-proto"):
+            forwarded = True
+    return length, forwarded

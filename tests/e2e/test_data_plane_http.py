@@ -19,7 +19,10 @@ def handler(event, context):
     method = event["requestContext"]["http"]["method"]
     if event.get("body") == "fail":
         raise RuntimeError("asked to")
-    return {"statusCode": 200, "headers": {"x-method": method}, "body": event.get("body") or ""}
+    return {"statusCode": 200, "body": event.get("body") or "",
+            "headers": {"x-method": method,
+                        "x-source-ip": event["requestContext"]["http"]["sourceIp"],
+                        "x-forwarded-for": event["headers"]["x-forwarded-for"]}}
 """
 
 
@@ -195,3 +198,12 @@ def test_gateway_errors_and_other_framings(kiln_server: KilnServer, api: str) ->
     big = b"x" * (10 * 1024 * 1024 + 1)
     [(status, _, body)] = send(kiln_server, post(f"{api}/x", big))
     assert (status, json.loads(body)) == (413, {"message": "Request Entity Too Large"})
+
+
+def test_forwarded_for_from_a_trusted_proxy_is_applied(kiln_server: KilnServer, api: str) -> None:
+    """uvicorn's proxy-headers rule (127.0.0.1 is trusted) holds on the gateways' lean path."""
+    [(status, headers, _)] = send(kiln_server, post(f"{api}/x", b"", "X-Forwarded-For: 10.1.2.3"))
+    assert status == 200
+    assert headers["x-source-ip"] == "10.1.2.3"
+    [(status, headers, _)] = send(kiln_server, post(f"{api}/x", b""))
+    assert (headers["x-source-ip"], headers["x-forwarded-for"]) == ("127.0.0.1", "127.0.0.1")
