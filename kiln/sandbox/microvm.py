@@ -199,8 +199,10 @@ class MicrovmSandbox:
             drives.append(("opt", await self._backend.drive(spec.layers[0], OPT_LABEL)))
         await client.put("/machine-config", {"vcpu_count": vcpus_for(spec.memory_mb),
                                              "mem_size_mib": spec.memory_mb})
+        # The engine decides the kernel's form: Firecracker's ELF, QEMU's bzImage.
+        kernel = image.kernel_for(await client.get("/"))
         await client.put("/boot-source", {
-            "kernel_image_path": str(image.kernel), "initrd_path": str(image.initrd),
+            "kernel_image_path": str(kernel), "initrd_path": str(image.initrd),
             "boot_args": f"{BOOT_ARGS} kiln.tmp_mb={spec.ephemeral_mb}"})
         for drive_id, path in drives:
             await client.put(f"/drives/{drive_id}", {

@@ -225,3 +225,26 @@ def test_a_node_whose_libraries_the_root_lacks_fails_the_build(tmp_path: Path) -
         image.check_libraries(root, image.GUEST_NODE)
     shutil.copy(HOST_LIBS / "libstdc++.so.6", libs / "libstdc++.so.6")
     image.check_libraries(root, image.GUEST_NODE)
+
+
+@pytest.mark.parametrize(("monitor", "kernel"), [
+    ({"app_name": "Firecracker", "vmm_version": "1.16.0",
+      "kiln": {"engine": "firecracker", "accelerator": "kvm"}}, "vmlinux"),
+    ({"app_name": "Firecracker", "vmm_version": "1.8.0",
+      "kiln": {"engine": "firecracker", "accelerator": "kvm"}}, "vmlinux"),
+    ({"app_name": "Firecracker", "vmm_version": "0.0.0",
+      "kiln": {"engine": "qemu", "accelerator": "tcg"}}, "vmlinuz"),
+    ({"app_name": "Firecracker"}, "vmlinuz"),
+])
+def test_firecracker_boots_the_elf_vmlinux_qemu_the_bzimage(monitor: dict[str, object],
+                                                            kernel: str) -> None:
+    image = GuestImage(Path("/images/0123"), {})
+    assert image.kernel_for(monitor) == Path("/images/0123") / kernel
+
+
+def test_a_firecracker_without_acpi_is_refused_with_the_version_needed() -> None:
+    """Before 1.8 Firecracker names the guest's devices only on the kernel command line, which
+    Debian's kernel ignores: the guest would find no disk."""
+    image = GuestImage(Path("/images/0123"), {})
+    with pytest.raises(ImageError, match=r"Firecracker 1\.7\.0 .* needs Firecracker 1\.8 or newer"):
+        image.kernel_for({"vmm_version": "1.7.0", "kiln": {"engine": "firecracker"}})

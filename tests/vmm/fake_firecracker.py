@@ -7,7 +7,8 @@ Firecracker's on its Unix sockets: ``PUT /vsock`` binds ``uds_path`` (refused if
 exists); a host connection there writes ``CONNECT <port>\\n`` and reads ``OK <n>\\n`` once the
 guest accepts (bytes sent before stay queued), or is closed if no guest program listens; a guest
 connection to host port ``P`` is a connection to ``<uds_path>_P``, refused when nobody listens.
-``SendCtrlAltDel`` makes it exit, as a guest reboot ends Firecracker.
+``SendCtrlAltDel`` makes it exit, as a guest reboot ends Firecracker.  ``InstanceStart`` refuses
+a kernel that is no ELF file, as x86_64 Firecracker before its bzImage support does.
 
 The "guest" is Kiln's real guest agent, running in this process on that vsock device (a moment
 after ``InstanceStart``, as a booting guest's agent is), with its runtime as a child.  Run as
@@ -227,6 +228,11 @@ class FakeVm:
             return 400, f"fake: action {action} in state {self.state}"
         if "boot-source" not in self.config:
             return 400, "Cannot start microvm without kernel configuration."
+        with open(self.config["boot-source"]["kernel_image_path"], "rb") as kernel:
+            if kernel.read(4) != b"\x7fELF":
+                return 400, ("Cannot load kernel due to invalid memory configuration or invalid "
+                             "kernel image: Kernel Loader: failed to load ELF kernel image: "
+                             "Invalid Elf magic number")
         if self.device is not None:
             self.boot(self.device)
         self.state = "Running"

@@ -157,12 +157,14 @@ EVENT = b'{"n": 1}'
 
 
 def fake_image(images: Path) -> None:
-    """A current guest image whose files only need to be readable (Firecracker opens them)."""
+    """A current guest image whose files only need to be readable (Firecracker opens them),
+    but for the kernels' first bytes: the fake loads only an ELF."""
     built = images / "0123"
     built.mkdir(parents=True)
     (built / "manifest.json").write_text(json.dumps({"files": image._file_digests()}))
     for name in ("vmlinuz", "initrd.cpio", "rootfs.ext4"):
         (built / name).write_bytes(b"\0" * 512)
+    (built / "vmlinux").write_bytes(b"\x7fELF" + b"\0" * 508)
     (images / "current").symlink_to("0123")
 
 
@@ -205,6 +207,8 @@ async def test_a_microvm_sandbox_boots_and_restores_through_firecracker(
     finally:
         await backend.close()
     sent = requests(tmp_path)
+    boot = next(json.loads(body) for _m, path, body in sent if path == "/boot-source")
+    assert Path(boot["kernel_image_path"]).name == "vmlinux"  # the ELF, which Firecracker loads
     assert not [r for r in sent if r[1] == "/mmds/config"]
     mmds = [json.loads(body) for method, path, body in sent if (method, path) == ("PUT", "/mmds")]
     assert mmds[0]["kiln"]["runtime"]["cwd"] == "/var/task"

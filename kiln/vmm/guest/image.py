@@ -1,15 +1,18 @@
-"""The guest image: Debian's cloud kernel, a busybox initramfs with its virtio modules, and a
-read-only ext4 root holding Debian's Python, the host's Node.js and Kiln's guest agent.
+"""The guest image: Debian's cloud kernel (its bzImage for QEMU, the ELF vmlinux inside it for
+Firecracker), a busybox initramfs with its virtio modules, and a read-only ext4 root holding
+Debian's Python, the host's Node.js and Kiln's guest agent.
 
     image = build_image(images_dir, progress=print, node="/usr/bin/node")   # cached: rebuilt
                                                                             # only if inputs change
     image = GuestImage.current(images_dir)             # what the microvm backend boots
+    image.kernel_for(await monitor.client.get("/"))     # vmlinuz (QEMU) or vmlinux (Firecracker)
 
 Everything comes from Debian packages fetched with ``apt-get download`` and unpacked with
 ``dpkg-deb -x`` (nothing is installed on the host); the filesystem is made by ``mkfs.ext4 -d``.
 An image lives in ``images_dir/<hash>/`` where the hash covers every input: the exact package
 versions apt resolves, the agent, Kiln's runtime bootstraps, this recipe and the node binary.
-``current`` names the last one built.
+``current`` names the last one built.  Its manifest records them, and what the build made of
+them beyond the package's files (the ``vmlinux``: its compression in the bzImage, size, sha256).
 
 Node.js is the host's own binary (the one the ``process`` backend runs for nodejs*.x), copied to
 ``/usr/bin/node``, so both backends give a function the same ``process.version``; the build
@@ -34,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiln.runtime.runtimes import BOOTSTRAP_DIR
+from kiln.vmm.guest.vmlinux import ExtractError, extract, write_sparse
 
 #: Bump when the recipe below changes in a way the other inputs do not show.
 RECIPE_VERSION = "1"
@@ -101,11 +105,18 @@ mount --move /sys /root/sys
 exec switch_root /root {GUEST_PYTHON} -S {AGENT_DIR}/launch.py
 """
 
+#: Firecracker describes the guest's virtio devices in ACPI tables from 1.8 on; before, only on
+#: the kernel command line (``virtio_mmio.device=``), which Debian's kernel cannot read (no
+#: CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES): its guest would find no disk.
+FIRECRACKER_ACPI = (1, 8)
+
 #: The agent's entry point: a script is compiled on every start, a module's .pyc is reused.
 LAUNCH = "from kiln.vmm.guest.agent import main\n\nmain()\n"
 KILN_DIR = Path(__file__).resolve().parent.parent.parent
 #: Kiln's own modules in the guest (stdlib-only ones).
 GUEST_MODULES = ("vmm/guest/agent.py", "vmm/guest/channel.py", "vmm/mux.py")
+#: Kiln's modules that make the image (besides this one): a change in them is a new image.
+RECIPE_MODULES = ("vmm/guest/vmlinux.py",)
 
 
 def images_dir(data_dir: Path) -> Path:
@@ -124,7 +135,28 @@ class GuestImage:
 
     @property
     def kernel(self) -> Path:
+        """Debian's compressed bzImage, which QEMU boots."""
         return self.path / "vmlinuz"
+
+    @property
+    def vmlinux(self) -> Path:
+        """The uncompressed ELF inside :attr:`kernel` (sparse on disk), which Firecracker boots:
+        on x86_64 it loads only an ELF, before its bzImage support (PR #6037, 2026)."""
+        return self.path / "vmlinux"
+
+    def kernel_for(self, monitor: Mapping[str, object]) -> Path:
+        """The kernel to put in ``PUT /boot-source`` of the monitor whose ``GET /`` answered
+        ``monitor`` (its ``kiln.engine`` says which engine runs the VM)."""
+        kiln = monitor.get("kiln")
+        if not isinstance(kiln, dict) or kiln.get("engine") != "firecracker":
+            return self.kernel
+        version = re.match(r"v?(\d+)\.(\d+)", str(monitor.get("vmm_version", "")))
+        if version is not None and (int(version[1]), int(version[2])) < FIRECRACKER_ACPI:
+            raise ImageError(
+                f"Firecracker {monitor['vmm_version']} describes the guest's devices only on the "
+                "kernel command line, which the guest image's Debian kernel ignores: Kiln "
+                f"needs Firecracker {'.'.join(map(str, FIRECRACKER_ACPI))} or newer")
+        return self.vmlinux
 
     @property
     def initrd(self) -> Path:
@@ -162,7 +194,7 @@ class GuestImage:
 
 def _file_digests() -> dict[str, str]:
     """The Kiln files baked into the image, by name: a change in any of them is a new image."""
-    files = {name: KILN_DIR / name for name in GUEST_MODULES}
+    files = {name: KILN_DIR / name for name in (*GUEST_MODULES, *RECIPE_MODULES)}
     files["vmm/guest/image.py"] = Path(__file__)
     files.update({f"runtime/{p.name}": p for p in sorted(BOOTSTRAP_DIR.iterdir()) if p.is_file()})
     return {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in files.items()}
@@ -377,7 +409,7 @@ def build_image(images_dir: Path, progress: Callable[[str], None],
     images_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=images_dir, prefix=".build-") as scratch:
         work = Path(scratch)
-        progress("[1/5] resolving Debian packages")
+        progress("[1/6] resolving Debian packages")
         kernel, packages = resolve_packages(work)
         node_found = node_input(node)
         inputs = {"recipe": RECIPE_VERSION, "kernel": kernel, "packages": packages,
@@ -385,10 +417,10 @@ def build_image(images_dir: Path, progress: Callable[[str], None],
                   "node": node_found and {k: node_found[k] for k in ("sha256", "version")}}
         target = images_dir / _digest(inputs)
         if not (target / "manifest.json").is_file():
-            progress(f"[2/5] fetching {len(packages) + 1} packages (cached in "
+            progress(f"[2/6] fetching {len(packages) + 1} packages (cached in "
                      f"{images_dir / 'debs'})")
             debs = _download([kernel, *packages], images_dir / "debs", progress)
-            progress("[3/5] unpacking the kernel and the root")
+            progress("[3/6] unpacking the kernel and the root")
             kernel_dir, root, staging = work / "kernel", work / "root", work / "image"
             _run(["dpkg-deb", "-x", str(debs[0]), str(kernel_dir)])
             for deb in debs[1:]:
@@ -401,14 +433,23 @@ def build_image(images_dir: Path, progress: Callable[[str], None],
             staging.mkdir()
             (vmlinuz,) = (kernel_dir / "boot").glob("vmlinuz-*")
             shutil.copy(vmlinuz, staging / "vmlinuz")
+            progress("[4/6] extracting the ELF vmlinux (for Firecracker) from the kernel")
+            try:
+                elf, compression = extract(vmlinuz.read_bytes())
+            except ExtractError as exc:
+                raise ImageError(f"{vmlinuz.name}: {exc}") from exc
+            write_sparse(staging / "vmlinux", elf)
+            vmlinux = {"from": "vmlinuz", "compression": compression, "bytes": len(elf),
+                       "sha256": hashlib.sha256(elf).hexdigest()}
+            del elf
             (modules_dir,) = (kernel_dir / "lib/modules").iterdir()
-            progress("[4/5] making the initramfs")
+            progress("[5/6] making the initramfs")
             (staging / "initrd.cpio").write_bytes(
                 _initramfs(root / "bin/busybox", modules_dir / "kernel"))
-            progress("[5/5] making the read-only root filesystem")
+            progress("[6/6] making the read-only root filesystem")
             make_ext4(root, staging / "rootfs.ext4", ROOT_LABEL)
             (staging / "manifest.json").write_text(json.dumps(
-                {**inputs, "kernel_release": modules_dir.name,
+                {**inputs, "kernel_release": modules_dir.name, "vmlinux": vmlinux,
                  "node_source": node_found and node_found["path"]}, indent=1))
             shutil.rmtree(target, ignore_errors=True)
             os.rename(staging, target)
