@@ -1,6 +1,7 @@
 """Per-function invocation logs: START, the function's output, END, REPORT.
 
     logs.append("fn", text)                 # one invocation's block, as Lambda prints it
+    logs.defer("fn", render)                # render() appended with the next flush
     text, offset = logs.read("fn", offset)  # what `kiln logs fn --follow` polls
 """
 
@@ -11,6 +12,7 @@ import math
 import os
 import re
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -29,12 +31,29 @@ class LogStore:
         self._open: OrderedDict[str, TextIO] = OrderedDict()
         self._max_open = open_files
         self._flush_timer: asyncio.TimerHandle | None = None
+        self._deferred: list[tuple[str, Callable[[], str]]] = []
 
     def path(self, function_name: str) -> Path:
         name = function_name if NAME_RE.match(function_name) else _SAFE.sub("_", function_name)
         return self.root / f"{name}.log"
 
     def append(self, function_name: str, text: str) -> None:
+        self._render_deferred()  # what came before, first
+        self._write(function_name, text)
+        self._schedule_flush()
+
+    def defer(self, function_name: str, render: Callable[[], str]) -> None:
+        """Append ``render()`` at the next flush (or before a later append, read or close):
+        a warm invoke's log block is formatted with a batch, not on the invoke's own path."""
+        self._deferred.append((function_name, render))
+        self._schedule_flush()
+
+    def _render_deferred(self) -> None:
+        deferred, self._deferred = self._deferred, []
+        for function_name, render in deferred:
+            self._write(function_name, render())
+
+    def _write(self, function_name: str, text: str) -> None:
         sink = self._open.get(function_name)
         if sink is None:
             sink = open(self.path(function_name), "a", encoding="utf-8", errors="replace")  # noqa: SIM115 - kept open on purpose
@@ -44,7 +63,6 @@ class LogStore:
         else:
             self._open.move_to_end(function_name)
         sink.write(text)
-        self._schedule_flush()
 
     def _schedule_flush(self) -> None:
         """Flush soon, once for many invocations, instead of one write per invocation."""
@@ -59,6 +77,7 @@ class LogStore:
 
     def flush(self) -> None:
         self._flush_timer = None
+        self._render_deferred()
         for sink in self._open.values():
             sink.flush()
 
@@ -66,6 +85,7 @@ class LogStore:
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
+        self._render_deferred()
         for sink in self._open.values():
             sink.close()
         self._open.clear()
@@ -85,6 +105,8 @@ class LogStore:
         return data.decode("utf-8", errors="replace"), offset + len(data)
 
     def remove(self, function_name: str) -> None:
+        self._deferred = [(name, render) for name, render in self._deferred
+                          if name != function_name]
         sink = self._open.pop(function_name, None)
         if sink is not None:
             sink.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import random
 import time
 from collections import OrderedDict
@@ -26,6 +27,8 @@ from kiln.runtime.types import Invocation, InvocationResult
 _DEDUPE_MAX = 10_000
 #: The REPORT line's Status for the outcomes that have one.
 _REPORT_STATUS = {"timeout": "timeout", "crash": "error", "init": "error"}
+#: Outcomes whose log block has a line stamped with the time it is written.
+_TIMESTAMPED = ("timeout", "crash", "init")
 
 
 # Values made on every invoke: slots rather than frozen (a frozen dataclass's __init__ sets
@@ -117,14 +120,15 @@ class Invoker:
         duration = (time.perf_counter() - started) * 1000
         output = env.output.take()
         if not request.tail:
-            # Nobody waits for the log: write it (and read the memory peak for its REPORT,
-            # system calls) after the caller has its answer.
+            # Nobody waits for the log: read the memory peak for its REPORT (a system call)
+            # after the caller has its answer, and format the block with the next batch.
             env.loop.call_soon(
-                self._log, record, env, request_id, result, status, init_lines, output,
+                self._log_later, record, env, request_id, result, status, init_lines, output,
                 duration, init_duration, restore_duration)
             return InvokeOutcome(request_id, result, record.version, status)
-        lines = self._log(record, env, request_id, result, status, init_lines, output, duration,
-                          init_duration, restore_duration)
+        lines = _lines(record, env.sandbox.max_memory_used_mb(), request_id, result, status,
+                       init_lines, output, duration, init_duration, restore_duration)
+        self.logs.append(record.name, "\n".join(lines) + "\n")
         # This invocation's part only: init output belongs to the environment's log,
         # unless INIT failed and that output is the only account of why.
         shown = lines if status == "init" else lines[len(init_lines):]
@@ -132,27 +136,37 @@ class Invoker:
         tail = base64.b64encode(block[-TAIL_BYTES:]).decode()
         return InvokeOutcome(request_id, result, record.version, status, tail)
 
-    def _log(self, record: FunctionRecord, env: Environment, request_id: str,
-             result: InvocationResult, status: str, init_lines: list[str], output: list[str],
-             duration: float, init_duration: float | None,
-             restore_duration: float | None) -> list[str]:
-        """Append the invocation's START ... REPORT block to the function's log."""
-        max_memory = env.sandbox.max_memory_used_mb()
-        lines = [*init_lines, f"START RequestId: {request_id} Version: {record.version}"]
-        lines.extend(output)
-        if status in ("timeout", "crash", "init"):
-            error = result.error_json()
-            lines.append(f"{_now_iso()} {request_id} {error.get('errorMessage', '')}")
-            if status != "timeout":
-                lines.append(str(error.get("errorType", "")))
-        lines.append(f"END RequestId: {request_id}")
-        lines.append(report_line(
-            request_id, duration, record.memory_size, max_memory, init_duration,
-            restore_duration_ms=restore_duration,
-            status=_REPORT_STATUS.get(status),
-            error_type=result.error_type if status in ("crash", "init") else None))
-        self.logs.append(record.name, "\n".join(lines) + "\n")
-        return lines
+    def _log_later(self, record: FunctionRecord, env: Environment, request_id: str,
+                   result: InvocationResult, status: str, init_lines: list[str],
+                   output: list[str], duration: float, init_duration: float | None,
+                   restore_duration: float | None) -> None:
+        lines = functools.partial(
+            _lines, record, env.sandbox.max_memory_used_mb(), request_id, result, status,
+            init_lines, output, duration, init_duration, restore_duration)
+        if status in _TIMESTAMPED:  # its lines tell the time they are made: now
+            self.logs.append(record.name, "\n".join(lines()) + "\n")
+        else:
+            self.logs.defer(record.name, lambda: "\n".join(lines()) + "\n")
+
+
+def _lines(record: FunctionRecord, max_memory: int, request_id: str, result: InvocationResult,
+           status: str, init_lines: list[str], output: list[str], duration: float,
+           init_duration: float | None, restore_duration: float | None) -> list[str]:
+    """The invocation's START ... REPORT block, as lines."""
+    lines = [*init_lines, f"START RequestId: {request_id} Version: {record.version}"]
+    lines.extend(output)
+    if status in _TIMESTAMPED:
+        error = result.error_json()
+        lines.append(f"{_now_iso()} {request_id} {error.get('errorMessage', '')}")
+        if status != "timeout":
+            lines.append(str(error.get("errorType", "")))
+    lines.append(f"END RequestId: {request_id}")
+    lines.append(report_line(
+        request_id, duration, record.memory_size, max_memory, init_duration,
+        restore_duration_ms=restore_duration,
+        status=_REPORT_STATUS.get(status),
+        error_type=result.error_type if status in ("crash", "init") else None))
+    return lines
 
 
 def new_request_id() -> str:
