@@ -9,12 +9,15 @@ server's data directory."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import importlib.metadata
+import itertools
 import json
 import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tarfile
@@ -576,5 +579,93 @@ def test_restart_after_kill_9_sweeps_leftover_microvms(microvm_images: Path,
         assert not list((data_dir / "sandboxes" / "microvm" / "vms").iterdir())
         response, body = invoke(server.client(), name, {"n": 3})
         assert "FunctionError" not in response and body["event"] == {"n": 3}
+    finally:
+        server.stop()
+
+
+# -- the ELF vmlinux, which Firecracker boots ---------------------------------------------------
+
+PT_LOAD, PT_NOTE, PF_X = 1, 4, 1
+#: Xen's ELF note naming the kernel's 32-bit PVH entry point (XEN_ELFNOTE_PHYS32_ENTRY): how
+#: QEMU (and Firecracker's loader, where it looks) enters an ELF kernel directly.
+XEN_ELFNOTE_PHYS32_ENTRY = 18
+
+
+def elf_segments(elf: bytes) -> list[tuple[int, ...]]:
+    """(p_type, p_flags, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_align) of each
+    program header of an ELF64 little-endian file."""
+    phoff, = struct.unpack_from("<Q", elf, 32)
+    phentsize, phnum = struct.unpack_from("<HH", elf, 54)
+    return [struct.unpack_from("<IIQQQQQQ", elf, phoff + i * phentsize) for i in range(phnum)]
+
+
+def elf_notes(elf: bytes, segments: list[tuple[int, ...]]) -> dict[tuple[bytes, int], bytes]:
+    """Every note in the PT_NOTE segments, by (owner, type)."""
+    notes = {}
+    for _type, _flags, offset, _v, _p, filesz, _m, _a in (s for s in segments
+                                                          if s[0] == PT_NOTE):
+        at = offset
+        while at < offset + filesz:
+            namesz, descsz, kind = struct.unpack_from("<III", elf, at)
+            name = elf[at + 12:at + 12 + namesz].rstrip(b"\0")
+            desc_at = at + 12 + (namesz + 3) // 4 * 4
+            notes[name, kind] = elf[desc_at:desc_at + descsz]
+            at = desc_at + (descsz + 3) // 4 * 4
+    return notes
+
+
+def test_the_images_vmlinux_is_its_kernel_as_an_elf_executable(microvm_images: Path) -> None:
+    current = microvm_images / "current"
+    manifest = json.loads((current / "manifest.json").read_text())
+    elf = (current / "vmlinux").read_bytes()
+    assert manifest["vmlinux"] == {"from": "vmlinuz", "compression": "lz4", "bytes": len(elf),
+                                   "sha256": hashlib.sha256(elf).hexdigest()}  # Debian's: LZ4
+    assert (current / "vmlinux").stat().st_blocks * 512 < len(elf)  # its zero padding: holes
+    assert elf[:7] == b"\x7fELF\x02\x01\x01"  # ELF64, little-endian, version 1
+    e_type, e_machine, _version, entry = struct.unpack_from("<HHIQ", elf, 16)
+    assert (e_type, e_machine) == (2, 62)  # an executable, for x86-64
+    segments = elf_segments(elf)
+    loads = sorted((s for s in segments if s[0] == PT_LOAD), key=lambda s: s[4])
+    assert loads
+    # A loader copies each one's file bytes to its physical address (Linux's per-CPU segment
+    # has virtual address 0, so only physical addresses tell where they go).
+    for _type, _flags, offset, _vaddr, _paddr, filesz, memsz, _align in loads:
+        assert offset + filesz <= len(elf) and filesz <= memsz
+    for below, above in itertools.pairwise(loads):
+        assert below[4] + below[6] <= above[4]  # physical ranges do not overlap
+    # Placed in guest memory above the first MiB, and all below Lambda's smallest 128 MB.
+    assert loads[0][4] >= 1 << 20 and loads[-1][4] + loads[-1][6] <= 128 << 20
+    code = [(s[4], s[4] + s[6]) for s in loads if s[1] & PF_X]
+
+    def in_code(address: int) -> bool:
+        return any(start <= address < end for start, end in code)
+
+    assert in_code(entry)  # Linux's ELF entry (startup_64) is a physical address
+    pvh = elf_notes(elf, segments)[b"Xen", XEN_ELFNOTE_PHYS32_ENTRY]
+    assert in_code(int.from_bytes(pvh, "little"))
+    # The kernel that reports the image's release (decompressed, not just well-formed).
+    assert f"Linux version {manifest['kernel_release']} ".encode() in elf
+
+
+def test_qemu_boots_the_vmlinux_to_a_first_response(microvm_images: Path,
+                                                    tmp_path: Path) -> None:
+    """No Firecracker here, so QEMU boots the ELF (by its PVH entry) with the image's own
+    initramfs and root: an image whose ``vmlinuz`` is the vmlinux (QEMU tells a kernel's
+    format by its bytes).  The function runs on it, and reports the image's kernel."""
+    current = (microvm_images / "current").resolve()
+    manifest = json.loads((current / "manifest.json").read_text())
+    images = tmp_path / "images"
+    elf_image = images / current.name
+    elf_image.mkdir(parents=True)
+    for name in ("manifest.json", "initrd.cpio", "rootfs.ext4", "vmlinux"):
+        os.link(current / name, elf_image / name)
+    os.link(current / "vmlinux", elf_image / "vmlinuz")
+    (images / "current").symlink_to(current.name)
+    server = start_microvm_server(tmp_path / "data", images)
+    try:
+        name = create_python_function(server.client(), HELLO)
+        response, body = invoke(server.client(), name, {"n": 1})
+        assert "FunctionError" not in response, body
+        assert body["event"] == {"n": 1} and body["kernel"] == manifest["kernel_release"]
     finally:
         server.stop()
