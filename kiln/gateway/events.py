@@ -53,30 +53,27 @@ class HttpRequest:
     protocol: str
 
     @classmethod
-    def from_scope(cls, scope: Scope, body: bytes) -> HttpRequest:
+    def from_scope(cls, scope: Scope, body: bytes, port: int | None = None) -> HttpRequest:
+        """The request; with ``port``, as ``forwarded(port)`` (in one pass)."""
         client = scope.get("client")
+        source_ip = client[0] if client else "127.0.0.1"
+        headers = [(k.decode("latin-1").lower(), v.decode("latin-1"))
+                   for k, v in scope.get("headers", ())]
         return cls(
             method=scope["method"],
             raw_query=scope.get("query_string", b"").decode("latin-1"),
-            headers=[(k.decode("latin-1").lower(), v.decode("latin-1"))
-                     for k, v in scope.get("headers", ())],
+            headers=headers if port is None else _forwarded(headers, source_ip, port),
             body=body,
-            source_ip=client[0] if client else "127.0.0.1",
+            source_ip=source_ip,
             protocol=f"HTTP/{scope.get('http_version', '1.1')}",
         )
 
     def forwarded(self, port: int) -> HttpRequest:
         """With the X-Forwarded-For/-Port/-Proto headers API Gateway adds for the function
         (an incoming X-Forwarded-For gets the client's address appended)."""
-        headers = [(k, v) for k, v in self.headers
-                   if k not in ("x-forwarded-for", "x-forwarded-port", "x-forwarded-proto")]
-        chain = self.header("x-forwarded-for")
-        headers += [("x-forwarded-for", f"{chain}, {self.source_ip}" if chain
-                     else self.source_ip),
-                    ("x-forwarded-port", str(port)), ("x-forwarded-proto", "http")]
-        # Built directly: dataclasses.replace costs more than the rest of this, per request.
-        return HttpRequest(self.method, self.raw_query, headers, self.body, self.source_ip,
-                           self.protocol)
+        return HttpRequest(self.method, self.raw_query,
+                           _forwarded(self.headers, self.source_ip, port), self.body,
+                           self.source_ip, self.protocol)
 
     def header(self, name: str) -> str | None:
         for key, value in self.headers:
@@ -120,6 +117,19 @@ class Context:
 
     def request_time(self) -> str:
         return time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(self.epoch_ms / 1000))
+
+
+def _forwarded(headers: Headers, source_ip: str, port: int) -> Headers:
+    chain: str | None = None
+    kept = []
+    for name, value in headers:
+        if name == "x-forwarded-for":
+            chain = value if chain is None else chain
+        elif name not in ("x-forwarded-port", "x-forwarded-proto"):
+            kept.append((name, value))
+    kept += [("x-forwarded-for", f"{chain}, {source_ip}" if chain else source_ip),
+             ("x-forwarded-port", str(port)), ("x-forwarded-proto", "http")]
+    return kept
 
 
 def event_v2(request: HttpRequest, context: Context) -> dict[str, Any]:

@@ -195,7 +195,7 @@ async def _request(scope: Scope, receive: Receive, send: Send, limit: int, cors:
     except ClientDisconnect:
         return None
     server = scope.get("server")
-    request = HttpRequest.from_scope(scope, body).forwarded(server[1] if server else 80)
+    request = HttpRequest.from_scope(scope, body, server[1] if server else 80)
     if cors is not None and is_preflight(request):
         await send_raw(send, preflight_status, preflight_headers(cors, request), b"")
         return None
