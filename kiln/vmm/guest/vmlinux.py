@@ -30,6 +30,16 @@ class ExtractError(Exception):
     """Not a bzImage holding an ELF vmlinux this module can decompress."""
 
 
+def _long_length(src: memoryview, i: int, length: int) -> tuple[int, int]:
+    """A length whose token nibble is 15: bytes follow at ``i``, added up to one below 255."""
+    while True:
+        extra = src[i]
+        i += 1
+        length += extra
+        if extra != 255:
+            return length, i
+
+
 def _lz4_block(src: memoryview, out: bytearray) -> None:
     """Append one LZ4 block's decompressed bytes to ``out`` (matches reach back within it)."""
     i, end = 0, len(src)
@@ -38,12 +48,7 @@ def _lz4_block(src: memoryview, out: bytearray) -> None:
         i += 1
         literals = token >> 4
         if literals == 15:
-            while True:
-                extra = src[i]
-                i += 1
-                literals += extra
-                if extra != 255:
-                    break
+            literals, i = _long_length(src, i, literals)
         out += src[i:i + literals]
         i += literals
         if i >= end:  # the last sequence has literals only
@@ -52,12 +57,7 @@ def _lz4_block(src: memoryview, out: bytearray) -> None:
         i += 2
         length = token & 15
         if length == 15:
-            while True:
-                extra = src[i]
-                i += 1
-                length += extra
-                if extra != 255:
-                    break
+            length, i = _long_length(src, i, length)
         length += 4
         start = len(out) - offset
         if offset == 0 or start < 0:
