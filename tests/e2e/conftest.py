@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, KilnServer, start_server
 
 #: Where the microVM guest image is built once and kept between runs.
 CACHE = Path(os.environ.get("KILN_MICROVM_TEST_CACHE",
@@ -23,3 +23,12 @@ def microvm_images() -> Path:
     subprocess.run([sys.executable, "-m", "kiln.cli", "microvm", "build-image",
                     "--data-dir", str(CACHE)], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
     return CACHE / "microvm" / "images"
+
+
+def start_with_images(data_dir: Path, images: Path, **env: str) -> KilnServer:
+    """A server whose data directory holds the session's guest image (linked, not copied)."""
+    (data_dir / "microvm").mkdir(parents=True, exist_ok=True)
+    link = data_dir / "microvm" / "images"
+    if not link.exists():
+        link.symlink_to(images)
+    return start_server(data_dir, **env)

@@ -21,9 +21,9 @@ from tests.conftest import (
     create_python_function,
     expect_error,
     process_gone,
-    start_server,
     wait_for,
 )
+from tests.e2e.conftest import start_with_images
 
 MICROVM = {"kiln:sandbox": "microvm"}
 #: Which kernel the function runs on: every boot has its own random boot id.
@@ -38,19 +38,10 @@ def handler(event, context):
 HOST_BOOT_ID = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
 
 
-def serve(data_dir: Path, images: Path) -> KilnServer:
-    """A server on the default backend whose data directory holds the session's guest image."""
-    (data_dir / "microvm").mkdir(parents=True, exist_ok=True)
-    link = data_dir / "microvm" / "images"
-    if not link.exists():
-        link.symlink_to(images)
-    return start_server(data_dir)
-
-
 @pytest.fixture(scope="module")
 def server(microvm_images: Path,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[KilnServer]:
-    server = serve(tmp_path_factory.mktemp("choice") / "data", microvm_images)
+    server = start_with_images(tmp_path_factory.mktemp("choice") / "data", microvm_images)
     yield server
     server.stop()
 
@@ -103,7 +94,7 @@ def test_a_killed_servers_microvms_are_swept(microvm_images: Path,
                                              tmp_path: Path) -> None:
     data = tmp_path / "data"
     vms = data / "sandboxes" / "microvm" / "vms"
-    first = serve(data, microvm_images)
+    first = start_with_images(data, microvm_images)
     try:
         client = first.client()
         name = create_python_function(client, PROBE, Tags=MICROVM)
@@ -114,7 +105,8 @@ def test_a_killed_servers_microvms_are_swept(microvm_images: Path,
         first.stop(signal.SIGKILL)
     monitors = {vm.parent: json.loads(vm.read_text())["pid"] for vm in vms.glob("*/monitor.json")}
     assert monitors
-    second = serve(data, microvm_images)  # no function asks for a microVM: swept all the same
+    # No function asks for a microVM: swept all the same.
+    second = start_with_images(data, microvm_images)
     try:
         assert not any(vm.exists() for vm in monitors)
         assert wait_for(lambda: all(process_gone(pid) for pid in monitors.values()))

@@ -35,11 +35,10 @@ from tests.conftest import (
     KilnServer,
     create_python_function,
     make_zip,
-    start_server,
     unique_name,
     wait_for,
 )
-from tests.e2e.conftest import CACHE
+from tests.e2e.conftest import CACHE, start_with_images
 from tests.e2e.test_runtimes import create_provided, invoke, request_id
 
 HOST_NODE = shutil.which("node")
@@ -83,11 +82,7 @@ def test_build_image_refuses_a_node_the_guest_root_cannot_run(microvm_images: Pa
 
 
 def start_microvm_server(data_dir: Path, images: Path) -> KilnServer:
-    (data_dir / "microvm").mkdir(parents=True, exist_ok=True)
-    link = data_dir / "microvm" / "images"
-    if not link.exists():
-        link.symlink_to(images)
-    return start_server(data_dir, KILN_SANDBOX_BACKEND="microvm")
+    return start_with_images(data_dir, images, KILN_SANDBOX_BACKEND="microvm")
 
 
 @pytest.fixture(scope="module")
