@@ -103,8 +103,18 @@ class KilnHttpProtocol(HttpToolsProtocol):
                 raise AwsError.too_large(message.format(limit=limit, size=len(payload)))
             return payload
 
-        await self._respond(cycle, *await self._invoke.answer(cast(Scope, cycle.scope), name,
-                                                               read))
+        def early(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+            # From the Runtime API's callback: written now unless the client is slow to read
+            # (then the task's await below writes it, once the transport drains).
+            if not self.flow.write_paused and not cycle.disconnected:
+                try:
+                    self._write(cycle, status, headers, body)
+                except Exception as exc:  # not the runtime's problem: logged, not raised
+                    log.error("Exception answering Invoke early", exc_info=exc)
+
+        answer = await self._invoke.answer(cast(Scope, cycle.scope), name, read, early)
+        if not cycle.response_complete:
+            await self._respond(cycle, *answer)
 
     async def _answer_asgi(self, cycle: RequestResponseCycle, app: ASGIApp) -> None:
         body = await self._body(cycle)
@@ -152,12 +162,15 @@ class KilnHttpProtocol(HttpToolsProtocol):
 
     async def _respond(self, cycle: RequestResponseCycle, status: int,
                        headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-        """Write the response (head and body) in one write; ``headers`` without
-        Content-Length."""
+        """Write the response (head and body) in one write once the transport takes writes;
+        ``headers`` without Content-Length."""
         if self.flow.write_paused and not cycle.disconnected:
             await self.flow.drain()
-        if cycle.disconnected:
-            return
+        if not cycle.disconnected:
+            self._write(cycle, status, headers, body)
+
+    def _write(self, cycle: RequestResponseCycle, status: int,
+               headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         head = [STATUS_LINE[status]]
         for key, value in (*self.server_state.default_headers, *headers):
             head += (key, b": ", value, b"\r\n")

@@ -22,6 +22,7 @@ from kiln.functions.api import function_id, qualified_function_id
 from kiln.gateway.addressing import is_gateway
 from kiln.invoke.service import InvokeRequest
 from kiln.runtime.api import decode_client_context
+from kiln.runtime.types import InvocationResult
 
 if TYPE_CHECKING:
     from kiln.server import Kiln
@@ -39,6 +40,8 @@ _IDS_MAX = 4096
 log = logging.getLogger("kiln")
 #: ``read(limit, message, declared Content-Length)``: the request's payload (see InvokeApp.answer).
 ReadPayload = Callable[[int, str, "str | None"], Awaitable[bytes]]
+#: ``early(status, headers, body)``: a response to write now (see InvokeApp.answer).
+Answer = Callable[[int, list[tuple[bytes, bytes]], bytes], object]
 
 
 class InvokeApp:
@@ -84,13 +87,16 @@ class InvokeApp:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    async def answer(self, scope: Scope, name: str, read: ReadPayload
-                     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    async def answer(self, scope: Scope, name: str, read: ReadPayload,
+                     early: Answer | None = None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """The Invoke response: status, headers (without Content-Length) and body; errors are
         answered in AWS's shape.  ``read(limit, message, declared)`` gives the payload, or
-        raises RequestEntityTooLargeException with ``message`` past ``limit`` bytes."""
+        raises RequestEntityTooLargeException with ``message`` past ``limit`` bytes.  ``early``,
+        if given, is handed a synchronous invoke's response the moment the function has its
+        result (no log tail asked for), before the bookkeeping that follows; the same response
+        is returned all the same."""
         try:
-            return await self._invoke(scope, name, read)
+            return await self._invoke(scope, name, read, early)
         except AwsError as exc:
             return exc.wire()
         except ClientDisconnect:
@@ -100,7 +106,7 @@ class InvokeApp:
             log.exception("unhandled error in Invoke", exc_info=exc)
             return AwsError.service(f"Internal error: {type(exc).__name__}").wire()
 
-    async def _invoke(self, scope: Scope, name: str, read: ReadPayload
+    async def _invoke(self, scope: Scope, name: str, read: ReadPayload, early: Answer | None
                       ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         kiln = self.kiln
         headers = {key.decode("latin-1"): value.decode("latin-1")
@@ -164,18 +170,12 @@ class InvokeApp:
             # A retried request (same SDK invocation id) gets the first attempt's outcome.
             dedupe_key=f"{invoked_arn}#{invocation_id}" if invocation_id else None,
         )
+        if early is not None and not sync.tail:
+            request_id, version = sync.request_id, record.version
+            sync.on_result = lambda result: early(*_sync_answer(result, request_id, version))
         outcome = await kiln.invoker.invoke(record, sync)
-        result = outcome.result
-        response_headers = [
-            (b"content-type", result.content_type.encode("latin-1")),
-            (b"x-amzn-requestid", outcome.request_id.encode()),
-            (b"x-amz-executed-version", outcome.executed_version.encode()),
-        ]
-        if result.error_type is not None:
-            response_headers.append((b"x-amz-function-error", b"Unhandled"))
-        if outcome.log_tail is not None:
-            response_headers.append((b"x-amz-log-result", outcome.log_tail.encode()))
-        return 200, response_headers, result.body
+        return _sync_answer(outcome.result, outcome.request_id, outcome.executed_version,
+                            outcome.log_tail)
 
 
 def routes(kiln: Kiln) -> list[Route]:
@@ -197,6 +197,20 @@ def routes(kiln: Kiln) -> list[Route]:
     return [
         Route("/kiln/v1/functions/{name}/logs", read_logs, methods=["GET"]),
     ]
+
+
+def _sync_answer(result: InvocationResult, request_id: str, version: str,
+                 log_tail: str | None = None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    headers = [
+        (b"content-type", result.content_type.encode("latin-1")),
+        (b"x-amzn-requestid", request_id.encode()),
+        (b"x-amz-executed-version", version.encode()),
+    ]
+    if result.error_type is not None:
+        headers.append((b"x-amz-function-error", b"Unhandled"))
+    if log_tail is not None:
+        headers.append((b"x-amz-log-result", log_tail.encode()))
+    return 200, headers, result.body
 
 
 def _check_json(payload: bytes) -> None:

@@ -15,6 +15,7 @@ import functools
 import random
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kiln.functions.types import FunctionRecord
@@ -42,6 +43,8 @@ class InvokeRequest:
     tail: bool = False
     dedupe_key: str | None = None
     request_id: str = field(default_factory=lambda: new_request_id())
+    #: Told the result as soon as the function has one (``Invocation.on_finish``).
+    on_result: Callable[[InvocationResult], object] | None = None
 
 
 @dataclass(slots=True)
@@ -112,6 +115,7 @@ class Invoker:
                 client_context=request.client_context,
                 cognito_identity=request.cognito_identity,
                 result=env.loop.create_future(),
+                on_finish=request.on_result,
             )
             try:
                 result, status = await env.invoke(invocation, record.timeout)

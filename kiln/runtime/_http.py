@@ -65,6 +65,8 @@ class _Protocol(asyncio.Protocol):
         self._pending: list[HttpRequest] = []
         self._held: list[bytes] = []
         self._parked = False
+        #: Inside data_received: answers are held until the whole chunk is parsed.
+        self._feeding = False
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -72,16 +74,20 @@ class _Protocol(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        self._feeding = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError:
+            self._feeding = False
             self._write(HttpResponse(400, b'{"errorType":"BadRequest","errorMessage":"malformed '
                                           b'HTTP request"}', "application/json"), keep_alive=False)
             return
-        # Served once every request in this chunk is parsed, so that the answer to a pipelined
-        # request is held and goes out with the next one's.
-        if not self._parked:
-            self._serve_pending()
+        self._feeding = False
+        # Answers made while the chunk was parsed go out together (a pipelined request's with
+        # the next one's); a parked /next holds them until its event.
+        if self._held and not self._parked and self._transport is not None:
+            self._transport.write(b"".join(self._held))
+            self._held.clear()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
@@ -106,6 +112,10 @@ class _Protocol(asyncio.Protocol):
         url = self._url  # parsed only when it has a query (Runtime API paths have none)
         path = (httptools.parse_url(url).path if b"?" in url else url).decode()
         self._pending.append(HttpRequest(method, path, self._headers, b"".join(self._body)))
+        # Served as soon as it is complete: an invocation's result reaches its caller before
+        # the rest of the chunk (the runtime's next /next) is parsed.
+        if not self._parked:
+            self._serve_pending()
 
     def _serve_pending(self) -> None:
         """Answer queued requests in order until one is parked."""
@@ -122,9 +132,9 @@ class _Protocol(asyncio.Protocol):
             self._answer(response)
 
     def _answer(self, response: HttpResponse) -> None:
-        if self._pending:
-            # The client pipelined its next request (Kiln's runtimes send /response and /next
-            # together): hold this answer and send both in one write.
+        if self._pending or self._feeding:
+            # The client may have pipelined its next request (Kiln's runtimes send /response
+            # and /next together): hold this answer and send both in one write.
             self._held.append(response.encode(keep_alive=True))
         else:
             self._write(response, keep_alive=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,10 +48,15 @@ class Invocation:
     result: asyncio.Future[InvocationResult] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    #: Told the outcome at once, before anyone awaiting ``result`` resumes (the caller's
+    #: answer can go out from the Runtime API's own callback).
+    on_finish: Callable[[InvocationResult], object] | None = None
 
     def finish(self, result: InvocationResult) -> bool:
         """Settle the invocation once; later outcomes are ignored."""
         if self.result.done():
             return False
         self.result.set_result(result)
+        if self.on_finish is not None:
+            self.on_finish(result)
         return True
