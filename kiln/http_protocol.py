@@ -12,6 +12,10 @@ with a bounded body is parsed, it is answered here, in one write:
   (middleware included), given the collected body and a ``send`` that writes the response once
   it is complete.
 
+A function's result is answered the moment it arrives: Invoke and the gateways hand the
+response to ``_write_now`` (for the gateways, through the ASGI scope extension
+``kiln.early_answer``) from the Runtime API's callback, before the bookkeeping that follows.
+
 Everything else (the control plane, streamed or unbounded bodies, ``Expect: 100-continue``,
 HEAD) goes through uvicorn's own cycle as usual.
 
@@ -20,6 +24,7 @@ HEAD) goes through uvicorn's own cycle as usual.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any, cast
 
@@ -33,7 +38,7 @@ from uvicorn.protocols.http.httptools_impl import (
 from kiln.aws.errors import AwsError
 from kiln.gateway.addressing import is_gateway
 from kiln.gateway.dispatch import GatewayDispatch
-from kiln.gateway.proxy import API_PAYLOAD_MAX
+from kiln.gateway.proxy import API_PAYLOAD_MAX, EARLY_ANSWER
 from kiln.invoke.api import SYNC_PAYLOAD_LIMIT, InvokeApp
 
 log = logging.getLogger("kiln")
@@ -103,16 +108,8 @@ class KilnHttpProtocol(HttpToolsProtocol):
                 raise AwsError.too_large(message.format(limit=limit, size=len(payload)))
             return payload
 
-        def early(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-            # From the Runtime API's callback: written now unless the client is slow to read
-            # (then the task's await below writes it, once the transport drains).
-            if not self.flow.write_paused and not cycle.disconnected:
-                try:
-                    self._write(cycle, status, headers, body)
-                except Exception as exc:  # not the runtime's problem: logged, not raised
-                    log.error("Exception answering Invoke early", exc_info=exc)
-
-        answer = await self._invoke.answer(cast(Scope, cycle.scope), name, read, early)
+        answer = await self._invoke.answer(cast(Scope, cycle.scope), name, read,
+                                           functools.partial(self._write_now, cycle))
         if not cycle.response_complete:
             await self._respond(cycle, *answer)
 
@@ -120,6 +117,9 @@ class KilnHttpProtocol(HttpToolsProtocol):
         body = await self._body(cycle)
         if body is None:
             return
+        scope = cast(Scope, cycle.scope)
+        scope.setdefault("extensions", {})[EARLY_ANSWER] = functools.partial(self._write_now,
+                                                                             cycle)
         received = False
         start: Message | None = None
         chunks: list[bytes] = []
@@ -148,7 +148,7 @@ class KilnHttpProtocol(HttpToolsProtocol):
                 raise RuntimeError(f"Unexpected ASGI message {message['type']!r}")
 
         try:
-            await app(cast(Scope, cycle.scope), receive, send)
+            await app(scope, receive, send)
         except Exception as exc:
             log.error("Exception in ASGI application", exc_info=exc)
             if cycle.response_complete:
@@ -168,6 +168,20 @@ class KilnHttpProtocol(HttpToolsProtocol):
             await self.flow.drain()
         if not cycle.disconnected:
             self._write(cycle, status, headers, body)
+
+    def _write_now(self, cycle: RequestResponseCycle, status: int,
+                   headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
+        """The response written now, from a callback (the Runtime API's, when the function's
+        result arrives); False when it is not (the client is slow to read, gone, or already
+        answered): the request's task answers then."""
+        if self.flow.write_paused or cycle.disconnected or cycle.response_complete:
+            return False
+        try:
+            self._write(cycle, status, headers, body)
+        except Exception as exc:  # the callback's caller (the runtime) is not to blame
+            log.error("Exception writing a response early", exc_info=exc)
+            return cycle.response_complete
+        return True
 
     def _write(self, cycle: RequestResponseCycle, status: int,
                headers: list[tuple[bytes, bytes]], body: bytes) -> None:

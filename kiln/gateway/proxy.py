@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 
 import orjson
 from starlette.requests import ClientDisconnect
@@ -53,6 +54,10 @@ _TIMED_OUT = (504, {"message": "Endpoint request timed out"})
 _TOO_LARGE = (413, {"message": "Request Entity Too Large"})
 #: One encoder for every gateway-made answer: json.dumps with options builds one per call.
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
+#: ASGI scope extension: ``early(status, headers, body) -> bool``, True if it wrote the
+#: response (then the app sends nothing more).
+EARLY_ANSWER = "kiln.early_answer"
+EarlyAnswer = Callable[[int, list[tuple[bytes, bytes]], bytes], bool]
 
 
 class HttpProxy:
@@ -97,7 +102,7 @@ class HttpProxy:
         event = event_v2(request, context) if version == "2.0" else event_v1(request, context)
         await self._run(send, request, integration.function_arn, event,
                         integration.timeout_ms, version, api.cors,
-                        [("apigw-requestid", context.request_id)])
+                        [("apigw-requestid", context.request_id)], early_answer(scope))
 
     async def function_url(self, scope: Scope, receive: Receive, send: Send, url_id: str,
                            path: str) -> None:
@@ -126,17 +131,30 @@ class HttpProxy:
                           path=path, account_id=self.account_id, authorizer=authorizer)
         await self._run(send, request, config.function_arn, event_v2(request, context),
                         URL_TIMEOUT_MS, "2.0", config.cors,
-                        [("x-amzn-requestid", context.request_id)])
+                        [("x-amzn-requestid", context.request_id)], early_answer(scope))
 
     async def _run(self, send: Send, request: HttpRequest, function_arn: str,
                    event: dict[str, object], timeout_ms: int, version: str, cors: Cors | None,
-                   extra: Headers) -> None:
+                   extra: Headers, early: EarlyAnswer | None) -> None:
         """Invoke, map the result, answer."""
         # orjson: encoding the event with json took as long as the rest of the gateway's work.
         payload = orjson.dumps(event)
+        answered = False
+
+        def answer_now(body: bytes, error_type: str | None) -> None:
+            # Kiln's HTTP protocol writes the answer from the Runtime API's callback, the
+            # moment the function has its result (see kiln.http_protocol).
+            nonlocal answered
+            status, headers, answer = self._mapped(body, error_type, function_arn, version,
+                                                   cors, request)
+            answered = bool(early and early(status, _wire([*headers, *extra]), answer))
+
         try:
             if self._ends_before(function_arn, timeout_ms):
-                body, error_type = await self.local.invoke(function_arn, payload)
+                body, error_type = await self.local.invoke(function_arn, payload,
+                                                           answer_now if early else None)
+                if answered:
+                    return
             else:
                 task = asyncio.ensure_future(self.local.invoke(function_arn, payload))
                 done, _ = await asyncio.wait((task,), timeout=timeout_ms / 1000)
@@ -150,18 +168,24 @@ class HttpProxy:
             log.warning("gateway could not invoke %s: %s", function_arn, exc)
             await send_json(send, *_UNINVOKABLE, cors=cors, request=request)
             return
+        status, headers, answer = self._mapped(body, error_type, function_arn, version, cors,
+                                               request)
+        await send_raw(send, status, [*headers, *extra], answer)
+
+    def _mapped(self, body: bytes, error_type: str | None, function_arn: str, version: str,
+                cors: Cors | None, request: HttpRequest) -> tuple[int, Headers, bytes]:
+        """The function's result as the gateway answers it (502 for a failure or a
+        malformed result)."""
         if error_type is not None:
-            await send_json(send, *_FAILED, cors=cors, request=request)
-            return
+            return _json_answer(*_FAILED, cors=cors, request=request)
         try:
             status, headers, payload = (response_v2 if version == "2.0" else response_v1)(body)
         except Malformed as exc:
             log.warning("malformed response from %s: %s", function_arn, exc)
-            await send_json(send, *_FAILED, cors=cors, request=request)
-            return
+            return _json_answer(*_FAILED, cors=cors, request=request)
         if cors is not None:
             headers = with_cors(cors, request, headers)
-        await send_raw(send, status, [*headers, *extra], payload)
+        return status, headers, payload
 
     def _ends_before(self, function_arn: str, timeout_ms: int) -> bool:
         """Whether the invoke surely ends (if need be as a function timeout) before the
@@ -213,15 +237,33 @@ def _header(scope: Scope, name: bytes) -> str | None:
 async def send_json(send: Send, status: int, body: dict[str, str], cors: Cors | None = None,
                 request: HttpRequest | None = None) -> None:
     """A gateway-made JSON answer (errors), with CORS headers when configured."""
+    await send_raw(send, *_json_answer(status, body, cors, request))
+
+
+def early_answer(scope: Scope) -> EarlyAnswer | None:
+    """The server's way to write this request's response at once, from a callback (the ASGI
+    extension ``kiln.early_answer`` of ``kiln.http_protocol``), if it offers one."""
+    extensions = scope.get("extensions")
+    early: EarlyAnswer | None = extensions.get(EARLY_ANSWER) if extensions else None
+    return early
+
+
+def _json_answer(status: int, body: dict[str, str], cors: Cors | None = None,
+                 request: HttpRequest | None = None) -> tuple[int, Headers, bytes]:
     headers: Headers = [("content-type", "application/json")]
     if cors is not None and request is not None:
         headers = with_cors(cors, request, headers)
-    await send_raw(send, status, headers, _COMPACT.encode(body).encode())
+    return status, headers, _COMPACT.encode(body).encode()
 
 
 async def send_raw(send: Send, status: int, headers: Headers, body: bytes) -> None:
-    raw = [(k.lower().encode("latin-1"), v.encode("latin-1", "replace")) for k, v in headers
-           if k.lower() != "content-length"]
+    raw = _wire(headers)
     raw.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
+
+
+def _wire(headers: Headers) -> list[tuple[bytes, bytes]]:
+    """Headers as HTTP sends them: lower-case names in bytes, without Content-Length."""
+    return [(k.lower().encode("latin-1"), v.encode("latin-1", "replace")) for k, v in headers
+            if k.lower() != "content-length"]

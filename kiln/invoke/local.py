@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from kiln.aws.arn import FunctionId, parse_function_id
 from kiln.aws.errors import AwsError
 from kiln.functions.service import FunctionService
@@ -40,13 +42,18 @@ class LocalInvoker:
             self._ids[function_arn] = fid
         return fid
 
-    async def invoke(self, function_arn: str, payload: bytes) -> tuple[bytes, str | None]:
-        """(response body, function error type or None); raises InvokeFailed."""
+    async def invoke(self, function_arn: str, payload: bytes,
+                     on_result: Callable[[bytes, str | None], object] | None = None
+                     ) -> tuple[bytes, str | None]:
+        """(response body, function error type or None); raises InvokeFailed.  ``on_result``
+        is told the same the moment the function has it (``InvokeRequest.on_result``)."""
+        request = InvokeRequest(payload=payload, invoked_arn=function_arn)
+        if on_result is not None:
+            request.on_result = lambda result: on_result(result.body, result.error_type)
         try:
             fid = self.function_id(function_arn)
             record = self.functions.resolve(fid.name, fid.qualifier)
-            outcome = await self.invoker.invoke(
-                record, InvokeRequest(payload=payload, invoked_arn=function_arn))
+            outcome = await self.invoker.invoke(record, request)
         except AwsError as exc:
             raise InvokeFailed(exc.code, exc.message) from None
         return outcome.result.body, outcome.result.error_type
