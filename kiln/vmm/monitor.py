@@ -1,8 +1,10 @@
 """The monitor process: parse the command line, jail itself if asked, serve the API socket.
 
-Its per-VM directory is ``<base dir>/<id>``: ``monitor.json`` (pid, API socket; what
-:func:`kiln.vmm.launch.sweep` reads after a ``kill -9``), ``run/`` (QMP and channel sockets)
-unjailed, or ``root/`` (the jail root, with ``root/run``) jailed.
+Its per-VM directory is ``<base dir>/<id>``: ``launch.json`` (written by
+:func:`kiln.vmm.launch.start_monitor` before the monitor exists), ``monitor.json`` (pid, API
+socket, jailed; written once the socket listens), ``run/`` (QMP and channel sockets) unjailed, or
+``root/`` (the jail root, with ``root/run``) jailed.  :func:`kiln.vmm.launch.sweep` reads both
+after a ``kill -9``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,15 @@ from kiln.vmm.qemu import detect_accelerator
 #: As Firecracker's jailer: alphanumerics and hyphens, 1 to 64 characters.
 VM_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
 STATE_FILE = "monitor.json"
+
+
+def write_json(path: str, value: object) -> None:
+    """Write ``path`` whole or not at all: a sweep may read it at any moment, and a ``kill -9``
+    may come in the middle (a partial file would hide what it records)."""
+    staging = f"{path}.{os.getpid()}.tmp"
+    with open(staging, "w") as f:
+        json.dump(value, f)
+    os.replace(staging, path)
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -88,8 +99,8 @@ def run(args: argparse.Namespace) -> int:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(api_sock)
     listener.listen(64)
-    with open(os.path.join(vm_dir, STATE_FILE), "w") as f:
-        json.dump({"pid": os.getpid(), "api_sock": api_sock, "jailed": args.jail}, f)
+    write_json(os.path.join(vm_dir, STATE_FILE),
+               {"pid": os.getpid(), "api_sock": api_sock, "jailed": args.jail})
     if args.jail:
         # The engine's binary too: an operator's firecracker may live outside the system
         # directories the jail binds (Firecracker's jailer copies it in).
