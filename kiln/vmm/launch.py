@@ -164,12 +164,18 @@ def _sweep_vm(vm_dir: str, monitors: list[_Found]) -> bool:
 def process_start(pid: int) -> int | None:
     """When ``pid`` started (clock ticks after boot) while it runs; None once it exited (a
     zombie too).  With the pid, it names one process for good: pids are reused, not both."""
+    fields = _stat(pid)
+    return None if not fields or fields[0] in (b"Z", b"X") else int(fields[19])
+
+
+def _stat(pid: int) -> list[bytes] | None:
+    """``/proc/<pid>/stat`` from its third field (state, ppid, pgrp, ...) on."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()  # the name before ")" may hold anything
-        return None if fields[0] in (b"Z", b"X") else int(fields[19])
-    except (OSError, IndexError, ValueError):
+    except (OSError, IndexError):
         return None
+    return fields if len(fields) > 19 else None
 
 
 def _identity(pid: int) -> list[int]:
@@ -244,12 +250,13 @@ def _monitor_of(pid: int) -> tuple[str, str, str, bool] | None:
     if vm_id is None or api_sock is None:
         return None
     base = _option(args, "--base-dir") or os.path.dirname(api_sock)
-    try:
-        cwd = os.readlink(f"/proc/{pid}/cwd")  # for relative paths, as the monitor took them
-    except OSError:
-        return None
-    return (os.path.realpath(os.path.join(cwd, base)), vm_id, os.path.join(cwd, api_sock),
-            "--jail" in args)
+    if not (os.path.isabs(base) and os.path.isabs(api_sock)):
+        try:  # relative to where the monitor started (it does not move before taking them)
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            return None
+        base, api_sock = os.path.join(cwd, base), os.path.join(cwd, api_sock)
+    return os.path.realpath(base), vm_id, api_sock, "--jail" in args
 
 
 def _option(args: list[str], name: str) -> str | None:
@@ -268,7 +275,7 @@ def _kill(monitors: list[_Found]) -> None:
     poller = select.poll()
     for monitor in monitors:
         with contextlib.suppress(OSError):
-            if _process_group(monitor.pid) == monitor.pid:
+            if _leads_group(monitor.pid):
                 signal.pidfd_send_signal(monitor.pidfd, 0)  # the group read was this process's
                 os.killpg(monitor.pid, signal.SIGKILL)
             signal.pidfd_send_signal(monitor.pidfd, signal.SIGKILL)
@@ -281,12 +288,9 @@ def _kill(monitors: list[_Found]) -> None:
             pending -= 1
 
 
-def _process_group(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return int(f.read().rsplit(b")", 1)[1].split()[2])
-    except (OSError, IndexError, ValueError):
-        return None
+def _leads_group(pid: int) -> bool:
+    fields = _stat(pid)
+    return fields is not None and int(fields[2]) == pid
 
 
 def _remove_cgroup(vm_id: str) -> None:

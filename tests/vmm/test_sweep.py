@@ -117,9 +117,10 @@ def spawn() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 def _sleeper(spawn: list[subprocess.Popen[bytes]], *args: str,
              cwd: Path | None = None) -> subprocess.Popen[bytes]:
-    """A process that only sleeps, with ``args`` on its command line."""
+    """A process that only sleeps, with ``args`` on its command line, leading its process group
+    as monitors do."""
     process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *args],
-                               cwd=cwd)
+                               cwd=cwd, start_new_session=True)
     spawn.append(process)
     marker = (args[-1] if args else "time.sleep").encode()
     assert wait_for(lambda: marker in Path(f"/proc/{process.pid}/cmdline").read_bytes())
