@@ -507,15 +507,14 @@ class MicrovmBackend:
     async def spawn_monitor(self, vm_id: str | None = None) -> MonitorProcess:
         """A monitor for a new VM in its own directory (its output in ``monitor.log``)."""
         vm_id = vm_id or os.urandom(8).hex()
-        directory = self.vms_dir / vm_id
-        directory.mkdir(exist_ok=True)
         jail = self.jail_uid is not None
-        with open(directory / "monitor.log", "ab") as console:
-            return await start_monitor(
-                str(directory / "api.sock"), vm_id, base_dir=str(self.vms_dir), stdout=console,
-                stderr=console, jail=jail, uid=self.jail_uid or 0, gid=self.jail_uid or 0,
-                binds=self.jail_binds,
-                extra_args=["--cgroup-mem-mb", str(JAIL_MEMORY_MB)] if jail else [])
+        # start_monitor makes the directory and its launch record before anything else, so
+        # that a sweep after kill -9 knows what it finds there.
+        return await start_monitor(
+            str(self.vms_dir / vm_id / "api.sock"), vm_id, base_dir=str(self.vms_dir),
+            console="monitor.log", jail=jail, uid=self.jail_uid or 0, gid=self.jail_uid or 0,
+            binds=self.jail_binds,
+            extra_args=["--cgroup-mem-mb", str(JAIL_MEMORY_MB)] if jail else [])
 
     def forget(self, env_id: str) -> None:
         self._live.pop(env_id, None)

@@ -89,8 +89,11 @@ async def start_monitor(
     extra_args: list[str] | None = None,
     stdout: int | IO[Any] | None = None,
     stderr: int | IO[Any] | None = None,
+    console: str | None = None,
 ) -> MonitorProcess:
-    """Start ``python -m kiln.vmm`` and return once its API socket answers ``GET /``."""
+    """Start ``python -m kiln.vmm`` and return once its API socket answers ``GET /``.
+    ``console``: a file in the VM's directory for the monitor's output (instead of ``stdout``
+    and ``stderr``), made after the launch record so that no file precedes it."""
     if not VM_ID.fullmatch(vm_id):
         raise ValueError(f"invalid microVM id {vm_id!r}")
     api_sock = os.path.abspath(api_sock)
@@ -110,9 +113,12 @@ async def start_monitor(
     # knows the directory's launcher is dead and whether a jail (its cgroup) may be left.
     write_json(os.path.join(vm_dir, LAUNCH_FILE),
                {"launcher": _identity(os.getpid()), "api_sock": api_sock, "jailed": jail})
-    process = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-        start_new_session=True)  # its own process group from the start: what gets killed
+    with contextlib.ExitStack() as files:
+        if console is not None:
+            stdout = stderr = files.enter_context(open(os.path.join(vm_dir, console), "ab"))
+        process = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+            start_new_session=True)  # its own process group from the start: what gets killed
     monitor = MonitorProcess(vm_id, api_sock, vm_dir, process)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + READY_TIMEOUT
@@ -150,7 +156,13 @@ def sweep(base_dir: str) -> list[str]:
 
 def _sweep_vm(vm_dir: str, monitors: list[_Found]) -> bool:
     launch, state = _record(vm_dir, LAUNCH_FILE), _record(vm_dir, STATE_FILE)
-    if _launcher_runs(launch.get("launcher")) or not (launch or state or monitors):
+    if not (launch or state or monitors):
+        # Not a VM's, unless empty: made by a launcher killed before its launch record.
+        with contextlib.suppress(OSError):
+            os.rmdir(vm_dir)
+            return True
+        return False
+    if _launcher_runs(launch.get("launcher")):
         return False
     _kill(monitors)
     if launch.get("jailed") or state.get("jailed") or any(m.jailed for m in monitors):

@@ -131,8 +131,9 @@ def test_half_started_monitors_are_found_by_their_command_line(
         tmp_path: Path, spawn: list[subprocess.Popen[bytes]]) -> None:
     """No record at all in their directories: the command line names the VM."""
     base, elsewhere = tmp_path / "vms", tmp_path / "other"
-    for name in ("vm1", "vm2", "not-a-vm"):
+    for name in ("vm1", "vm2", "not-a-vm", "empty"):
         (base / name).mkdir(parents=True)
+    (base / "not-a-vm" / "notes.txt").write_text("someone else's")
     (base / "vm1" / LAUNCH_FILE).write_text(json.dumps({"launcher": [2 ** 22 + 1, 1]}))
     full = _sleeper(spawn, "-m", "kiln.vmm", "--api-sock", str(base / "vm1.sock"), "--id", "vm1",
                     "--base-dir", str(base))
@@ -141,7 +142,8 @@ def test_half_started_monitors_are_found_by_their_command_line(
     other = _sleeper(spawn, "-m", "kiln.vmm", "--api-sock", str(elsewhere / "vm1.sock"), "--id",
                      "vm1", "--base-dir", str(elsewhere))
 
-    assert sweep(str(base)) == ["vm1", "vm2"]
+    # "empty": what a launcher killed between making the directory and its record leaves.
+    assert sweep(str(base)) == ["empty", "vm1", "vm2"]
     assert full.wait(timeout=10) == -signal.SIGKILL
     assert relative.wait(timeout=10) == -signal.SIGKILL
     assert other.poll() is None  # the same id under another base directory
