@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import sqlite3
@@ -68,6 +69,8 @@ _ADDED_COLUMNS = {"throttles": "INTEGER NOT NULL DEFAULT 0",
 MAX_BACKOFF_SECONDS = 300.0
 #: How long outcomes wait to share a commit: far below any retry delay that follows.
 WRITE_BEHIND_SECONDS = 0.005
+_INSERT = ("INSERT INTO async_events (request_id, function, qualifier, invoked_arn, payload, "
+           "enqueued) VALUES (?, ?, ?, ?, ?, ?)")
 #: Payload bytes of accepted events also kept in memory, which spares a read per run; past
 #: this, a backlog is read back from the table.
 MEMORY_BYTES = 64 << 20
@@ -92,10 +95,8 @@ class _Event:
                    bytes(row["payload"]), row["enqueued"], row["attempts"], row["throttles"])
 
     def insert(self) -> tuple[str, tuple[Any, ...]]:
-        return ("INSERT INTO async_events (request_id, function, qualifier, invoked_arn, "
-                "payload, enqueued) VALUES (?, ?, ?, ?, ?, ?)",
-                (self.request_id, self.function, self.qualifier, self.invoked_arn,
-                 self.payload, self.enqueued))
+        return _INSERT, (self.request_id, self.function, self.qualifier, self.invoked_arn,
+                         self.payload, self.enqueued)
 
 
 class AsyncQueue:
@@ -144,8 +145,7 @@ class AsyncQueue:
         assert done is not None
         try:
             with self.db.transaction() as tx:
-                for event in events:
-                    tx.execute(*event.insert())
+                tx.executemany(_INSERT, [event.insert()[1] for event in events])
         except Exception as exc:  # noqa: BLE001 - every waiting caller answers the failure
             done.set_exception(exc)
             return
@@ -263,8 +263,10 @@ class AsyncQueue:
         self._writes, self._then, self._flush_handle = [], [], None
         if writes:
             with self.db.transaction() as tx:
-                for sql, params in writes:
-                    tx.execute(sql, params)
+                # In order; a run of the same statement (the common case: deletes) as one
+                # executemany, much cheaper than one execute per event.
+                for sql, run in itertools.groupby(writes, key=lambda write: write[0]):
+                    tx.executemany(sql, [params for _, params in run])
         for call in then:
             call()
 
