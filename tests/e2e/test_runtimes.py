@@ -159,7 +159,8 @@ def test_timeout_is_sandbox_timedout_and_next_invoke_works(lambda_client: Any) -
     name = create_python_function(lambda_client, MISBEHAVING, Timeout=1)
     _, body = invoke(lambda_client, name, {"action": "spawn"})
     first = body["env"]
-    assert len(environment_pids(first)) == 2  # the runtime and the process it started
+    # The runtime and the process it started (waited for, as in test_shutdown).
+    assert wait_for(lambda: len(environment_pids(first)) == 2, timeout=10)
     response, body = invoke(lambda_client, name, {"action": "sleep"}, LogType="Tail")
     assert response["StatusCode"] == 200
     assert response["FunctionError"] == "Unhandled"
