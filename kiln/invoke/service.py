@@ -26,10 +26,9 @@ from kiln.invoke.logs import TAIL_BYTES, LogStore, report_line
 from kiln.runtime.types import Invocation, InvocationResult
 
 _DEDUPE_MAX = 10_000
-#: The REPORT line's Status for the outcomes that have one.
-_REPORT_STATUS = {"timeout": "timeout", "crash": "error", "init": "error"}
-#: Outcomes whose log block has a line stamped with the time it is written.
-_TIMESTAMPED = ("timeout", "crash", "init")
+#: The platform's failures, each with its REPORT Status; their log blocks also carry an
+#: error line stamped with the time it is written.
+_FAILURES = {"timeout": "timeout", "crash": "error", "init": "error"}
 
 
 # Values made on every invoke: slots rather than frozen (a frozen dataclass's __init__ sets
@@ -122,44 +121,43 @@ class Invoker:
             finally:
                 await self.assignment.release(env)
         duration = (time.perf_counter() - started) * 1000
-        output = env.output.take()
+        # The block but for the memory peak (read once the caller has its answer).
+        block = functools.partial(_lines, record, request_id, result, status, init_lines,
+                                  env.output.take(), duration, init_duration, restore_duration)
         if not request.tail:
-            # Nobody waits for the log: read the memory peak for its REPORT (a system call)
-            # after the caller has its answer, and format the block with the next batch.
-            env.loop.call_soon(
-                self._log_later, record, env, request_id, result, status, init_lines, output,
-                duration, init_duration, restore_duration)
+            env.loop.call_soon(self._log_later, record.name, env, status, block)
             return InvokeOutcome(request_id, result, record.version, status)
-        lines = _lines(record, env.sandbox.max_memory_used_mb(), request_id, result, status,
-                       init_lines, output, duration, init_duration, restore_duration)
-        self.logs.append(record.name, "\n".join(lines) + "\n")
+        lines = block(env.sandbox.max_memory_used_mb())
+        self.logs.append(record.name, _text(lines))
         # This invocation's part only: init output belongs to the environment's log,
         # unless INIT failed and that output is the only account of why.
         shown = lines if status == "init" else lines[len(init_lines):]
-        block = ("\n".join(shown) + "\n").encode()
-        tail = base64.b64encode(block[-TAIL_BYTES:]).decode()
+        tail = base64.b64encode(_text(shown).encode()[-TAIL_BYTES:]).decode()
         return InvokeOutcome(request_id, result, record.version, status, tail)
 
-    def _log_later(self, record: FunctionRecord, env: Environment, request_id: str,
-                   result: InvocationResult, status: str, init_lines: list[str],
-                   output: list[str], duration: float, init_duration: float | None,
-                   restore_duration: float | None) -> None:
-        lines = functools.partial(
-            _lines, record, env.sandbox.max_memory_used_mb(), request_id, result, status,
-            init_lines, output, duration, init_duration, restore_duration)
-        if status in _TIMESTAMPED:  # its lines tell the time they are made: now
-            self.logs.append(record.name, "\n".join(lines()) + "\n")
+    def _log_later(self, function_name: str, env: Environment, status: str,
+                   block: Callable[[int], list[str]]) -> None:
+        """Nobody waits for this log: read the memory peak for its REPORT (a system call),
+        and format the block with the next batch."""
+        lines = functools.partial(block, env.sandbox.max_memory_used_mb())
+        if status in _FAILURES:  # its lines tell the time they are made: now
+            self.logs.append(function_name, _text(lines()))
         else:
-            self.logs.defer(record.name, lambda: "\n".join(lines()) + "\n")
+            self.logs.defer(function_name, lambda: _text(lines()))
 
 
-def _lines(record: FunctionRecord, max_memory: int, request_id: str, result: InvocationResult,
-           status: str, init_lines: list[str], output: list[str], duration: float,
-           init_duration: float | None, restore_duration: float | None) -> list[str]:
+def _text(lines: list[str]) -> str:
+    return "\n".join(lines) + "\n"
+
+
+def _lines(record: FunctionRecord, request_id: str, result: InvocationResult, status: str,
+           init_lines: list[str], output: list[str], duration: float,
+           init_duration: float | None, restore_duration: float | None,
+           max_memory: int) -> list[str]:
     """The invocation's START ... REPORT block, as lines."""
     lines = [*init_lines, f"START RequestId: {request_id} Version: {record.version}"]
     lines.extend(output)
-    if status in _TIMESTAMPED:
+    if status in _FAILURES:
         error = result.error_json()
         lines.append(f"{_now_iso()} {request_id} {error.get('errorMessage', '')}")
         if status != "timeout":
@@ -168,7 +166,7 @@ def _lines(record: FunctionRecord, max_memory: int, request_id: str, result: Inv
     lines.append(report_line(
         request_id, duration, record.memory_size, max_memory, init_duration,
         restore_duration_ms=restore_duration,
-        status=_REPORT_STATUS.get(status),
+        status=_FAILURES.get(status),
         error_type=result.error_type if status in ("crash", "init") else None))
     return lines
 
