@@ -60,16 +60,15 @@ class InvokeApp:
         self._ids: dict[tuple[str, str | None], tuple[FunctionId, str]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            match = _INVOKE_PATH.match(scope["path"])
-            if match:
-                await self.invoke(scope, receive, send, match[1])
-                return
+        name = self.target(scope) if scope["type"] == "http" else None
+        if name is not None:
+            await self.invoke(scope, receive, send, name)
+            return
         await self.app(scope, receive, send)
 
     def target(self, scope: Scope) -> str | None:
-        """The function an Invoke request names (for ``kiln.http_protocol``, which answers
-        it with ``answer`` rather than through ASGI); None for any other request."""
+        """The function an Invoke request names; None for any other request (also for
+        ``kiln.http_protocol``, which answers Invoke with ``answer`` rather than ASGI)."""
         if scope["method"] != "POST" or is_gateway(scope):
             return None
         match = _INVOKE_PATH.match(scope["path"])
