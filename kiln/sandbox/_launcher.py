@@ -456,16 +456,10 @@ def _supervise(ctl: socket.socket, pid: int) -> None:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda _s, _f: None)
     while True:
-        while True:  # first of all: the runtime may have exited before the handler was set
-            try:
-                child, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if child == 0:
-                break
+        # First of all: the runtime may have exited before the handler was set.
+        for child, status in ns.reaped():
             if child == pid:
-                code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-                _send(ctl, f"exit {code}")
+                _send(ctl, f"exit {os.waitstatus_to_exitcode(status)}")
                 os._exit(0)
         try:
             ready, _, _ = select.select([ctl.fileno(), wake_r], [], [])

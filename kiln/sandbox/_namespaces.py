@@ -14,7 +14,7 @@ import fcntl
 import os
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -118,15 +118,22 @@ def drop_privileges(uid: int, gid: int) -> None:
     os.setresuid(uid, uid, uid)
 
 
-def reap_children() -> None:
-    """Collect every exited child, without waiting."""
+def reaped() -> Iterator[tuple[int, int]]:
+    """(pid, wait status) of each child that has exited, collected without waiting."""
     while True:
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
+            pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
             return
+        yield pid, status
+
+
+def reap_children() -> None:
+    """Collect every exited child, without waiting."""
+    for _ in reaped():
+        pass
 
 
 def map_own_ids(uid: int, gid: int) -> None:
