@@ -15,7 +15,7 @@ import contextlib
 import json
 import random
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -1533,14 +1533,19 @@ def _error_details_obj(failure: StatesFailure) -> dict[str, Any]:
     return out
 
 
-async def _gather_fail_fast(work: Sequence[Awaitable[JSON]]) -> list[JSON]:
+async def _cancel_all(tasks: Collection[asyncio.Future[Any]]) -> None:
+    """Cancel ``tasks`` and wait until each has unwound (one failure ends its siblings)."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _gather_fail_fast(work: Sequence[Awaitable[T]]) -> list[T]:
     tasks = [asyncio.ensure_future(w) for w in work]
     try:
         return list(await asyncio.gather(*tasks))
     except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await _cancel_all(tasks)
         raise
 
 
@@ -1576,9 +1581,7 @@ async def _run_adaptive(fn: Callable[[int], Awaitable[None]], count: int, run: M
                 workers.add(asyncio.ensure_future(worker()))
             await wake.wait()
     except BaseException:
-        for task in workers:
-            task.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
+        await _cancel_all(workers)
         raise
 
 
@@ -1596,14 +1599,7 @@ async def _run_bounded(fn: Callable[[int], Awaitable[None]], count: int, limit: 
     if workers == 1:
         await worker()
         return
-    tasks = [asyncio.ensure_future(worker()) for _ in range(workers)]
-    try:
-        await asyncio.gather(*tasks)
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
+    await _gather_fail_fast([worker() for _ in range(workers)])
 
 
 Handler = Callable[
