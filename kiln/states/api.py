@@ -58,6 +58,13 @@ def _validation(message: str) -> AwsError:
     return _err("ValidationException", message)
 
 
+def _name(value: Any, *, alias: bool = False) -> str:
+    """A valid resource name, else InvalidName; an alias's may not be all digits (a version's)."""
+    if not valid_name(value) or (alias and str(value).isdigit()):
+        raise _err("InvalidName", f"Invalid Name: '{value}'")
+    return str(value)
+
+
 class StatesApi:
     def __init__(self, db: Database, invoker: FunctionInvoker, region: str, account_id: str,
                  clock: Clock | None = None) -> None:
@@ -199,9 +206,7 @@ class StatesApi:
     # ------------------------------------------------------------------ state machines
 
     async def op_create_state_machine(self, body: dict[str, Any]) -> dict[str, Any]:
-        name = body.get("name")
-        if not valid_name(name):
-            raise _err("InvalidName", f"Invalid Name: '{name}'")
+        name = _name(body.get("name"))
         sm_type = body.get("type", "STANDARD")
         if sm_type not in ("STANDARD", "EXPRESS"):
             raise _validation(f"1 validation error detected: Value '{sm_type}' at 'type' failed "
@@ -212,7 +217,7 @@ class StatesApi:
             raise _err("InvalidArn", f"Invalid Arn: 'Invalid ARN prefix: {role}'")
         definition = body.get("definition")
         self._definition_error(definition, sm_type == "EXPRESS")
-        arn = self._arn("stateMachine", str(name))
+        arn = self._arn("stateMachine", name)
         tags = self._tags(body.get("tags"), arn)
         existing = self.store.machine(arn)
         logging = body.get("loggingConfiguration") or {"level": "OFF",
@@ -373,9 +378,7 @@ class StatesApi:
                 for r in routing]
 
     async def op_create_state_machine_alias(self, body: dict[str, Any]) -> dict[str, Any]:
-        name = body.get("name")
-        if not valid_name(name) or str(name).isdigit():
-            raise _err("InvalidName", f"Invalid Name: '{name}'")
+        name = _name(body.get("name"), alias=True)
         routing = body.get("routingConfiguration")
         first = routing[0].get("stateMachineVersionArn") if isinstance(routing, list) and \
             routing and isinstance(routing[0], dict) else None
@@ -389,7 +392,7 @@ class StatesApi:
                 return {"stateMachineAliasArn": arn, "creationDate": existing["created"]}
             raise _err("ConflictException", f"Alias already exists: '{arn}'")
         created = self.clock.now()
-        self.store.put_alias(arn, machine_arn, str(name), body.get("description"), routes,
+        self.store.put_alias(arn, machine_arn, name, body.get("description"), routes,
                              created, None)
         return {"stateMachineAliasArn": arn, "creationDate": created}
 
@@ -467,9 +470,7 @@ class StatesApi:
 
     async def op_start_execution(self, body: dict[str, Any]) -> dict[str, Any]:
         machine = self._resolve(body.get("stateMachineArn"))
-        name = body.get("name") or str(uuid.uuid4())
-        if not valid_name(name):
-            raise _err("InvalidName", f"Invalid Name: '{name}'")
+        name = _name(body.get("name") or str(uuid.uuid4()))
         input_text = self._input(body.get("input"))
         if machine["type"] == "EXPRESS":
             arn = self._arn("express", f"{machine['name']}:{name}:{uuid.uuid4()}")
@@ -489,9 +490,7 @@ class StatesApi:
         if machine["type"] != "EXPRESS":
             raise _err("StateMachineTypeNotSupported",
                        "This operation is not supported by this type of state machine")
-        name = body.get("name") or str(uuid.uuid4())
-        if not valid_name(name):
-            raise _err("InvalidName", f"Invalid Name: '{name}'")
+        name = _name(body.get("name") or str(uuid.uuid4()))
         input_text = self._input(body.get("input"))
         arn = self._arn("express", f"{machine['name']}:{name}:{uuid.uuid4()}")
         running = self.executions.start_express(machine, arn, name, input_text)
@@ -777,16 +776,14 @@ class StatesApi:
         return row
 
     async def op_create_activity(self, body: dict[str, Any]) -> dict[str, Any]:
-        name = body.get("name")
-        if not valid_name(name):
-            raise _err("InvalidName", f"Invalid Name: '{name}'")
-        arn = self._arn("activity", str(name))
+        name = _name(body.get("name"))
+        arn = self._arn("activity", name)
         tags = self._tags(body.get("tags"), arn)
         existing = self.store.activity(arn)
         if existing is not None:
             return {"activityArn": arn, "creationDate": existing["created"]}
         created = self.clock.now()
-        self.store.insert_activity(arn, str(name), created)
+        self.store.insert_activity(arn, name, created)
         self.store.tag(arn, tags)
         return {"activityArn": arn, "creationDate": created}
 
