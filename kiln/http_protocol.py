@@ -12,9 +12,9 @@ with a bounded body is parsed, it is answered here, in one write:
   (middleware included), given the collected body and a ``send`` that writes the response once
   it is complete.
 
-A function's result is answered the moment it arrives: Invoke and the gateways hand the
-response to ``_write_now`` (for the gateways, through the ASGI scope extension
-``kiln.early_answer``) from the Runtime API's callback, before the bookkeeping that follows.
+A function's result is answered the moment it arrives: each of these requests is offered
+``_write_now`` as its early answer (``kiln.aws.early``), which Invoke and the gateways call from
+the Runtime API's callback, before the bookkeeping that follows.
 
 Everything else (the control plane, streamed or unbounded bodies, ``Expect: 100-continue``,
 HEAD) goes through uvicorn's own cycle as usual.
@@ -35,10 +35,11 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 
+from kiln.aws.early import EARLY_ANSWER
 from kiln.aws.errors import AwsError
 from kiln.gateway.addressing import is_gateway
 from kiln.gateway.dispatch import GatewayDispatch
-from kiln.gateway.proxy import API_PAYLOAD_MAX, EARLY_ANSWER
+from kiln.gateway.proxy import API_PAYLOAD_MAX
 from kiln.invoke.api import SYNC_PAYLOAD_LIMIT, InvokeApp
 
 log = logging.getLogger("kiln")
@@ -108,8 +109,7 @@ class KilnHttpProtocol(HttpToolsProtocol):
                 raise AwsError.too_large(message.format(limit=limit, size=len(payload)))
             return payload
 
-        answer = await self._invoke.answer(cast(Scope, cycle.scope), name, read,
-                                           functools.partial(self._write_now, cycle))
+        answer = await self._invoke.answer(self._offer_early(cycle), name, read)
         if not cycle.response_complete:
             await self._respond(cycle, *answer)
 
@@ -117,9 +117,7 @@ class KilnHttpProtocol(HttpToolsProtocol):
         body = await self._body(cycle)
         if body is None:
             return
-        scope = cast(Scope, cycle.scope)
-        scope.setdefault("extensions", {})[EARLY_ANSWER] = functools.partial(self._write_now,
-                                                                             cycle)
+        scope = self._offer_early(cycle)
         received = False
         start: Message | None = None
         chunks: list[bytes] = []
@@ -168,6 +166,13 @@ class KilnHttpProtocol(HttpToolsProtocol):
             await self.flow.drain()
         if not cycle.disconnected:
             self._write(cycle, status, headers, body)
+
+    def _offer_early(self, cycle: RequestResponseCycle) -> Scope:
+        """The request's scope, with ``_write_now`` offered as its early answer."""
+        scope = cast(Scope, cycle.scope)
+        scope.setdefault("extensions", {})[EARLY_ANSWER] = functools.partial(self._write_now,
+                                                                             cycle)
+        return scope
 
     def _write_now(self, cycle: RequestResponseCycle, status: int,
                    headers: list[tuple[bytes, bytes]], body: bytes) -> bool:

@@ -16,12 +16,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
 
 import orjson
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
+from kiln.aws.early import EarlyAnswer, early_answer
 from kiln.aws.errors import AwsError
 from kiln.aws.restjson import receive_body
 from kiln.config import Settings
@@ -54,10 +54,6 @@ _TIMED_OUT = (504, {"message": "Endpoint request timed out"})
 _TOO_LARGE = (413, {"message": "Request Entity Too Large"})
 #: One encoder for every gateway-made answer: json.dumps with options builds one per call.
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
-#: ASGI scope extension: ``early(status, headers, body) -> bool``, True if it wrote the
-#: response (then the app sends nothing more).
-EARLY_ANSWER = "kiln.early_answer"
-EarlyAnswer = Callable[[int, list[tuple[bytes, bytes]], bytes], bool]
 
 
 class HttpProxy:
@@ -142,8 +138,7 @@ class HttpProxy:
         answered = False
 
         def answer_now(body: bytes, error_type: str | None) -> None:
-            # Kiln's HTTP protocol writes the answer from the Runtime API's callback, the
-            # moment the function has its result (see kiln.http_protocol).
+            # Written from the Runtime API's callback, if the server offers it (kiln.aws.early).
             nonlocal answered
             status, headers, answer = self._mapped(body, error_type, function_arn, version,
                                                    cors, request)
@@ -238,14 +233,6 @@ async def send_json(send: Send, status: int, body: dict[str, str], cors: Cors | 
                 request: HttpRequest | None = None) -> None:
     """A gateway-made JSON answer (errors), with CORS headers when configured."""
     await send_raw(send, *_json_answer(status, body, cors, request))
-
-
-def early_answer(scope: Scope) -> EarlyAnswer | None:
-    """The server's way to write this request's response at once, from a callback (the ASGI
-    extension ``kiln.early_answer`` of ``kiln.http_protocol``), if it offers one."""
-    extensions = scope.get("extensions")
-    early: EarlyAnswer | None = extensions.get(EARLY_ANSWER) if extensions else None
-    return early
 
 
 def _json_answer(status: int, body: dict[str, str], cors: Cors | None = None,

@@ -16,6 +16,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kiln.aws.arn import FunctionId
+from kiln.aws.early import early_answer
 from kiln.aws.errors import AwsError
 from kiln.aws.restjson import aws_endpoint, json_response, receive_body
 from kiln.functions.api import function_id, qualified_function_id
@@ -40,8 +41,6 @@ _IDS_MAX = 4096
 log = logging.getLogger("kiln")
 #: ``read(limit, message, declared Content-Length)``: the request's payload (see InvokeApp.answer).
 ReadPayload = Callable[[int, str, "str | None"], Awaitable[bytes]]
-#: ``early(status, headers, body)``: a response to write now (see InvokeApp.answer).
-Answer = Callable[[int, list[tuple[bytes, bytes]], bytes], object]
 
 
 class InvokeApp:
@@ -86,16 +85,16 @@ class InvokeApp:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    async def answer(self, scope: Scope, name: str, read: ReadPayload,
-                     early: Answer | None = None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    async def answer(self, scope: Scope, name: str, read: ReadPayload
+                     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """The Invoke response: status, headers (without Content-Length) and body; errors are
         answered in AWS's shape.  ``read(limit, message, declared)`` gives the payload, or
-        raises RequestEntityTooLargeException with ``message`` past ``limit`` bytes.  ``early``,
-        if given, is handed a synchronous invoke's response the moment the function has its
-        result (no log tail asked for), before the bookkeeping that follows; the same response
-        is returned all the same."""
+        raises RequestEntityTooLargeException with ``message`` past ``limit`` bytes.  A
+        synchronous invoke's response (no log tail asked for) also goes to the scope's early
+        answer (``kiln.aws.early``) the moment the function has its result; it is returned all
+        the same."""
         try:
-            return await self._invoke(scope, name, read, early)
+            return await self._invoke(scope, name, read)
         except AwsError as exc:
             return exc.wire()
         except ClientDisconnect:
@@ -105,7 +104,7 @@ class InvokeApp:
             log.exception("unhandled error in Invoke", exc_info=exc)
             return AwsError.service(f"Internal error: {type(exc).__name__}").wire()
 
-    async def _invoke(self, scope: Scope, name: str, read: ReadPayload, early: Answer | None
+    async def _invoke(self, scope: Scope, name: str, read: ReadPayload
                       ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         kiln = self.kiln
         headers = {key.decode("latin-1"): value.decode("latin-1")
@@ -169,6 +168,7 @@ class InvokeApp:
             # A retried request (same SDK invocation id) gets the first attempt's outcome.
             dedupe_key=f"{invoked_arn}#{invocation_id}" if invocation_id else None,
         )
+        early = early_answer(scope)
         if early is not None and not sync.tail:
             request_id, version = sync.request_id, record.version
             sync.on_result = lambda result: early(*_sync_answer(result, request_id, version))

@@ -176,6 +176,7 @@ class Environment:
         finally:
             timer.cancel()
             self._exit.remove_done_callback(on_exit)
+        self.last_used = time.monotonic()
         if status != "ok":
             # A timeout fires from the timer phase, a crash may be seen before the output
             # pipe's last bytes: read them now.  An answer over the Runtime API needs no read:
@@ -183,8 +184,6 @@ class Environment:
             # output (its reader drains to the end) no later than the answer, and before this
             # coroutine resumed (one system call less per invoke).
             self.sandbox.drain_output()
-        self.last_used = time.monotonic()
-        if status != "ok":
             await self.destroy()
             return result, status
         self.state = State.IDLE
