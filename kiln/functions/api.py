@@ -12,6 +12,7 @@ from kiln.aws.arn import QUALIFIER_RE, FunctionId, parse_function_id
 from kiln.aws.errors import AwsError
 from kiln.aws.restjson import aws_endpoint, empty_response, json_body, json_response
 from kiln.functions.types import FunctionRecord
+from kiln.functions.validation import field_error
 
 if TYPE_CHECKING:
     from kiln.server import Kiln
@@ -37,9 +38,8 @@ def qualified_function_id(kiln: Kiln, name: str, qualifier: str | None) -> Funct
     """``name`` (a name, partial or full ARN) with a ``Qualifier`` parameter folded in."""
     parsed = parse_function_id(name, kiln.settings.account_id)
     if qualifier is not None and not QUALIFIER_RE.match(qualifier):
-        raise AwsError.invalid_parameter(
-            f"1 validation error detected: Value '{qualifier}' at 'qualifier' failed to satisfy "
-            "constraint: Member must satisfy regular expression pattern: (|[a-zA-Z0-9$_-]+)")
+        raise field_error(qualifier, "qualifier",
+                          "Member must satisfy regular expression pattern: (|[a-zA-Z0-9$_-]+)")
     if qualifier is not None and parsed.qualifier is not None and qualifier != parsed.qualifier:
         raise AwsError.invalid_parameter(
             "The derived qualifier from the function name does not match the specified "
@@ -52,9 +52,7 @@ def max_items(request: Request, allowed: int = 10000) -> int:
     the 50 items AWS pages hold."""
     raw = request.query_params.get("MaxItems", str(LIST_PAGE_MAX))
     if not raw.isdigit() or not 1 <= int(raw) <= allowed:
-        raise AwsError.invalid_parameter(
-            f"1 validation error detected: Value '{raw}' at 'maxItems' failed to satisfy "
-            f"constraint: Member must have value between 1 and {allowed}")
+        raise field_error(raw, "maxItems", f"Member must have value between 1 and {allowed}")
     return min(int(raw), LIST_PAGE_MAX)
 
 
@@ -98,9 +96,8 @@ def routes(kiln: Kiln) -> list[Route]:
     async def list_functions(request: Request) -> Response:
         version = request.query_params.get("FunctionVersion")
         if version is not None and version != "ALL":
-            raise AwsError.invalid_parameter(
-                f"1 validation error detected: Value '{version}' at 'functionVersion' failed to "
-                "satisfy constraint: Member must satisfy enum value set: [ALL]")
+            raise field_error(version, "functionVersion",
+                              "Member must satisfy enum value set: [ALL]")
         records, marker = functions.list(request.query_params.get("Marker"), max_items(request),
                                          all_versions=version == "ALL")
         return page("Functions", [listed(r) for r in records], marker)

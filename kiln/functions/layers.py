@@ -41,6 +41,7 @@ from kiln.functions.code import (
 )
 from kiln.functions.paging import decode_marker, encode_marker
 from kiln.functions.types import FunctionRecord, timestamp
+from kiln.functions.validation import field_error, null_error
 from kiln.store import Database
 
 SCHEMA = [
@@ -85,12 +86,6 @@ _NAME_CONSTRAINT = ("Member must satisfy regular expression pattern: (arn:[a-zA-
                     "[a-zA-Z0-9-]+:\\d{12}:layer:[a-zA-Z0-9-_]+)|[a-zA-Z0-9-_]+")
 
 
-def _invalid(value: Any, field: str, constraint: str) -> AwsError:
-    return AwsError.invalid_parameter(
-        f"1 validation error detected: Value '{value}' at '{field}' failed to satisfy "
-        f"constraint: {constraint}")
-
-
 class LayerStore:
     def __init__(self, db: Database, code: CodeStore, arns: ArnBuilder,
                  configs: Callable[[], Iterable[dict[str, Any]]],
@@ -119,9 +114,7 @@ class LayerStore:
                                  ARCHITECTURES, 2)
         content = fields.mapping("Content")
         if content is None:
-            raise AwsError.invalid_parameter(
-                "1 validation error detected: Value null at 'content' failed to satisfy "
-                "constraint: Member must not be null")
+            raise null_error("content")
         data = uploaded_zip(Fields(content))
         info = self.code.save(data)
         row = self.db.query_one("SELECT last_version FROM layer_counters WHERE name = ?", (name,))
@@ -159,8 +152,8 @@ class LayerStore:
     def get_by_arn(self, arn: str | None) -> tuple[dict[str, Any], str]:
         match = LAYER_ARN_RE.fullmatch(arn or "")
         if arn is None or match is None or match["version"] is None:
-            raise _invalid(arn, "arn", f"Member must satisfy regular expression pattern: "
-                                       f"{VERSION_ARN_PATTERN}")
+            raise field_error(arn, "arn", f"Member must satisfy regular expression pattern: "
+                                          f"{VERSION_ARN_PATTERN}")
         if not self._ours(match):
             raise AwsError.not_found(_NOT_FOUND)
         return self.get(match["name"], match["version"])
@@ -216,20 +209,20 @@ class LayerStore:
         fields = Fields(body)
         sid = fields.string("StatementId")
         if not sid or len(sid) > 100 or not re.fullmatch(r"[a-zA-Z0-9_-]+", sid):
-            raise _invalid(sid, "statementId", "Member must satisfy regular expression pattern: "
-                                               "([a-zA-Z0-9-_]+)")
+            raise field_error(sid, "statementId", "Member must satisfy regular expression pattern: "
+                                                  "([a-zA-Z0-9-_]+)")
         action = fields.string("Action")
         if action != "lambda:GetLayerVersion":
-            raise _invalid(action, "action", "Member must satisfy regular expression pattern: "
-                                             "lambda:GetLayerVersion")
+            raise field_error(action, "action", "Member must satisfy regular expression pattern: "
+                                                "lambda:GetLayerVersion")
         principal = fields.string("Principal")
         if principal is None or not _POLICY_PRINCIPAL_RE.fullmatch(principal):
-            raise _invalid(principal, "principal", "Member must satisfy regular expression "
-                           "pattern: \\d{12}|\\*|arn:(aws[a-zA-Z-]*):iam::\\d{12}:root")
+            raise field_error(principal, "principal", "Member must satisfy regular expression "
+                              "pattern: \\d{12}|\\*|arn:(aws[a-zA-Z-]*):iam::\\d{12}:root")
         organization = fields.string("OrganizationId")
         if organization is not None and not re.fullmatch(r"o-[a-z0-9]{10,32}", organization):
-            raise _invalid(organization, "organizationId",
-                           "Member must satisfy regular expression pattern: o-[a-z0-9]{10,32}")
+            raise field_error(organization, "organizationId",
+                              "Member must satisfy regular expression pattern: o-[a-z0-9]{10,32}")
         name, number, row = self._policy_target(layer, version)
         policy = json.loads(row["policy"]) if row["policy"] else {"Statements": []}
         _check_policy_revision(policy, revision_id)
@@ -283,11 +276,11 @@ class LayerStore:
         for arn in arns:
             match = LAYER_ARN_RE.fullmatch(arn) if isinstance(arn, str) else None
             if match is None or match["version"] is None:
-                raise _invalid(f"[{arn}]", "layers",
-                               "Member must satisfy constraint: [Member must have length less "
-                               "than or equal to 140, Member must have length greater than or "
-                               "equal to 1, Member must satisfy regular expression pattern: "
-                               f"{VERSION_ARN_PATTERN}, Member must not be null]")
+                raise field_error(f"[{arn}]", "layers",
+                                  "Member must satisfy constraint: [Member must have length less "
+                                  "than or equal to 140, Member must have length greater than or "
+                                  "equal to 1, Member must satisfy regular expression pattern: "
+                                  f"{VERSION_ARN_PATTERN}, Member must not be null]")
             if match["region"] != self.arns.region:
                 raise AwsError.invalid_parameter(
                     "Layers are not in the same region as the function. Layers are expected to "
@@ -376,10 +369,10 @@ class LayerStore:
         if layer.startswith("arn:"):
             match = LAYER_ARN_RE.fullmatch(layer)
             if match is None or match["version"] is not None or not self._ours(match):
-                raise _invalid(layer, "layerName", _NAME_CONSTRAINT)
+                raise field_error(layer, "layerName", _NAME_CONSTRAINT)
             return match["name"]
         if not NAME_RE.fullmatch(layer):
-            raise _invalid(layer, "layerName", _NAME_CONSTRAINT)
+            raise field_error(layer, "layerName", _NAME_CONSTRAINT)
         return layer
 
     def _ours(self, match: re.Match[str]) -> bool:
@@ -444,7 +437,7 @@ def _version_number(raw: str) -> int:
 def _text(fields: Fields, key: str, label: str, limit: int) -> str | None:
     value = fields.string(key)
     if value is not None and len(value) > limit:
-        raise _invalid("...", label, f"Member must have length less than or equal to {limit}")
+        raise field_error("...", label, f"Member must have length less than or equal to {limit}")
     return value
 
 
@@ -454,21 +447,21 @@ def _choices(fields: Fields, key: str, label: str, allowed: tuple[str, ...],
     if values is None:
         return None
     if len(values) > limit:
-        raise _invalid(values, label, f"Member must have length less than or equal to {limit}")
+        raise field_error(values, label, f"Member must have length less than or equal to {limit}")
     for value in values:
         if value not in allowed:
-            raise _invalid(values, label, "Member must satisfy constraint: [Member must satisfy "
-                           f"enum value set: [{', '.join(allowed)}]]")
+            raise field_error(values, label, "Member must satisfy constraint: [Member must satisfy "
+                              f"enum value set: [{', '.join(allowed)}]]")
     return list(values)
 
 
 def _filters(runtime: str | None, architecture: str | None) -> None:
     if runtime is not None and runtime not in RUNTIMES:
-        raise _invalid(runtime, "compatibleRuntime",
-                       f"Member must satisfy enum value set: [{', '.join(RUNTIMES)}]")
+        raise field_error(runtime, "compatibleRuntime",
+                          f"Member must satisfy enum value set: [{', '.join(RUNTIMES)}]")
     if architecture is not None and architecture not in ARCHITECTURES:
-        raise _invalid(architecture, "compatibleArchitecture",
-                       "Member must satisfy enum value set: [x86_64, arm64]")
+        raise field_error(architecture, "compatibleArchitecture",
+                          "Member must satisfy enum value set: [x86_64, arm64]")
 
 
 def _matches(info: dict[str, Any], runtime: str | None, architecture: str | None) -> bool:

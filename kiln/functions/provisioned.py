@@ -22,6 +22,7 @@ from kiln.aws.restjson import Fields
 from kiln.functions.concurrency import minimum_unreserved
 from kiln.functions.paging import decode_marker, encode_marker
 from kiln.functions.types import FunctionRecord, timestamp
+from kiln.functions.validation import field_error, null_error
 from kiln.store import Database
 
 if TYPE_CHECKING:
@@ -144,14 +145,10 @@ class Provisioning:
                 "versions.")
         requested = Fields(body).integer("ProvisionedConcurrentExecutions")
         if requested is None:
-            raise AwsError.invalid_parameter(
-                "1 validation error detected: Value null at 'provisionedConcurrentExecutions' "
-                "failed to satisfy constraint: Member must not be null")
+            raise null_error("provisionedConcurrentExecutions")
         if requested < 1:
-            raise AwsError.invalid_parameter(
-                f"1 validation error detected: Value '{requested}' at "
-                "'provisionedConcurrentExecutions' failed to satisfy constraint: Member must "
-                "have value greater than or equal to 1")
+            raise field_error(requested, "provisionedConcurrentExecutions",
+                              "Member must have value greater than or equal to 1")
         self._target(name, qualifier)  # ResourceNotFoundException for unknown qualifiers
         self._check_conflicts(name, qualifier)
         self._check_capacity(name, qualifier, requested)
@@ -296,9 +293,7 @@ def _share(split: list[tuple[FunctionRecord, float]],
 
 def _qualifier(qualifier: str | None) -> str:
     if not qualifier:
-        raise AwsError.invalid_parameter(
-            "1 validation error detected: Value null at 'qualifier' failed to satisfy "
-            "constraint: Member must not be null")
+        raise null_error("qualifier")
     return qualifier
 
 

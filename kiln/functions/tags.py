@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from kiln.aws.errors import AwsError
+from kiln.functions.validation import field_error, null_error
 from kiln.store import Database
 
 SCHEMA = [
@@ -77,13 +78,11 @@ def validated(tags: Any) -> dict[str, str]:
     _check_count(tags)
     for key, value in tags.items():
         if not 1 <= len(key) <= 128 or not _allowed(key):
-            raise AwsError("ValidationException", f"1 validation error detected: Value "
-                           f"'{_shown(tags)}' at 'tags' failed to satisfy constraint: Map keys "
-                           f"must satisfy constraint: {_KEY_CONSTRAINTS}")
+            raise field_error(_shown(tags), "tags", "Map keys must satisfy constraint: "
+                              f"{_KEY_CONSTRAINTS}", "ValidationException")
         if len(value) > 256 or not _allowed(value):
-            raise AwsError("ValidationException", f"1 validation error detected: Value "
-                           f"'{_shown(tags)}' at 'tags' failed to satisfy constraint: Map value "
-                           f"must satisfy constraint: {_VALUE_CONSTRAINTS}")
+            raise field_error(_shown(tags), "tags", "Map value must satisfy constraint: "
+                              f"{_VALUE_CONSTRAINTS}", "ValidationException")
         if key.lower().startswith("aws:"):
             raise AwsError.invalid_parameter(
                 f"Invalid tag key {key}: tag keys starting with 'aws:' are reserved for AWS "
@@ -99,13 +98,11 @@ def validated(tags: Any) -> dict[str, str]:
 def validated_keys(keys: list[str]) -> list[str]:
     """UntagResource's ``tagKeys`` query parameters, checked."""
     if not keys:
-        raise AwsError("ValidationException", "1 validation error detected: Value null at "
-                       "'tagKeys' failed to satisfy constraint: Member must not be null")
+        raise null_error("tagKeys", "ValidationException")
     for key in keys:
         if not 1 <= len(key) <= 128 or not _allowed(key):
-            raise AwsError("ValidationException", f"1 validation error detected: Value "
-                           f"'[{', '.join(keys)}]' at 'tagKeys' failed to satisfy constraint: "
-                           f"Member must satisfy constraint: {_KEY_CONSTRAINTS}")
+            raise field_error(f"[{', '.join(keys)}]", "tagKeys", "Member must satisfy "
+                              f"constraint: {_KEY_CONSTRAINTS}", "ValidationException")
     return keys
 
 

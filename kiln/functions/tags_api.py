@@ -13,6 +13,7 @@ from kiln.aws.errors import AwsError
 from kiln.aws.restjson import Fields, aws_endpoint, empty_response, json_body, json_response
 from kiln.functions.api import MAX_CONFIG_BYTES
 from kiln.functions.tags import TAGGABLE_RE, validated, validated_keys
+from kiln.functions.validation import field_error, null_error
 
 if TYPE_CHECKING:
     from kiln.server import Kiln
@@ -21,9 +22,8 @@ if TYPE_CHECKING:
 def tagged_function(kiln: Kiln, resource: str) -> str:
     """The name of the existing function whose unqualified ARN is ``resource``."""
     if len(resource) > 10000 or not TAGGABLE_RE.fullmatch(resource):
-        raise AwsError("ValidationException", f"1 validation error detected: Value "
-                       f"'{resource}' at 'resource' failed to satisfy constraint: Member must "
-                       f"satisfy regular expression pattern: {TAGGABLE_RE.pattern}")
+        raise field_error(resource, "resource", "Member must satisfy regular expression "
+                          f"pattern: {TAGGABLE_RE.pattern}", "ValidationException")
     if resource.split(":")[5] != "function":  # Kiln has no other taggable resources
         raise AwsError.not_found(f"The resource you requested does not exist: {resource}")
     fid = parse_function_id(resource, kiln.settings.account_id)
@@ -51,8 +51,7 @@ def routes(kiln: Kiln) -> list[Route]:
         body = await json_body(request, MAX_CONFIG_BYTES)
         raw = Fields(body).mapping("Tags")
         if raw is None:
-            raise AwsError("ValidationException", "1 validation error detected: Value null at "
-                           "'tags' failed to satisfy constraint: Member must not be null")
+            raise null_error("tags", "ValidationException")
         placement = kiln.assignment.placement(function)
         tags.add(function, validated(raw))
         await changed(function, placement)

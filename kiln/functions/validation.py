@@ -25,18 +25,24 @@ ARCHITECTURES = ("x86_64", "arm64")
 SNAPSTART_APPLY_ON = ("PublishedVersions", "None")
 
 
-def _constraint(value: Any, field: str, constraint: str) -> AwsError:
-    return AwsError.invalid_parameter(
-        f"1 validation error detected: Value '{value}' at '{field}' failed to satisfy "
-        f"constraint: {constraint}"
-    )
+def field_error(value: Any, field: str, constraint: str,
+                code: str = "InvalidParameterValueException") -> AwsError:
+    """AWS's message for one request field failing one of its model's constraints."""
+    return AwsError(code, f"1 validation error detected: Value '{value}' at '{field}' failed "
+                          f"to satisfy constraint: {constraint}", 400)
+
+
+def null_error(field: str, code: str = "InvalidParameterValueException") -> AwsError:
+    """AWS's message for a required request field that is missing."""
+    return AwsError(code, f"1 validation error detected: Value null at '{field}' failed to "
+                          "satisfy constraint: Member must not be null", 400)
 
 
 def check_name(name: str | None, account_id: str | None = None) -> str:
     """The function name CreateFunction was given: a name, a full ARN or a partial ARN."""
     if name and NAME_RE.fullmatch(name):
         return name
-    error = _constraint(name, "functionName", "Member must satisfy regular expression pattern: "
+    error = field_error(name, "functionName", "Member must satisfy regular expression pattern: "
                         "(arn:(aws[a-zA-Z-]*)?:lambda:)?([a-z]{2}(-gov)?-[a-z]+-\\d{1}:)?"
                         "(\\d{12}:)?(function:)?([a-zA-Z0-9-_]+)(:(\\$LATEST|[a-zA-Z0-9-_]+))?")
     if not name or ":" not in name:
@@ -56,9 +62,9 @@ def _range(fields: Fields, key: str, label: str, low: int, high: int) -> int | N
     if value is None:
         return None
     if value < low:
-        raise _constraint(value, label, f"Member must have value greater than or equal to {low}")
+        raise field_error(value, label, f"Member must have value greater than or equal to {low}")
     if value > high:
-        raise _constraint(value, label, f"Member must have value less than or equal to {high}")
+        raise field_error(value, label, f"Member must have value less than or equal to {high}")
     return value
 
 
@@ -68,19 +74,19 @@ def configuration_changes(fields: Fields) -> dict[str, Any]:
     role = fields.string("Role")
     if role is not None:
         if not ROLE_RE.fullmatch(role):
-            raise _constraint(role, "role", "Member must satisfy regular expression pattern: "
+            raise field_error(role, "role", "Member must satisfy regular expression pattern: "
                               "arn:(aws[a-zA-Z-]*)?:iam::\\d{12}:role/?[a-zA-Z_0-9+=,.@\\-_/]+")
         changes["Role"] = role
     handler = fields.string("Handler")
     if handler is not None:
         if not HANDLER_RE.fullmatch(handler):
-            raise _constraint(handler, "handler", "Member must satisfy regular expression "
+            raise field_error(handler, "handler", "Member must satisfy regular expression "
                               "pattern: [^\\s]+ and have length less than or equal to 128")
         changes["Handler"] = handler
     description = fields.string("Description")
     if description is not None:
         if len(description) > 256:
-            raise _constraint("...", "description",
+            raise field_error("...", "description",
                               "Member must have length less than or equal to 256")
         changes["Description"] = description
     timeout = _range(fields, "Timeout", "timeout", 1, 900)
@@ -108,10 +114,9 @@ def configuration_changes(fields: Fields) -> dict[str, Any]:
     if snap_start is not None:
         apply_on = snap_start.get("ApplyOn")
         if apply_on not in SNAPSTART_APPLY_ON:
-            raise AwsError("ValidationException", "1 validation error detected: Value "
-                           f"'{'null' if apply_on is None else apply_on}' at 'snapStart.applyOn' "
-                           "failed to satisfy constraint: Member must satisfy enum value set: "
-                           f"[{', '.join(SNAPSTART_APPLY_ON)}]")
+            raise field_error("null" if apply_on is None else apply_on, "snapStart.applyOn",
+                              "Member must satisfy enum value set: "
+                              f"[{', '.join(SNAPSTART_APPLY_ON)}]", "ValidationException")
         changes["SnapStart"] = {"ApplyOn": apply_on}
     for key in ("TracingConfig", "LoggingConfig", "DeadLetterConfig"):
         value = fields.mapping(key)
@@ -139,7 +144,7 @@ def _variables(environment: Fields) -> dict[str, str]:
         )
     for key, value in variables.items():
         if not ENV_KEY_RE.fullmatch(key):
-            raise _constraint(key, "environment.variables",
+            raise field_error(key, "environment.variables",
                               "Map keys must satisfy constraint: [Member must satisfy regular "
                               "expression pattern: [a-zA-Z]([a-zA-Z0-9_])+]")
         if not isinstance(value, str):
@@ -162,7 +167,7 @@ def architectures(fields: Fields) -> list[str] | None:
     if value is None:
         return None
     if len(value) != 1 or value[0] not in ARCHITECTURES:
-        raise _constraint(value, "architectures", "Member must have length less than or equal "
+        raise field_error(value, "architectures", "Member must have length less than or equal "
                           "to 1, and each member must satisfy enum value set: [x86_64, arm64]")
     return list(value)
 
@@ -178,13 +183,11 @@ MAX_ALIAS_DESCRIPTION = 256
 def alias_name(name: str | None) -> str:
     """An alias name: 1-128 of [a-zA-Z0-9-_], not all digits (that would be a version)."""
     if not name:
-        raise AwsError.invalid_parameter(
-            "1 validation error detected: Value null at 'name' failed to satisfy constraint: "
-            "Member must not be null")
+        raise null_error("name")
     if len(name) > 128:
-        raise _constraint(name, "name", "Member must have length less than or equal to 128")
+        raise field_error(name, "name", "Member must have length less than or equal to 128")
     if not ALIAS_RE.fullmatch(name):
-        raise _constraint(name, "name", "Member must satisfy regular expression pattern: "
+        raise field_error(name, "name", "Member must satisfy regular expression pattern: "
                           "(?!^[0-9]+$)([a-zA-Z0-9-_]+)")
     return name
 
@@ -192,11 +195,9 @@ def alias_name(name: str | None) -> str:
 def function_version(version: str | None) -> str:
     """The version an alias points to: $LATEST or a version number."""
     if not version:
-        raise AwsError.invalid_parameter(
-            "1 validation error detected: Value null at 'functionVersion' failed to satisfy "
-            "constraint: Member must not be null")
+        raise null_error("functionVersion")
     if len(version) > 1024 or not VERSION_RE.fullmatch(version):
-        raise _constraint(version, "functionVersion", "Member must satisfy regular expression "
+        raise field_error(version, "functionVersion", "Member must satisfy regular expression "
                           "pattern: (\\$LATEST|[0-9]+)")
     return version
 
@@ -204,7 +205,7 @@ def function_version(version: str | None) -> str:
 def description(fields: Fields) -> str | None:
     value = fields.string("Description")
     if value is not None and len(value) > MAX_ALIAS_DESCRIPTION:
-        raise _constraint("...", "description",
+        raise field_error("...", "description",
                           "Member must have length less than or equal to 256")
     return value
 
@@ -230,12 +231,12 @@ def routing_weights(fields: Fields) -> dict[str, float] | None:
                 "Cannot deserialize value of type `java.lang.Double` for field "
                 "'AdditionalVersionWeights'")
         if not 0.0 <= weight <= 1.0:
-            raise _constraint(shown, "routingConfig.additionalVersionWeights",
+            raise field_error(shown, "routingConfig.additionalVersionWeights",
                               "Map value must satisfy constraint: [Member must have value less "
                               "than or equal to 1.0, Member must have value greater than or "
                               "equal to 0.0, Member must not be null]")
         if not PUBLISHED_RE.fullmatch(version) or len(version) > 1024:
-            raise _constraint(shown, "routingConfig.additionalVersionWeights",
+            raise field_error(shown, "routingConfig.additionalVersionWeights",
                               "Map keys must satisfy constraint: [Member must have length less "
                               "than or equal to 1024, Member must have length greater than or "
                               "equal to 1, Member must satisfy regular expression pattern: "
@@ -247,10 +248,8 @@ def routing_weights(fields: Fields) -> dict[str, float] | None:
 def reserved_concurrency(fields: Fields) -> int:
     value = fields.integer("ReservedConcurrentExecutions")
     if value is None:
-        raise AwsError.invalid_parameter(
-            "1 validation error detected: Value null at 'reservedConcurrentExecutions' failed "
-            "to satisfy constraint: Member must not be null")
+        raise null_error("reservedConcurrentExecutions")
     if value < 0:
-        raise _constraint(value, "reservedConcurrentExecutions",
+        raise field_error(value, "reservedConcurrentExecutions",
                           "Member must have value greater than or equal to 0")
     return value

@@ -27,6 +27,7 @@ from kiln.aws.errors import AwsError
 from kiln.aws.restjson import Fields, aws_endpoint, empty_response, json_body, json_response
 from kiln.functions.api import function_id, max_items, page
 from kiln.functions.service import FunctionService, timestamp
+from kiln.functions.validation import field_error, null_error
 from kiln.gateway.store import cors_from_wire, validate_cors
 from kiln.gateway.types import Cors
 from kiln.store import Database
@@ -149,10 +150,8 @@ class FunctionUrls:
         """The URL's function ARN; ResourceNotFoundException for a missing function/alias."""
         if qualifier is not None:
             if not _QUALIFIER.match(qualifier):
-                raise AwsError.invalid_parameter(
-                    f"1 validation error detected: Value '{qualifier}' at 'qualifier' failed "
-                    "to satisfy constraint: Member must satisfy regular expression pattern: "
-                    "((?!^\\d+$)^[0-9a-zA-Z-_]+$)")
+                raise field_error(qualifier, "qualifier", "Member must satisfy regular "
+                                  "expression pattern: ((?!^\\d+$)^[0-9a-zA-Z-_]+$)")
             self.functions.get_alias(name, qualifier)
         else:
             self.functions.get(name)
@@ -164,17 +163,14 @@ class FunctionUrls:
         fields = Fields(body)
         auth = fields.string("AuthType")
         if auth is None and required:
-            raise AwsError("ValidationException", "1 validation error detected: Value null at "
-                           "'authType' failed to satisfy constraint: Member must not be null")
+            raise null_error("authType", "ValidationException")
         if auth is not None and auth not in ("NONE", "AWS_IAM"):
-            raise AwsError("ValidationException", f"1 validation error detected: Value "
-                           f"'{auth}' at 'authType' failed to satisfy constraint: Member must "
-                           "satisfy enum value set: [AWS_IAM, NONE]")
+            raise field_error(auth, "authType", "Member must satisfy enum value set: "
+                              "[AWS_IAM, NONE]", "ValidationException")
         mode = fields.string("InvokeMode")
         if mode is not None and mode not in ("BUFFERED", "RESPONSE_STREAM"):
-            raise AwsError("ValidationException", f"1 validation error detected: Value "
-                           f"'{mode}' at 'invokeMode' failed to satisfy constraint: Member must "
-                           "satisfy enum value set: [BUFFERED, RESPONSE_STREAM]")
+            raise field_error(mode, "invokeMode", "Member must satisfy enum value set: "
+                              "[BUFFERED, RESPONSE_STREAM]", "ValidationException")
         raw_cors = fields.mapping("Cors")
         cors = None if raw_cors is None else validate_cors(
             raw_cors, _PASCAL_CORS, 0, AwsError.invalid_parameter)
