@@ -41,7 +41,7 @@ from kiln.functions.code import (
 )
 from kiln.functions.paging import decode_marker, encode_marker
 from kiln.functions.types import FunctionRecord, timestamp
-from kiln.functions.validation import field_error, null_error
+from kiln.functions.validation import ARCHITECTURES, field_error, null_error
 from kiln.store import Database
 
 SCHEMA = [
@@ -68,7 +68,6 @@ LAYER_ARN_RE = re.compile(
 VERSION_ARN_PATTERN = ("(arn:(aws[a-zA-Z-]*)?:lambda:[a-z]{2}((-gov)|(-iso(b?)))?-[a-z]+-\\d{1}:"
                        "\\d{12}:layer:[a-zA-Z0-9-_]+:[0-9]+)|(arn:[a-zA-Z0-9-]+:lambda:::awslayer:"
                        "[a-zA-Z0-9-_]+)")
-ARCHITECTURES = ("x86_64", "arm64")
 #: CompatibleRuntime values the API model accepts (whether or not Kiln can run them).
 RUNTIMES = (
     "nodejs", "nodejs4.3", "nodejs6.10", "nodejs8.10", "nodejs10.x", "nodejs12.x", "nodejs14.x",
