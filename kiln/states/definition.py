@@ -15,7 +15,13 @@ from kiln.states.choice import RuleError, compile_rule, parse_timestamp
 from kiln.states.intrinsics import IntrinsicSyntaxError
 from kiln.states.jsonpath import Path, PathSyntaxError, compile_path
 from kiln.states.model import ROOT, Catcher, Choice, Machine, Retrier, State
-from kiln.states.payload import Expression, TemplateError, compile_expression, compile_template
+from kiln.states.payload import (
+    Expression,
+    TemplateError,
+    compile_expression,
+    compile_template,
+    described,
+)
 from kiln.states.types import JSON
 
 STATE_TYPES = ("Pass", "Task", "Choice", "Wait", "Succeed", "Fail", "Parallel", "Map")
@@ -503,7 +509,7 @@ class _Compiler:
                     self.error(f"The value for the field '{key}Path' must be a valid JSONPath "
                                "or a valid intrinsic function call", f"{loc}/{key}Path")
                     continue
-                setattr(state, key.lower() + "_path", _fail_field(expr, key + "Path", value))
+                setattr(state, key.lower() + "_path", described(expr, key + "Path", value))
 
     def state_task(self, state: State, raw: dict[str, Any], loc: str) -> None:
         resource = raw.get("Resource")
@@ -797,23 +803,6 @@ class _Compiler:
             else:
                 self.template(batch_input, f"{loc}/BatchInput")
         return raw
-
-
-def _fail_field(expr: Expression, key: str, source: str) -> Expression:
-    from kiln.states.types import PathFailure
-
-    def run(env: Any) -> Any:
-        try:
-            return expr(env)
-        except PathFailure as exc:
-            if source.startswith("States."):
-                raise
-            raise PathFailure(
-                f"The JSONPath '{source}' specified for the field '{key}' could not be found "
-                f"in the input '{json.dumps(env.input, separators=(',', ':'))}'"
-            ) from exc
-
-    return run
 
 
 def _check(check: Any, value: Any) -> bool:

@@ -81,7 +81,7 @@ def compile_template(template: JSON, location: str) -> Expression:
                     expr = compile_expression(value)
                 except (PathSyntaxError, IntrinsicSyntaxError, ValueError):
                     raise TemplateError(key, location) from None
-                parts.append((name, _described(expr, key, value), value))
+                parts.append((name, described(expr, key, value), value))
                 dynamic = True
             else:
                 sub = compile_template(value, location)
@@ -102,18 +102,19 @@ def compile_template(template: JSON, location: str) -> Expression:
     return _constant(template)
 
 
-def _described(expr: Expression, key: str, source: str) -> Expression:
+def described(expr: Expression, key: str, source: str) -> Expression:
+    """``expr`` whose path failures name the field ``key`` and the input, as AWS words them."""
+
     def run(env: Env) -> JSON:
         try:
             return expr(env)
         except PathFailure as exc:
-            if source.startswith("States."):
-                raise
-            if str(exc).startswith("Invalid path"):
+            # Intrinsic failures and undefined variables already say what went wrong.
+            if source.startswith("States.") or str(exc).startswith("Invalid path"):
                 raise
             raise PathFailure(
                 f"The JSONPath '{source}' specified for the field '{key}' could not be found "
-                f"in the input '{dumps(env.input if source.startswith('$') else None)}'"
+                f"in the input '{dumps(env.input)}'"
             ) from None
 
     return run
