@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,6 +129,11 @@ class _Compiler:
     def error(self, message: str, location: str, code: str = "SCHEMA_VALIDATION_FAILED") -> None:
         self.diagnostics.append(Diagnostic(code, message, location or "/"))
 
+    def fields(self, raw: dict[str, Any], loc: str, allowed: set[str]) -> None:
+        for key in raw:
+            if key not in allowed:
+                self.error(f"Field '{key}' is not supported", loc)
+
     def compile_text(self, text: str) -> Machine | None:
         if not isinstance(text, str) or not text.strip():
             self.error("Definition must be a valid JSON object", "/",
@@ -162,9 +168,7 @@ class _Compiler:
         missing = [f for f in ("StartAt", "States") if f not in raw]
         if missing:
             self.error(f"These fields are required: [{', '.join(missing)}]", loc)
-        for key in raw:
-            if key not in allowed:
-                self.error(f"Field '{key}' is not supported", loc)
+        self.fields(raw, loc, allowed)
         timeout = raw.get("TimeoutSeconds")
         if top and timeout is not None and not _positive_int(timeout):
             self.error("The value for the field 'TimeoutSeconds' must be a positive integer",
@@ -382,22 +386,25 @@ class _Compiler:
                 self.error(f"The variable name '{key}' is not valid", loc)
         return value
 
-    def retriers(self, raw: Any, loc: str) -> list[Retrier]:
+    def handlers(self, raw: Any, loc: str, field: str,
+                 noun: str) -> Iterator[tuple[dict[str, Any], str, tuple[str, ...]]]:
+        """Each well-formed retrier or catcher of ``field``: (item, location, ErrorEquals)."""
         if not isinstance(raw, list):
-            self.error("The field 'Retry' must be an array", loc)
-            return []
-        out = []
+            self.error(f"The field '{field}' must be an array", loc)
+            return
         for i, item in enumerate(raw):
             where = f"{loc}[{i}]"
             if not isinstance(item, dict):
-                self.error("A retrier must be an object", where)
+                self.error(f"A {noun} must be an object", where)
                 continue
-            errors = self.error_equals(item, where, last=i == len(raw) - 1)
-            allowed = {"ErrorEquals", "IntervalSeconds", "MaxAttempts", "BackoffRate",
-                       "MaxDelaySeconds", "JitterStrategy", "Comment"}
-            for key in item:
-                if key not in allowed:
-                    self.error(f"Field '{key}' is not supported", where)
+            yield item, where, self.error_equals(item, where, last=i == len(raw) - 1)
+
+    def retriers(self, raw: Any, loc: str) -> list[Retrier]:
+        out = []
+        for item, where, errors in self.handlers(raw, loc, "Retry", "retrier"):
+            self.fields(item, where, {"ErrorEquals", "IntervalSeconds", "MaxAttempts",
+                                      "BackoffRate", "MaxDelaySeconds", "JitterStrategy",
+                                      "Comment"})
             retrier = Retrier(errors)
             if "IntervalSeconds" in item:
                 if _positive_int(item["IntervalSeconds"]):
@@ -449,22 +456,10 @@ class _Compiler:
         return tuple(errors)
 
     def catchers(self, raw: Any, loc: str, jsonata: bool) -> list[Catcher]:
-        if not isinstance(raw, list):
-            self.error("The field 'Catch' must be an array", loc)
-            return []
         out = []
-        for i, item in enumerate(raw):
-            where = f"{loc}[{i}]"
-            if not isinstance(item, dict):
-                self.error("A catcher must be an object", where)
-                continue
-            errors = self.error_equals(item, where, last=i == len(raw) - 1)
-            allowed = {"ErrorEquals", "Next", "Comment"} | (
-                {"Output", "Assign"} if jsonata else {"ResultPath", "Assign"}
-            )
-            for key in item:
-                if key not in allowed:
-                    self.error(f"Field '{key}' is not supported", where)
+        for item, where, errors in self.handlers(raw, loc, "Catch", "catcher"):
+            self.fields(item, where, {"ErrorEquals", "Next", "Comment", "Assign",
+                                      "Output" if jsonata else "ResultPath"})
             nxt = item.get("Next")
             if not isinstance(nxt, str):
                 self.error("These fields are required: [Next]", where)
@@ -567,9 +562,7 @@ class _Compiler:
                 nxt = ""
             choice = Choice(None, nxt)
             if state.jsonata:
-                for key in item:
-                    if key not in ("Condition", "Next", "Comment", "Assign", "Output"):
-                        self.error(f"Field '{key}' is not supported", where)
+                self.fields(item, where, {"Condition", "Next", "Comment", "Assign", "Output"})
                 if "Condition" not in item:
                     self.error("These fields are required: [Condition]", where)
                 choice.condition = item.get("Condition")
@@ -705,11 +698,6 @@ class _Compiler:
             state.label = str(raw["Label"])
 
     # ------------------------------------------------------------------ Distributed Map
-
-    def fields(self, raw: dict[str, Any], loc: str, allowed: set[str]) -> None:
-        for key in raw:
-            if key not in allowed:
-                self.error(f"Field '{key}' is not supported", loc)
 
     def enum(self, raw: dict[str, Any], key: str, values: tuple[str, ...], loc: str) -> None:
         if key in raw and raw[key] not in values:
