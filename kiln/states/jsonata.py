@@ -25,7 +25,7 @@ import urllib.parse
 import uuid
 from collections.abc import Callable
 from functools import cmp_to_key, lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 from kiln.states.jsonata_pictures import (
     PictureError,
@@ -48,6 +48,7 @@ class _Undefined:
 
 UNDEF: Any = _Undefined()
 Node = tuple[Any, ...]
+_T = TypeVar("_T")
 
 
 class Sequence(list[Any]):
@@ -308,41 +309,40 @@ class _Parser:
         if value == "**":
             return ("descendants",)
         if value == "(":
-            exprs = []
-            while self.peek() != ("op", ")"):
-                exprs.append(self.expression(0))
-                if self.peek() == ("op", ";"):
-                    self.next()
-                else:
-                    break
-            self.expect(")")
-            return ("block", exprs)
+            return ("block", self.listed(self.operand, ";", ")"))
         if value == "[":
-            items = []
-            while self.peek() != ("op", "]"):
-                items.append(self.expression(0))
-                if self.peek() == ("op", ","):
-                    self.next()
-                else:
-                    break
-            self.expect("]")
-            return ("array", items)
+            return ("array", self.listed(self.operand, ",", "]"))
         if value == "{":
             return ("object", self.pairs())
         raise JsonataError(f"Unexpected '{value}' in JSONata expression {self.text!r}")
 
-    def pairs(self) -> list[tuple[Node, Node]]:
-        pairs = []
-        while self.peek() != ("op", "}"):
-            key = self.expression(0)
-            self.expect(":")
-            pairs.append((key, self.expression(0)))
-            if self.peek() == ("op", ","):
-                self.next()
-            else:
+    def listed(self, item: Callable[[], _T], separator: str, close: str) -> list[_T]:
+        """Items up to ``close`` (consumed), each after the first behind ``separator``."""
+        items: list[_T] = []
+        while self.peek() != ("op", close):
+            items.append(item())
+            if self.peek() != ("op", separator):
                 break
-        self.expect("}")
-        return pairs
+            self.next()
+        self.expect(close)
+        return items
+
+    def operand(self) -> Node:
+        return self.expression(0)
+
+    def pair(self) -> tuple[Node, Node]:
+        key = self.expression(0)
+        self.expect(":")
+        return key, self.expression(0)
+
+    def argument(self) -> Node:
+        if self.peek() == ("op", "?"):  # partial application
+            self.next()
+            return ("placeholder",)
+        return self.expression(0)
+
+    def pairs(self) -> list[tuple[Node, Node]]:
+        return self.listed(self.pair, ",", "}")
 
     def lambda_(self) -> Node:
         self.expect("(")
@@ -384,19 +384,7 @@ class _Parser:
             self.expect("]")
             return ("filter", left, pred)
         if op == "(":
-            args = []
-            while self.peek() != ("op", ")"):
-                if self.peek() == ("op", "?"):
-                    self.next()
-                    args.append(("placeholder",))
-                else:
-                    args.append(self.expression(0))
-                if self.peek() == ("op", ","):
-                    self.next()
-                else:
-                    break
-            self.expect(")")
-            return ("call", left, args)
+            return ("call", left, self.listed(self.argument, ",", ")"))
         if op == "^":
             self.expect("(")
             terms = []
