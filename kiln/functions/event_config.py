@@ -20,7 +20,8 @@ from typing import Any
 from kiln.aws.arn import parse_function_id
 from kiln.aws.errors import AwsError
 from kiln.aws.restjson import Fields
-from kiln.functions.service import LATEST, FunctionService, decode_marker, encode_marker
+from kiln.functions.paging import page_of
+from kiln.functions.service import LATEST, FunctionService
 from kiln.store import Database
 
 SCHEMA = [
@@ -131,11 +132,7 @@ class EventInvokeConfigs:
              max_items: int) -> tuple[list[dict[str, Any]], str | None]:
         self._check_function(name, None)
         qualifiers = sorted(q for (function, q) in self._configs if function == name)
-        if marker:
-            after = decode_marker(marker)
-            qualifiers = [q for q in qualifiers if q > after]
-        page = qualifiers[:max_items]
-        next_marker = encode_marker(page[-1]) if len(qualifiers) > max_items else None
+        page, next_marker = page_of(qualifiers, str, max_items, marker)
         answers = [self._configs[(name, q)] for q in page]
         return [c.answer(self._arn(c)) for c in answers], next_marker
 

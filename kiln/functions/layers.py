@@ -39,7 +39,7 @@ from kiln.functions.code import (
     remove_tree,
     uploaded_zip,
 )
-from kiln.functions.paging import decode_marker, encode_marker
+from kiln.functions.paging import decode_marker, page_of
 from kiln.functions.types import FunctionRecord, timestamp
 from kiln.functions.validation import ARCHITECTURES, field_error, null_error
 from kiln.store import Database
@@ -171,9 +171,7 @@ class LayerStore:
                 latest[row["name"]] = info
         items = [{"LayerName": name, "LayerArn": info["LayerArn"],
                   "LatestMatchingVersion": _summary(info)} for name, info in latest.items()]
-        page = items[:max_items]
-        more = len(items) > max_items
-        return page, (encode_marker(page[-1]["LayerName"]) if more else None)
+        return page_of(items, lambda item: str(item["LayerName"]), max_items)
 
     def list_versions(self, layer: str, runtime: str | None, architecture: str | None,
                       marker: str | None,
@@ -192,9 +190,7 @@ class LayerStore:
         infos = [json.loads(r["info"]) for r in rows
                  if before is None or int(r["version"]) < before]
         infos = [_summary(info) for info in infos if _matches(info, runtime, architecture)]
-        page = infos[:max_items]
-        more = len(infos) > max_items
-        return page, (encode_marker(str(page[-1]["Version"])) if more else None)
+        return page_of(infos, lambda info: str(info["Version"]), max_items)
 
     def delete(self, layer: str, version: str) -> None:
         """DeleteLayerVersion: idempotent, like AWS's."""

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from kiln.aws.errors import AwsError
 from kiln.aws.restjson import Fields
 from kiln.functions.concurrency import minimum_unreserved
-from kiln.functions.paging import decode_marker, encode_marker
+from kiln.functions.paging import page_of
 from kiln.functions.types import FunctionRecord, timestamp
 from kiln.functions.validation import field_error, null_error
 from kiln.store import Database
@@ -177,12 +177,11 @@ class Provisioning:
                 max_items: int) -> tuple[list[dict[str, Any]], str | None]:
         """ListProvisionedConcurrencyConfigs, by qualifier."""
         self.functions.get(name)
-        after = decode_marker(marker) if marker else ""
-        configs = [c for c in self.configs.of(name) if c.qualifier > after]
-        page = configs[:max_items]
+        page, next_marker = page_of(self.configs.of(name), lambda c: c.qualifier, max_items,
+                                    marker)
         items = [{"FunctionArn": self.functions.arns.function(name, c.qualifier),
                   **self._status(c)} for c in page]
-        return items, (encode_marker(page[-1].qualifier) if len(configs) > max_items else None)
+        return items, next_marker
 
     # -- keeping the data plane in step -------------------------------------------------------
 

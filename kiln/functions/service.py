@@ -26,8 +26,7 @@ from kiln.functions.aliases import Alias, AliasStore
 from kiln.functions.code import CodeInfo, CodeStore, declared_size, uploaded_zip
 from kiln.functions.concurrency import Reservations
 from kiln.functions.layers import LayerStore
-from kiln.functions.paging import decode_marker as decode_marker  # re-exported: other List*
-from kiln.functions.paging import encode_marker as encode_marker  # operations page alike
+from kiln.functions.paging import decode_marker, page_of
 from kiln.functions.provisioned import ProvisionedConfigs
 from kiln.functions.tags import FunctionTags, validated
 from kiln.functions.types import FunctionRecord
@@ -116,8 +115,7 @@ class FunctionService:
             if after < 0:
                 raise AwsError.invalid_parameter(f"Invalid marker: {marker}")
             versions = [v for v in versions if _version_order(v) > after]
-        page = versions[:max_items]
-        next_marker = encode_marker(page[-1]) if len(versions) > max_items else None
+        page, next_marker = page_of(versions, str, max_items)
         return [self.get(name, v) for v in page], next_marker
 
     def list(self, marker: str | None, max_items: int,
@@ -134,13 +132,8 @@ class FunctionService:
         if marker:
             start = (name, _version_order(version) if all_versions else 1 << 62)
             records = [r for r in records if _list_order(r) > start]
-        next_marker = None
-        if len(records) > max_items:
-            records = records[:max_items]
-            last = records[-1]
-            next_marker = encode_marker(f"{last.name}:{last.version}" if all_versions
-                                        else last.name)
-        return records, next_marker
+        return page_of(records, lambda r: f"{r.name}:{r.version}" if all_versions else r.name,
+                       max_items)
 
     def usage(self) -> tuple[int, int]:
         """(function count, total code size in bytes)."""
@@ -372,11 +365,7 @@ class FunctionService:
             version = validation.function_version(version)
         aliases = [a for a in self.aliases.of(name)
                    if version is None or a.function_version == version]
-        if marker:
-            after = decode_marker(marker)
-            aliases = [a for a in aliases if a.name > after]
-        page = aliases[:max_items]
-        next_marker = encode_marker(page[-1].name) if len(aliases) > max_items else None
+        page, next_marker = page_of(aliases, lambda a: a.name, max_items, marker)
         return [a.configuration(self.arns.function(name, a.name)) for a in page], next_marker
 
     def _existing_alias(self, name: str, alias_name: str) -> Alias:
