@@ -284,10 +284,17 @@ def _array_range(args: list[JSON]) -> JSON:
     start, end, step = (int(a) for a in args)
     if step == 0:
         raise _fail("The step of States.ArrayRange must not be 0")
-    result = list(range(start, end + (1 if step > 0 else -1), step))
-    if len(result) > 1000:
+    result = inclusive_range(start, end, step)
+    if result is None:
         raise _fail("States.ArrayRange can generate at most 1000 items")
     return result
+
+
+def inclusive_range(start: int, end: int, step: int) -> list[int] | None:
+    """``start`` to ``end`` inclusive by ``step`` (not 0), as States.ArrayRange and JSONata's
+    ``$range`` count; None past the 1,000 items either may make (counted before any is built)."""
+    items = range(start, end + (1 if step > 0 else -1), step)
+    return None if items[1000:] else list(items)
 
 
 def _array_get_item(args: list[JSON]) -> JSON:

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from functools import cmp_to_key, lru_cache
 from typing import Any, TypeVar
 
+from kiln.states.intrinsics import inclusive_range
 from kiln.states.jsonata_pictures import (
     PictureError,
     format_datetime,
@@ -1592,11 +1593,10 @@ def _functions(ev: _Evaluator) -> dict[str, Any]:
         return [items[i:i + n] for i in range(0, len(items), n)]
 
     def f_range(start: Any, end: Any, step: Any = 1) -> Any:
-        s, e, st = int(start), int(end), int(step)
-        if st == 0:
+        if int(step) == 0:
             raise JsonataError("The step argument of $range must not be 0")
-        out = list(range(s, e + (1 if st > 0 else -1), st))
-        if len(out) > 1000:
+        out = inclusive_range(int(start), int(end), int(step))
+        if out is None:
             raise JsonataError("$range can generate at most 1000 items")
         return out
 
