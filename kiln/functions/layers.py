@@ -41,7 +41,7 @@ from kiln.functions.code import (
 )
 from kiln.functions.paging import decode_marker, page_of
 from kiln.functions.types import FunctionRecord, timestamp
-from kiln.functions.validation import ARCHITECTURES, field_error, null_error
+from kiln.functions.validation import ARCHITECTURES, check_revision, field_error, null_error
 from kiln.store import Database
 
 SCHEMA = [
@@ -220,7 +220,7 @@ class LayerStore:
                               "Member must satisfy regular expression pattern: o-[a-z0-9]{10,32}")
         name, number, row = self._policy_target(layer, version)
         policy = json.loads(row["policy"]) if row["policy"] else {"Statements": []}
-        _check_policy_revision(policy, revision_id)
+        check_revision(revision_id, policy.get("RevisionId"), "GetLayerPolicy")
         if any(s["Sid"] == sid for s in policy["Statements"]):
             raise AwsError.conflict(
                 f"The statement id ({sid}) provided already exists. Please provide a new "
@@ -250,7 +250,7 @@ class LayerStore:
                           revision_id: str | None) -> None:
         name, number, row = self._policy_target(layer, version)
         policy = json.loads(row["policy"]) if row["policy"] else {"Statements": []}
-        _check_policy_revision(policy, revision_id)
+        check_revision(revision_id, policy.get("RevisionId"), "GetLayerPolicy")
         kept = [s for s in policy["Statements"] if s["Sid"] != sid]
         if len(kept) == len(policy["Statements"]):
             raise AwsError.not_found(f"Statement {sid} is not found in resource policy.")
@@ -469,9 +469,3 @@ def _summary(info: dict[str, Any]) -> dict[str, Any]:
     """A LayerVersionsListItem: the version without its Content."""
     return {k: v for k, v in info.items() if k not in ("Content", "LayerArn")}
 
-
-def _check_policy_revision(policy: dict[str, Any], revision_id: str | None) -> None:
-    if revision_id is not None and revision_id != policy.get("RevisionId"):
-        raise AwsError.precondition_failed(
-            "The Revision Id provided does not match the latest Revision Id. Call the "
-            "GetLayerPolicy API to retrieve the latest Revision Id")

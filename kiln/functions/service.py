@@ -211,7 +211,7 @@ class FunctionService:
     async def update_code(self, name: str, body: dict[str, Any]) -> FunctionRecord:
         fields = Fields(body)
         current = self.get(name)
-        self._check_revision(current, fields.string("RevisionId"))
+        validation.check_revision(fields.string("RevisionId"), current.revision_id)
         architectures = validation.architectures(fields)
         dry_run = fields.boolean("DryRun")
         publish = fields.boolean("Publish")
@@ -234,7 +234,7 @@ class FunctionService:
         changed since the last version, which is then answered instead."""
         fields = Fields(body)
         latest = self.get(name)
-        self._check_revision(latest, fields.string("RevisionId"))
+        validation.check_revision(fields.string("RevisionId"), latest.revision_id)
         code_sha256 = fields.string("CodeSha256")
         if code_sha256 and code_sha256 != latest.config["CodeSha256"]:
             raise AwsError.invalid_parameter(
@@ -249,7 +249,7 @@ class FunctionService:
     async def update_configuration(self, name: str, body: dict[str, Any]) -> FunctionRecord:
         fields = Fields(body)
         current = self.get(name)
-        self._check_revision(current, fields.string("RevisionId"))
+        validation.check_revision(fields.string("RevisionId"), current.revision_id)
         changes = validation.configuration_changes(fields)
         if "Runtime" in changes:
             self.runtimes.check(changes["Runtime"])
@@ -334,11 +334,7 @@ class FunctionService:
     def update_alias(self, name: str, alias_name: str, body: dict[str, Any]) -> dict[str, Any]:
         fields = Fields(body)
         current = self._existing_alias(name, alias_name)
-        revision_id = fields.string("RevisionId")
-        if revision_id is not None and revision_id != current.revision_id:
-            raise AwsError.precondition_failed(
-                "The Revision Id provided does not match the latest Revision Id. Call the "
-                "GetFunction/GetAlias API to retrieve the latest Revision Id")
+        validation.check_revision(fields.string("RevisionId"), current.revision_id)
         raw_version = fields.string("FunctionVersion")
         version = (current.function_version if raw_version is None
                    else validation.function_version(raw_version))
@@ -483,12 +479,6 @@ class FunctionService:
         data = uploaded_zip(fields)
         layers = self.layers.attach(layer_arns, declared_size(data), attached or [])
         return (self.code.save(data) if store else self.code.inspect(data)), layers
-
-    def _check_revision(self, current: FunctionRecord, revision_id: str | None) -> None:
-        if revision_id is not None and revision_id != current.revision_id:
-            raise AwsError.precondition_failed(
-                "The Revision Id provided does not match the latest Revision Id. Call the "
-                "GetFunction/GetAlias API to retrieve the latest Revision Id")
 
     async def _update(self, current: FunctionRecord, config: dict[str, Any],
                       code_sha_hex: str) -> FunctionRecord:

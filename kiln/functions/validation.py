@@ -38,6 +38,15 @@ def null_error(field: str, code: str = "InvalidParameterValueException") -> AwsE
                           "satisfy constraint: Member must not be null", 400)
 
 
+def check_revision(given: str | None, latest: str | None,
+                   api: str = "GetFunction/GetAlias") -> None:
+    """PreconditionFailedException when a request's RevisionId is not the latest one."""
+    if given is not None and given != latest:
+        raise AwsError.precondition_failed(
+            "The Revision Id provided does not match the latest Revision Id. Call the "
+            f"{api} API to retrieve the latest Revision Id")
+
+
 def check_name(name: str | None, account_id: str | None = None) -> str:
     """The function name CreateFunction was given: a name, a full ARN or a partial ARN."""
     if name and NAME_RE.fullmatch(name):
