@@ -160,6 +160,17 @@ def run(definition: dict[str, Any] | str, input_value: Any = None, **kw: Any) ->
     return asyncio.run(run_machine(definition, input_value, **kw))
 
 
+def expect_row(outcome: Outcome, expected: Any) -> None:
+    """A table row's expectation: its output (same JSON type), or ``{"error": name}``."""
+    if isinstance(expected, dict) and set(expected) == {"error"}:
+        assert outcome.status == "FAILED", outcome
+        assert outcome.error == expected["error"]
+    else:
+        assert outcome.status == "SUCCEEDED", outcome
+        assert outcome.output == expected
+        assert type(outcome.output) is type(expected)
+
+
 class ScaledClock:
     """Real time sped up ``factor`` times, for tests that talk to the API from another thread."""
 
