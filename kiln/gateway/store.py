@@ -17,6 +17,7 @@ import re
 import secrets
 import string
 import time
+from collections.abc import Callable
 from typing import Any
 
 from kiln.aws.arn import ArnBuilder, parse_function_id
@@ -134,7 +135,7 @@ CAMEL_CORS = {k: k[0].lower() + k[1:] for k in
 
 
 def validate_cors(body: dict[str, Any], keys: dict[str, str], min_age: int,
-                  error: type[Exception] | Any) -> dict[str, Any]:
+                  error: Callable[[str], AwsError]) -> dict[str, Any]:
     """The CORS configuration's wire form, checked; ``error(message)`` makes the exception."""
     fields = _Body(body)
     try:
@@ -152,9 +153,8 @@ def validate_cors(body: dict[str, Any], keys: dict[str, str], min_age: int,
     if max_age is not None and not min_age <= max_age <= 86400:
         raise error(f"MaxAge must be between {min_age} and 86400")
     if credentials and "*" in (origins or ()):
-        raise error("allowCredentials cannot be true when allowOrigins includes '*'"
-                    if keys is CAMEL_CORS else
-                    "AllowCredentials cannot be true when AllowOrigins includes '*'")
+        raise error(f"{keys['AllowCredentials']} cannot be true when {keys['AllowOrigins']} "
+                    "includes '*'")
     return {k: v for k, v in ((keys["AllowOrigins"], origins), (keys["AllowMethods"], methods),
                               (keys["AllowHeaders"], headers), (keys["ExposeHeaders"], expose),
                               (keys["AllowCredentials"], credentials),
