@@ -93,22 +93,20 @@ class Harness:
         )["stateMachineArn"])
 
     def wait_done(self, arn: str) -> dict[str, Any]:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
+        def finished() -> dict[str, Any] | None:
             out = self.client.describe_execution(executionArn=arn)
-            if out["status"] != "RUNNING":
-                return dict(out)
-            time.sleep(0.005)
-        raise AssertionError(f"{arn} still running")
+            return dict(out) if out["status"] != "RUNNING" else None
 
-    def wait_for(self, predicate: Any) -> Any:
+        return dict(self.wait_for(finished, f"{arn} still running"))
+
+    def wait_for(self, predicate: Any, failure: str = "condition never held") -> Any:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             value = predicate()
             if value:
                 return value
             time.sleep(0.005)
-        raise AssertionError("condition never held")
+        raise AssertionError(failure)
 
     def history(self, arn: str, **kw: Any) -> list[str]:
         return [e["type"] for e in
@@ -275,6 +273,14 @@ def _notify(h: Harness) -> list[str]:
     return tokens
 
 
+def _callback_started(h: Harness) -> tuple[str, str]:
+    """Start CALLBACK: the execution's ARN and, once its task is out, the task token."""
+    tokens = _notify(h)
+    arn = h.machine(CALLBACK)
+    exec_arn = h.client.start_execution(stateMachineArn=arn)["executionArn"]
+    return exec_arn, h.wait_for(lambda: tokens and tokens[0])
+
+
 def test_callback_success_and_name_idempotency(h: Harness) -> None:
     tokens = _notify(h)
     arn = h.machine(CALLBACK)
@@ -301,10 +307,7 @@ def test_callback_success_and_name_idempotency(h: Harness) -> None:
 
 
 def test_callback_failure(h: Harness) -> None:
-    tokens = _notify(h)
-    arn = h.machine(CALLBACK)
-    exec_arn = h.client.start_execution(stateMachineArn=arn)["executionArn"]
-    token = h.wait_for(lambda: tokens and tokens[0])
+    exec_arn, token = _callback_started(h)
     h.client.send_task_failure(taskToken=token, error="Rejected", cause="nope")
     done = h.wait_done(exec_arn)
     assert (done["status"], done["error"], done["cause"]) == ("FAILED", "Rejected", "nope")
@@ -316,10 +319,7 @@ def test_callback_failure(h: Harness) -> None:
 
 
 def test_stop_execution(h: Harness) -> None:
-    tokens = _notify(h)
-    arn = h.machine(CALLBACK)
-    exec_arn = h.client.start_execution(stateMachineArn=arn)["executionArn"]
-    token = h.wait_for(lambda: tokens and tokens[0])
+    exec_arn, token = _callback_started(h)
     h.client.stop_execution(executionArn=exec_arn, error="Manual", cause="stopped by test")
     done = h.client.describe_execution(executionArn=exec_arn)
     assert (done["status"], done["error"]) == ("ABORTED", "Manual")
