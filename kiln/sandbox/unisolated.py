@@ -17,7 +17,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from kiln.sandbox._output import drain
+from kiln.sandbox._output import drain, spawn
 from kiln.sandbox.types import SandboxSpec
 
 
@@ -45,25 +45,8 @@ class UnisolatedSandbox:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        read_fd, write_fd = os.pipe()
         env = {**self.spec.env, "AWS_LAMBDA_RUNTIME_API": self.runtime_api_address}
-        try:
-            self._proc = subprocess.Popen(
-                self.spec.argv,
-                cwd=self.spec.task_root,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=write_fd,
-                stderr=write_fd,
-                start_new_session=True,
-                close_fds=True,
-            )
-        except BaseException:
-            os.close(read_fd)
-            raise
-        finally:
-            os.close(write_fd)
-        os.set_blocking(read_fd, False)
+        self._proc, read_fd = spawn(self.spec.argv, env, str(self.spec.task_root))
         self._out_fd = read_fd
         loop.add_reader(read_fd, self.drain_output)
         self._exited = loop.create_future()

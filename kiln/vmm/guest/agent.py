@@ -32,6 +32,7 @@ import struct
 import subprocess
 import time
 
+from kiln.sandbox._output import drain, spawn
 from kiln.vmm import mux
 from kiln.vmm.guest import channel
 
@@ -94,35 +95,20 @@ class Agent:
     # -- the runtime process ----------------------------------------------------------------
 
     def start(self, argv: list[str], env: dict[str, str], cwd: str) -> None:
-        read_fd, write_fd = os.pipe()
-        try:
-            self.runtime = subprocess.Popen(
-                argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=write_fd,
-                stderr=write_fd, start_new_session=True, close_fds=True)
-        except OSError:
-            os.close(read_fd)
-            raise
-        finally:
-            os.close(write_fd)
-        os.set_blocking(read_fd, False)
-        self.output_fd = read_fd
-        asyncio.get_running_loop().add_reader(read_fd, self.flush_output)
+        self.runtime, self.output_fd = spawn(argv, env, cwd)
+        asyncio.get_running_loop().add_reader(self.output_fd, self.flush_output)
 
     def flush_output(self) -> None:
         """Send whatever the runtime has written so far (always before its next request)."""
         fd = self.output_fd
-        while fd is not None:
-            try:
-                chunk = os.read(fd, 65536)
-            except BlockingIOError:
-                return
-            if not chunk:
-                asyncio.get_running_loop().remove_reader(fd)
-                os.close(fd)
-                self.output_fd = None
-                return
-            self.output_total += len(chunk)
-            self.send(OUTPUT, chunk)
+        if fd is not None and drain(fd, self._send_output):
+            asyncio.get_running_loop().remove_reader(fd)
+            os.close(fd)
+            self.output_fd = None
+
+    def _send_output(self, chunk: bytes) -> None:
+        self.output_total += len(chunk)
+        self.send(OUTPUT, chunk)
 
     def sample_memory(self) -> int:
         if self.runtime is not None:

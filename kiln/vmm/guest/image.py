@@ -114,7 +114,8 @@ FIRECRACKER_ACPI = (1, 8)
 LAUNCH = "from kiln.vmm.guest.agent import main\n\nmain()\n"
 KILN_DIR = Path(__file__).resolve().parent.parent.parent
 #: Kiln's own modules in the guest (stdlib-only ones).
-GUEST_MODULES = ("vmm/guest/agent.py", "vmm/guest/channel.py", "vmm/mux.py")
+GUEST_MODULES = ("vmm/guest/agent.py", "vmm/guest/channel.py", "vmm/mux.py",
+                 "sandbox/_output.py")
 #: Kiln's modules that make the image (besides this one): a change in them is a new image.
 RECIPE_MODULES = ("vmm/guest/vmlinux.py",)
 
