@@ -204,10 +204,8 @@ class WebSocketApis:
         outcome = await self._call(route, {"requestContext": context, "body": body,
                                            "isBase64Encoded": encoded})
         if outcome.failure is not None:
-            message_text = ("Endpoint request timed out" if outcome.failure == 504
-                            else "Internal server error")
-            await _tell(conn, {"message": message_text, "connectionId": conn.connection_id,
-                               "requestId": request_id})
+            await _tell(conn, {"message": _failure_message(outcome.failure),
+                               "connectionId": conn.connection_id, "requestId": request_id})
         elif route.route_response_selection_expression is not None:
             reply = _reply(outcome)
             if reply is not None:
@@ -310,9 +308,8 @@ _HANDSHAKE_HEADERS = frozenset({"connection", "upgrade", "sec-websocket-accept",
 def _connect_answer(outcome: _Outcome) -> tuple[int, bytes, dict[str, str]]:
     """(status, body, headers) of a ``$connect`` integration's answer."""
     if outcome.failure is not None:
-        message = "Endpoint request timed out" if outcome.failure == 504 \
-            else "Internal server error"
-        return outcome.failure, json.dumps({"message": message}).encode(), {}
+        return (outcome.failure,
+                json.dumps({"message": _failure_message(outcome.failure)}).encode(), {})
     value = outcome.value
     if not isinstance(value, dict) or "statusCode" not in value:
         return 200, b"", {}
@@ -321,6 +318,11 @@ def _connect_answer(outcome: _Outcome) -> tuple[int, bytes, dict[str, str]]:
             or not isinstance(body, str | None)):
         return 502, b'{"message":"Internal server error"}', {}
     return status, (body or "").encode(), {str(k): str(v) for k, v in headers.items()}
+
+
+def _failure_message(status: int) -> str:
+    """API Gateway's message for an integration that timed out (504) or failed."""
+    return "Endpoint request timed out" if status == 504 else "Internal server error"
 
 
 def _reply(outcome: _Outcome) -> bytes | None:
@@ -344,18 +346,13 @@ def _select(expression: str, stage: Stage, text: str | None) -> Route | None:
     ``$default`` (binary and non-JSON messages always go to ``$default``)."""
     if text is not None:
         try:
-            body = json.loads(text)
-        except ValueError:
-            body = _NOT_JSON
-        if body is not _NOT_JSON:
-            key = _evaluate(expression, body)
-            route = stage.route(key) if key and not key.startswith("$") else None
-            if route is not None:
-                return route
+            key = _evaluate(expression, json.loads(text))
+        except ValueError:  # not JSON
+            key = ""
+        route = stage.route(key) if key and not key.startswith("$") else None
+        if route is not None:
+            return route
     return stage.route("$default")
-
-
-_NOT_JSON = object()
 
 
 def _evaluate(expression: str, body: Any) -> str:
