@@ -132,12 +132,9 @@ def make_services(clock: FakeClock, functions: FakeFunctions | None = None) -> S
     return Services(functions or FakeFunctions(clock), clock, REGION, ACCOUNT)
 
 
-async def run_machine(definition: dict[str, Any] | str, input_value: Any = None, *,
-                      clock: FakeClock | None = None, services: Services | None = None,
-                      express: bool = False) -> tuple[Outcome, History]:
-    clock = clock or (services.clock if services else FakeClock())  # type: ignore[assignment]
-    assert isinstance(clock, FakeClock)
-    services = services or make_services(clock)
+def interpreter(definition: dict[str, Any] | str, input_value: Any, services: Services,
+                express: bool = False) -> tuple[Interpreter, History]:
+    """An execution ``exec`` of state machine ``sm``, ready to ``execute()``."""
     text = definition if isinstance(definition, str) else json.dumps(definition)
     machine = parse_definition(text, express)
     info = ExecutionInfo(
@@ -147,10 +144,19 @@ async def run_machine(definition: dict[str, Any] | str, input_value: Any = None,
         "sm",
         f"arn:aws:iam::{ACCOUNT}:role/r",
         {} if input_value is None else input_value,
-        clock.now(),
+        services.clock.now(),
     )
-    history = History(clock)
-    interp = Interpreter(services, machine, info, history)
+    history = History(services.clock)
+    return Interpreter(services, machine, info, history), history
+
+
+async def run_machine(definition: dict[str, Any] | str, input_value: Any = None, *,
+                      clock: FakeClock | None = None, services: Services | None = None,
+                      express: bool = False) -> tuple[Outcome, History]:
+    clock = clock or (services.clock if services else FakeClock())  # type: ignore[assignment]
+    assert isinstance(clock, FakeClock)
+    interp, history = interpreter(definition, input_value, services or make_services(clock),
+                                  express)
     outcome = await clock.drive(interp.execute())
     return outcome, history
 

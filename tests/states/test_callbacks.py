@@ -7,10 +7,18 @@ import json
 import random
 from typing import Any
 
-from kiln.states.definition import parse_definition
-from kiln.states.engine import ExecutionInfo, Interpreter, Outcome, Services
+from kiln.states.engine import Outcome
 from kiln.states.history import History
-from tests.states.helpers import ACCOUNT, REGION, START, FakeClock, FakeFunctions, run
+from tests.states.helpers import (
+    ACCOUNT,
+    REGION,
+    START,
+    FakeClock,
+    FakeFunctions,
+    interpreter,
+    make_services,
+    run,
+)
 
 ACTIVITY = f"arn:aws:states:{REGION}:{ACCOUNT}:activity:work"
 
@@ -32,7 +40,7 @@ class Rig:
     def __init__(self) -> None:
         self.clock = FakeClock()
         self.functions = FakeFunctions(self.clock)
-        self.services = Services(self.functions, self.clock, REGION, ACCOUNT)
+        self.services = make_services(self.clock, self.functions)
         self.tokens: list[str] = []
 
         async def notify(payload: Any) -> tuple[Any, str | None]:
@@ -48,12 +56,7 @@ class Rig:
 
     def run(self, definition: dict[str, Any], actor: Any) -> tuple[Outcome, History]:
         async def main() -> tuple[Outcome, History]:
-            machine = parse_definition(json.dumps(definition))
-            info = ExecutionInfo("arn:aws:states:us-east-1:1:execution:sm:e", "e",
-                                 "arn:aws:states:us-east-1:1:stateMachine:sm", "sm",
-                                 "arn:aws:iam::1:role/r", {}, self.clock.now())
-            history = History(self.clock)
-            interp = Interpreter(self.services, machine, info, history)
+            interp, history = interpreter(definition, None, self.services)
             outcome, _ = await self.clock.drive(asyncio.gather(interp.execute(), actor()))
             return outcome, history
 
@@ -161,7 +164,7 @@ def test_activity_worker_with_heartbeat() -> None:
 def test_empty_activity_poll_returns_none_after_timeout() -> None:
     async def main() -> None:
         clock = FakeClock()
-        services = Services(FakeFunctions(), clock, REGION, ACCOUNT)
+        services = make_services(clock)
         task = await clock.drive(services.activities.poll(ACTIVITY, "w", clock, 60))
         assert task is None
         assert clock.now() - START == 60
