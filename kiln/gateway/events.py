@@ -1,6 +1,6 @@
 """Lambda proxy events (payload 1.0 and 2.0) from HTTP requests, and responses from results.
 
-    request = HttpRequest.from_scope(scope, body)
+    request = HttpRequest.from_scope(scope, body, port=8900)
     event = event_v2(request, context)              # or event_v1(request, context)
     status, headers, body = response_v2(result)     # raises Malformed on a bad response
 """
@@ -53,8 +53,10 @@ class HttpRequest:
     protocol: str
 
     @classmethod
-    def from_scope(cls, scope: Scope, body: bytes, port: int | None = None) -> HttpRequest:
-        """The request; with ``port``, as ``forwarded(port)`` (in one pass)."""
+    def from_scope(cls, scope: Scope, body: bytes, port: int) -> HttpRequest:
+        """The request as the function sees it: with the X-Forwarded-For/-Port/-Proto headers
+        API Gateway adds for ``port`` (an incoming X-Forwarded-For gets the client's address
+        appended)."""
         client = scope.get("client")
         source_ip = client[0] if client else "127.0.0.1"
         headers = [(k.decode("latin-1").lower(), v.decode("latin-1"))
@@ -62,18 +64,11 @@ class HttpRequest:
         return cls(
             method=scope["method"],
             raw_query=scope.get("query_string", b"").decode("latin-1"),
-            headers=headers if port is None else _forwarded(headers, source_ip, port),
+            headers=_forwarded(headers, source_ip, port),
             body=body,
             source_ip=source_ip,
             protocol=f"HTTP/{scope.get('http_version', '1.1')}",
         )
-
-    def forwarded(self, port: int) -> HttpRequest:
-        """With the X-Forwarded-For/-Port/-Proto headers API Gateway adds for the function
-        (an incoming X-Forwarded-For gets the client's address appended)."""
-        return HttpRequest(self.method, self.raw_query,
-                           _forwarded(self.headers, self.source_ip, port), self.body,
-                           self.source_ip, self.protocol)
 
     def header(self, name: str) -> str | None:
         for key, value in self.headers:

@@ -79,13 +79,18 @@ def test_body_encoding() -> None:
     assert not is_text("multipart/form-data; boundary=x")
 
 
+def forwarded(headers: list[tuple[bytes, bytes]], port: int) -> HttpRequest:
+    """A request from 127.0.0.1 as the gateway forwards it to the function on ``port``."""
+    scope = {"method": "GET", "headers": headers, "client": ("127.0.0.1", 50000)}
+    return HttpRequest.from_scope(scope, b"", port)
+
+
 def test_forwarded_headers() -> None:
-    plain = request(b"", None).forwarded(8900)
+    plain = forwarded([], 8900)
     assert plain.headers[-3:] == [("x-forwarded-for", "127.0.0.1"),
                                   ("x-forwarded-port", "8900"), ("x-forwarded-proto", "http")]
-    proxied = HttpRequest("GET", "", [("x-forwarded-for", "10.0.0.1"),
-                                      ("x-forwarded-proto", "https")], b"", "127.0.0.1",
-                          "HTTP/1.1").forwarded(80)
+    proxied = forwarded([(b"X-Forwarded-For", b"10.0.0.1"), (b"x-forwarded-proto", b"https")],
+                        80)
     assert proxied.headers == [("x-forwarded-for", "10.0.0.1, 127.0.0.1"),
                                ("x-forwarded-port", "80"), ("x-forwarded-proto", "http")]
 
