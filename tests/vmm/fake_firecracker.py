@@ -33,6 +33,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
+from kiln.vmm.mmds import merge_patch
+
 StreamHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 #: How long the fake guest takes to "boot" before its agent listens.
 BOOT_SECONDS = 0.2
@@ -259,19 +261,6 @@ def write_snapshot(path: str, config: dict[str, Any]) -> None:
     """This fake's snapshot state file: the configuration it restores."""
     with open(path, "w") as f:
         json.dump({"fake-firecracker": config}, f)
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """JSON Merge Patch (RFC 7396), as Firecracker's ``PATCH /mmds``."""
-    if not isinstance(patch, dict):
-        return patch
-    merged = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            merged.pop(key, None)
-        else:
-            merged[key] = merge_patch(merged.get(key), value)
-    return merged
 
 
 class Handler(BaseHTTPRequestHandler):
