@@ -11,7 +11,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -251,3 +252,18 @@ async def restore(m: Monitor, snap: Snapshot, uds_path: str, resume: bool = True
         "snapshot_path": snap.state, "resume_vm": resume,
         "mem_backend": {"backend_type": "File", "backend_path": snap.mem},
         "vsock_override": {"uds_path": uds_path}})
+
+
+@asynccontextmanager
+async def restored(base: Path, vm_id: str, spec: Spec,
+                   snap: Snapshot) -> AsyncIterator[tuple[Monitor, str]]:
+    """A monitor restored from ``snap`` (running, its vsock at the returned path) whose guest
+    answers; stopped on exit."""
+    m = start(base, vm_id, spec)
+    try:
+        uds = str(base / f"{vm_id}.vsock")
+        await restore(m, snap, uds)
+        await wait_guest(uds, timeout=30)
+        yield m, uds
+    finally:
+        m.stop()

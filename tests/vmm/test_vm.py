@@ -12,7 +12,7 @@ import pytest
 
 from kiln.vmm.qemu import MemoryImageServer, seal_memory_image
 from tests.conftest import process_gone, wait_for
-from tests.vmm.conftest import Snapshot, Spec, ask, restore, start, wait_guest
+from tests.vmm.conftest import Snapshot, Spec, ask, restore, restored, start, wait_guest
 
 
 def test_cold_boot_took_place(snapshot: Snapshot) -> None:
@@ -22,26 +22,16 @@ def test_cold_boot_took_place(snapshot: Snapshot) -> None:
 
 async def test_restored_vm_answers_over_vsock(tmp_path: Path, spec: Spec,
                                               snapshot: Snapshot) -> None:
-    m = start(tmp_path, "restored", spec)
-    try:
-        uds = str(tmp_path / "r.vsock")
-        await restore(m, snapshot, uds)
+    async with restored(tmp_path, "restored", spec, snapshot) as (m, uds):
         assert (await m.client.get("/"))["state"] == "Running"
-        await wait_guest(uds, timeout=30)
         assert await ask(uds, "echo hello from the host") == "hello from the host"
         # Several connections at once, each its own stream.
         answers = await asyncio.gather(*(ask(uds, f"echo {i}") for i in range(5)))
         assert answers == [str(i) for i in range(5)]
-    finally:
-        m.stop()
 
 
 async def test_vsock_refusals(tmp_path: Path, spec: Spec, snapshot: Snapshot) -> None:
-    m = start(tmp_path, "refusals", spec)
-    try:
-        uds = str(tmp_path / "r.vsock")
-        await restore(m, snapshot, uds)
-        await wait_guest(uds, timeout=30)
+    async with restored(tmp_path, "refusals", spec, snapshot) as (_, uds):
         # Nobody listens on guest port 4999: Firecracker closes without an answer.
         reader, writer = await asyncio.open_unix_connection(uds)
         writer.write(b"CONNECT 4999\n")
@@ -54,8 +44,6 @@ async def test_vsock_refusals(tmp_path: Path, spec: Spec, snapshot: Snapshot) ->
         writer.close()
         # Guest-initiated, with no host listener on <uds>_7000: the guest's connect is refused.
         assert (await ask(uds, "host 7000 hi")).startswith("error ConnectionRefusedError")
-    finally:
-        m.stop()
 
 
 async def test_guest_initiated_connection_and_mmds(tmp_path: Path, spec: Spec,
@@ -143,30 +131,20 @@ async def test_pause_resume_snapshot_rules(tmp_path: Path, spec: Spec,
         assert await ask(uds, "echo still here") == "still here"
     finally:
         m.stop()
-    # The second-generation snapshot restores too.
-    m2 = start(tmp_path, "gen2", spec)
-    try:
-        await restore(m2, Snapshot(snap["snapshot_path"], snap["mem_file_path"], 0),
-                      str(tmp_path / "g.vsock"))
-        await wait_guest(str(tmp_path / "g.vsock"), timeout=30)
-    finally:
-        m2.stop()
+    # The second-generation snapshot restores too (its guest answers).
+    async with restored(tmp_path, "gen2", spec,
+                        Snapshot(snap["snapshot_path"], snap["mem_file_path"], 0)):
+        pass
 
 
 async def test_ctrl_alt_del_ends_the_vm_and_the_monitor(tmp_path: Path, spec: Spec,
                                                         snapshot: Snapshot) -> None:
-    m = start(tmp_path, "cad", spec)
-    try:
-        uds = str(tmp_path / "r.vsock")
-        await restore(m, snapshot, uds)
-        await wait_guest(uds, timeout=30)
+    async with restored(tmp_path, "cad", spec, snapshot) as (m, uds):
         await m.client.put("/actions", {"action_type": "SendCtrlAltDel"})
         assert wait_for(lambda: m.process.poll() is not None, 60)
         assert m.process.returncode == 0
         assert not os.path.exists(m.api_sock)
         assert not os.path.exists(uds)
-    finally:
-        m.stop()
 
 
 async def test_snapshot_refused_across_accelerators(tmp_path: Path, spec: Spec,
