@@ -17,6 +17,7 @@ import pytest
 
 from kiln.sandbox.isolated import IsolatedBackend, SandboxError, runtime_paths
 from kiln.sandbox.types import SandboxSpec
+from tests.conftest import wait_for
 from tests.sandbox.conftest import PYTHON, run, run_program, spec_for
 
 pytestmark = pytest.mark.usefixtures("isolation_features")
@@ -275,7 +276,16 @@ asyncio.run(main())
 """
 
 
-def test_kill_9_of_the_server_then_sweep(sandbox_root: Path, task_root: Path) -> None:
+@dataclass
+class Held:
+    inits: list[int]
+    cgroup_dirs: list[Path]
+    launcher: int
+
+
+def _hold_then_kill(sandbox_root: Path, task_root: Path, kill_launcher: bool) -> Held:
+    """Run HOLDER's server in a process, then SIGKILL it (and its launcher if asked): what
+    its environments left behind."""
     script = HOLDER.format(
         repo=str(REPO), root=str(sandbox_root), python=PYTHON, task=str(task_root)
     )
@@ -287,13 +297,20 @@ def test_kill_9_of_the_server_then_sweep(sandbox_root: Path, task_root: Path) ->
         line = holder.stdout.readline()
         assert line, "holder died"
         info = json.loads(line)
-        # The launcher too (it would otherwise clean up by itself): only the sweep is left.
-        os.kill(info["launcher"], signal.SIGKILL)
+        if kill_launcher:
+            os.kill(info["launcher"], signal.SIGKILL)
     finally:
         holder.kill()
         holder.wait()
-    inits = [env["init"] for env in info["envs"]]
-    cgroup_dirs = [Path(p).parent for env in info["envs"] for p in env["cgroup"]]
+    return Held([env["init"] for env in info["envs"]],
+                [Path(p).parent for env in info["envs"] for p in env["cgroup"]],
+                info["launcher"])
+
+
+def test_kill_9_of_the_server_then_sweep(sandbox_root: Path, task_root: Path) -> None:
+    # The launcher too (it would otherwise clean up by itself): only the sweep is left.
+    held = _hold_then_kill(sandbox_root, task_root, kill_launcher=True)
+    inits, cgroup_dirs = held.inits, held.cgroup_dirs
     assert any(_alive(p) for p in inits)  # the frozen one at least
 
     async def go() -> list[str]:
@@ -306,40 +323,23 @@ def test_kill_9_of_the_server_then_sweep(sandbox_root: Path, task_root: Path) ->
     swept = run(go)
     # the three environments, plus the blank pre-warmed ones
     assert len([s for s in swept if s.startswith("cgroup ")]) >= 3, swept
-    deadline = time.monotonic() + 5
-    while any(_alive(p) for p in inits) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: not any(_alive(p) for p in inits), 5)
     assert not any(_alive(p) for p in inits)
     assert not any(d.exists() for d in cgroup_dirs)
-    assert not _alive(info["launcher"])
+    assert not _alive(held.launcher)
     assert _mounts_under(sandbox_root) == []
 
 
 def test_environments_die_with_their_server(sandbox_root: Path, task_root: Path) -> None:
     """Without any sweep: inits and the launcher see the server's sockets close."""
-    script = HOLDER.format(
-        repo=str(REPO), root=str(sandbox_root), python=PYTHON, task=str(task_root)
-    )
-    holder = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
-    )
-    try:
-        assert holder.stdout is not None
-        info = json.loads(holder.stdout.readline())
-    finally:
-        holder.kill()
-        holder.wait()
+    held = _hold_then_kill(sandbox_root, task_root, kill_launcher=False)
     # Running ones take themselves down; the launcher kills the frozen one and the cgroups.
-    inits = [env["init"] for env in info["envs"]]
-    cgroup_dirs = [Path(p).parent for env in info["envs"] for p in env["cgroup"]]
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and (
-        any(_alive(p) for p in [*inits, info["launcher"]]) or any(d.exists() for d in cgroup_dirs)
-    ):
-        time.sleep(0.01)
+    inits, cgroup_dirs = held.inits, held.cgroup_dirs
+    wait_for(lambda: not any(_alive(p) for p in [*inits, held.launcher])
+             and not any(d.exists() for d in cgroup_dirs), 10)
     assert not any(_alive(p) for p in inits)
     assert not any(d.exists() for d in cgroup_dirs)
-    assert not _alive(info["launcher"])
+    assert not _alive(held.launcher)
 
     async def go() -> None:
         backend = IsolatedBackend(sandbox_root)
