@@ -475,7 +475,7 @@ class StatesApi:
         if machine["type"] == "EXPRESS":
             arn = self._arn("express", f"{machine['name']}:{name}:{uuid.uuid4()}")
             running = self.executions.start_express(machine, arn, name, input_text)
-            return {"executionArn": arn, "startDate": running.info["started"]}
+            return {"executionArn": arn, "startDate": running.started}
         arn = self._arn("execution", f"{machine['name']}:{name}")
         existing = self.store.execution(arn)
         if existing is not None:
@@ -498,13 +498,13 @@ class StatesApi:
         stopped = self.clock.now()
         out: dict[str, Any] = {
             "executionArn": arn, "stateMachineArn": machine["arn"], "name": name,
-            "startDate": running.info["started"], "stopDate": stopped,
+            "startDate": running.started, "stopDate": stopped,
             "status": outcome.status, "input": input_text,
             "inputDetails": {"included": True},
             "billingDetails": {
                 "billedMemoryUsedInMB": 64,
                 "billedDurationInMilliseconds": max(
-                    100, int((stopped - running.info["started"]) * 1000 + 99) // 100 * 100),
+                    100, int((stopped - running.started) * 1000 + 99) // 100 * 100),
             },
         }
         if outcome.status == "SUCCEEDED":

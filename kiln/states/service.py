@@ -11,7 +11,7 @@ import json
 import sqlite3
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from kiln.states.definition import parse_definition
@@ -41,15 +41,26 @@ TERMINAL_EVENTS = {
 
 @dataclass(eq=False)
 class Running:
-    arn: str
     interpreter: Interpreter
-    history: History
-    input_text: str
     done: asyncio.Future[Outcome]
     task: asyncio.Task[None] | None = None
     stopping: bool = False
-    express: bool = False
-    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def arn(self) -> str:
+        return self.interpreter.info.arn
+
+    @property
+    def started(self) -> float:
+        return self.interpreter.info.start_time
+
+    @property
+    def express(self) -> bool:
+        return self.interpreter.info.express
+
+    @property
+    def history(self) -> History:
+        return self.interpreter.history
 
 
 class ExecutionService:
@@ -105,11 +116,12 @@ class ExecutionService:
         compiled = self.compile(machine["definition"], False)
         info = ExecutionInfo(arn, name, machine["arn"], machine["name"], machine["role_arn"],
                              json.loads(input_text), started)
-        self._launch(compiled, info, input_text, resume=None, first_id=1)
+        self._launch(compiled, info, resume=None, first_id=1)
         return started
 
-    def _launch(self, machine: Machine, info: ExecutionInfo, input_text: str,
-                resume: dict[str, Any] | None, first_id: int) -> Running:
+    def _launch(self, machine: Machine, info: ExecutionInfo, resume: dict[str, Any] | None,
+                first_id: int) -> Running:
+        """Run a Standard execution, its history written through to the store."""
         arn = info.arn
 
         def sink(events: list[Event], checkpoint: dict[str, Any] | None,
@@ -117,10 +129,13 @@ class ExecutionService:
             self.store.append(arn, events, checkpoint, frames)
 
         history = History(self.clock, sink=sink, keep=False, first_id=first_id)
+        return self._spawn(machine, info, history, resume)
+
+    def _spawn(self, machine: Machine, info: ExecutionInfo, history: History,
+               resume: dict[str, Any] | None) -> Running:
         interp = Interpreter(self.services, machine, info, history)
-        running = Running(arn, interp, history, input_text,
-                          asyncio.get_running_loop().create_future())
-        self.running[arn] = running
+        running = Running(interp, asyncio.get_running_loop().create_future())
+        self.running[info.arn] = running
         running.task = asyncio.create_task(self._run(running, resume))
         return running
 
@@ -157,14 +172,7 @@ class ExecutionService:
         started = self.clock.now()
         info = ExecutionInfo(arn, name, machine["arn"], machine["name"], machine["role_arn"],
                              json.loads(input_text), started, express=True)
-        history = History(self.clock, keep=record)
-        interp = Interpreter(self.services, compiled, info, history)
-        running = Running(arn, interp, history, input_text,
-                          asyncio.get_running_loop().create_future(), express=True,
-                          info={"started": started})
-        self.running[arn] = running
-        running.task = asyncio.create_task(self._run(running, None))
-        return running
+        return self._spawn(compiled, info, History(self.clock, keep=record), None)
 
     # ------------------------------------------------------------------ stop / shutdown
 
@@ -234,7 +242,7 @@ class ExecutionService:
             if checkpoint is None and events:
                 checkpoint = {"state": machine.start_at, "input": info.input,
                               "prev": events[-1]["id"]}
-            running = self._launch(machine, info, row["input"], checkpoint, first_id)
+            running = self._launch(machine, info, checkpoint, first_id)
             running.interpreter.saved_frames = self.store.frames(arn)
             resumed += 1
         return resumed
@@ -250,8 +258,8 @@ class ExecutionService:
         resume.update(prev=self.store.last_event_id(row["arn"]), redrive=count)
         info = self._info(row)
         info.redrive_count, info.timeout_from = count, when
-        running = self._launch(self.compile(row["definition"], False), info, row["input"],
-                               resume, resume["prev"] + 1)
+        running = self._launch(self.compile(row["definition"], False), info, resume,
+                               resume["prev"] + 1)
         running.interpreter.saved_frames = {
             path: cp if cp.get("done") else _redrive_point(cp)
             for path, cp in self.store.frames(row["arn"]).items()
@@ -365,7 +373,7 @@ class ExecutionService:
             arn = (f"arn:aws:states:{self.region}:{self.account_id}:express:{sm_name}:"
                    f"{exec_name}:{uuid.uuid4()}")
             running = self.start_express(machine, arn, exec_name, input_text)
-            started = running.info["started"]
+            started = running.started
         else:
             arn = f"arn:aws:states:{self.region}:{self.account_id}:execution:{sm_name}:{exec_name}"
             if self.store.execution(arn) is not None:
