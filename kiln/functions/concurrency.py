@@ -45,16 +45,23 @@ class Reservations:
     def unreserved(self, account_limit: int) -> int:
         return account_limit - self.total()
 
-    def put(self, function: str, reserved: int, account_limit: int, carved: int = 0) -> None:
-        """Reserve ``reserved`` executions for ``function``, or raise
-        InvalidParameterValueException when that leaves too little unreserved (``carved``:
-        what other functions' provisioned concurrency already took from it)."""
+    def check_unreserved(self, function: str, taken: int, account_limit: int, carved: int,
+                         setting: str) -> None:
+        """InvalidParameterValueException naming ``setting`` when ``function`` taking
+        ``taken`` executions leaves too little unreserved (``carved``: what other functions'
+        provisioned concurrency already took from it)."""
         minimum = minimum_unreserved(account_limit)
         others = self.total() - self.reserved.get(function, 0)
-        if account_limit - others - carved - reserved < minimum:
+        if account_limit - others - carved - taken < minimum:
             raise AwsError.invalid_parameter(
-                "Specified ReservedConcurrentExecutions for function decreases account's "
+                f"Specified {setting} for function decreases account's "
                 f"UnreservedConcurrentExecution below its minimum value of [{minimum}].")
+
+    def put(self, function: str, reserved: int, account_limit: int, carved: int = 0) -> None:
+        """Reserve ``reserved`` executions for ``function``, or raise
+        InvalidParameterValueException when that leaves too little unreserved."""
+        self.check_unreserved(function, reserved, account_limit, carved,
+                              "ReservedConcurrentExecutions")
         with self.db.transaction() as tx:
             tx.execute("INSERT OR REPLACE INTO function_concurrency (function, reserved) "
                        "VALUES (?, ?)", (function, reserved))

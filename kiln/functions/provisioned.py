@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from kiln.aws.errors import AwsError
 from kiln.aws.restjson import Fields
-from kiln.functions.concurrency import minimum_unreserved
 from kiln.functions.paging import page_of
 from kiln.functions.types import FunctionRecord, timestamp
 from kiln.functions.validation import field_error, null_error
@@ -244,21 +243,17 @@ class Provisioning:
         existing = self.configs.find(name, qualifier)
         total = (self.configs.totals.get(name, 0)
                  - (existing.requested if existing else 0) + requested)
-        reservations = self.functions.concurrency.reserved
-        reserved = reservations.get(name)
+        reservations = self.functions.concurrency
+        reserved = reservations.reserved.get(name)
         if reserved is not None:
             if total > reserved:
                 raise AwsError.invalid_parameter(
                     "Requested Provisioned Concurrency should not be greater than the "
                     "reservedConcurrentExecution for function")
             return
-        minimum = minimum_unreserved(self.account_limit)
-        unreserved = (self.account_limit - sum(reservations.values())
-                      - self.configs.carved(reservations, exclude=name) - total)
-        if unreserved < minimum:
-            raise AwsError.invalid_parameter(
-                "Specified ConcurrentExecutions for function decreases account's "
-                f"UnreservedConcurrentExecution below its minimum value of [{minimum}].")
+        reservations.check_unreserved(
+            name, total, self.account_limit,
+            self.configs.carved(reservations.reserved, exclude=name), "ConcurrentExecutions")
 
     def _status(self, config: ProvisionedConfig) -> dict[str, Any]:
         available = 0
