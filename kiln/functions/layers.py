@@ -218,8 +218,7 @@ class LayerStore:
         if organization is not None and not re.fullmatch(r"o-[a-z0-9]{10,32}", organization):
             raise field_error(organization, "organizationId",
                               "Member must satisfy regular expression pattern: o-[a-z0-9]{10,32}")
-        name, number, row = self._policy_target(layer, version)
-        policy = json.loads(row["policy"]) if row["policy"] else {"Statements": []}
+        name, number, policy = self._policy_target(layer, version)
         check_revision(revision_id, policy.get("RevisionId"), "GetLayerPolicy")
         if any(s["Sid"] == sid for s in policy["Statements"]):
             raise AwsError.conflict(
@@ -239,17 +238,15 @@ class LayerStore:
         return {"Statement": json.dumps(statement), "RevisionId": policy["RevisionId"]}
 
     def get_policy(self, layer: str, version: str) -> dict[str, Any]:
-        _name, _number, row = self._policy_target(layer, version)
-        policy = json.loads(row["policy"]) if row["policy"] else None
-        if not policy or not policy["Statements"]:
+        _name, _number, policy = self._policy_target(layer, version)
+        if not policy["Statements"]:
             raise AwsError.not_found("No policy is associated with the given resource.")
         document = {"Version": "2012-10-17", "Id": "default", "Statement": policy["Statements"]}
         return {"Policy": json.dumps(document), "RevisionId": policy["RevisionId"]}
 
     def remove_permission(self, layer: str, version: str, sid: str,
                           revision_id: str | None) -> None:
-        name, number, row = self._policy_target(layer, version)
-        policy = json.loads(row["policy"]) if row["policy"] else {"Statements": []}
+        name, number, policy = self._policy_target(layer, version)
         check_revision(revision_id, policy.get("RevisionId"), "GetLayerPolicy")
         kept = [s for s in policy["Statements"] if s["Sid"] != sid]
         if len(kept) == len(policy["Statements"]):
@@ -380,13 +377,15 @@ class LayerStore:
             "SELECT * FROM layer_versions WHERE name = ? AND version = ?"
             + ("" if include_deleted else " AND deleted = 0"), (name, version))
 
-    def _policy_target(self, layer: str, version: str) -> tuple[str, int, sqlite3.Row]:
+    def _policy_target(self, layer: str, version: str) -> tuple[str, int, dict[str, Any]]:
+        """The layer version's name, number and policy (without one, no statements)."""
         name, number = self._name(layer), _version_number(version)
         row = self._row(name, number)
         if row is None:
             raise AwsError.not_found(
                 f"Layer version {self.arns.layer(name, number)} does not exist.")
-        return name, number, row
+        policy = json.loads(row["policy"]) if row["policy"] else {"Statements": []}
+        return name, number, policy
 
     def _save_policy(self, name: str, number: int, policy: dict[str, Any]) -> None:
         self.db.execute("UPDATE layer_versions SET policy = ? WHERE name = ? AND version = ?",
