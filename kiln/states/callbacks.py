@@ -146,11 +146,13 @@ class ActivityBroker:
     async def poll(self, activity_arn: str, worker: str, clock: Clock,
                    timeout: float) -> ActivityTask | None:
         queue = self._tasks.get(activity_arn)
-        if queue:
-            task = queue.popleft()
-            if not task.started.done():
-                task.started.set_result(worker)
-            return task
+        task = queue.popleft() if queue else await self._wait(activity_arn, clock, timeout)
+        if task is not None and not task.started.done():
+            task.started.set_result(worker)
+        return task
+
+    async def _wait(self, activity_arn: str, clock: Clock,
+                    timeout: float) -> ActivityTask | None:
         poller: asyncio.Future[ActivityTask] = asyncio.get_running_loop().create_future()
         self._pollers.setdefault(activity_arn, deque()).append(poller)
         timer: asyncio.Future[Any] = asyncio.ensure_future(clock.sleep(timeout))
@@ -160,12 +162,7 @@ class ActivityBroker:
             timer.cancel()
             if not poller.done():
                 poller.cancel()
-        if poller.cancelled():
-            return None
-        task = poller.result()
-        if not task.started.done():
-            task.started.set_result(worker)
-        return task
+        return None if poller.cancelled() else poller.result()
 
     def drop(self, activity_arn: str) -> list[ActivityTask]:
         """Forget an activity's queue (DeleteActivity); returns the tasks that were waiting."""
