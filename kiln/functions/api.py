@@ -64,6 +64,11 @@ def page(key: str, items: list[Any], marker: str | None) -> Response:
     return json_response(body)
 
 
+def code_location(request: Request, sha_hex: str) -> str:
+    """The URL that downloads a stored zip (``Code.Location``, ``Content.Location``)."""
+    return str(request.base_url) + f"kiln/v1/code/{sha_hex}.zip"
+
+
 def listed(record: FunctionRecord) -> dict[str, Any]:
     """A FunctionConfiguration as list operations show it."""
     return {k: v for k, v in record.config.items() if k not in LIST_OMITTED}
@@ -73,10 +78,10 @@ def routes(kiln: Kiln) -> list[Route]:
     functions = kiln.functions
 
     def get_function_body(request: Request, record: FunctionRecord) -> dict[str, Any]:
-        location = str(request.base_url) + f"kiln/v1/code/{record.code_sha_hex}.zip"
         body: dict[str, Any] = {
             "Configuration": record.config,
-            "Code": {"RepositoryType": "S3", "Location": location},
+            "Code": {"RepositoryType": "S3",
+                     "Location": code_location(request, record.code_sha_hex)},
         }
         tags = functions.tags.get(record.name)
         if tags:  # AWS leaves the member out when there are none

@@ -9,7 +9,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from kiln.aws.restjson import aws_endpoint, empty_response, json_body, json_response
-from kiln.functions.api import MAX_CONFIG_BYTES, MAX_CREATE_BYTES, max_items, page
+from kiln.functions.api import (
+    MAX_CONFIG_BYTES,
+    MAX_CREATE_BYTES,
+    code_location,
+    max_items,
+    page,
+)
 
 if TYPE_CHECKING:
     from kiln.server import Kiln
@@ -19,9 +25,9 @@ def routes(kiln: Kiln) -> list[Route]:
     layers = kiln.functions.layers
 
     def with_location(request: Request, info: dict[str, Any], sha_hex: str) -> dict[str, Any]:
-        """The answer with ``Content.Location``: a URL that downloads the zip."""
-        location = str(request.base_url) + f"kiln/v1/code/{sha_hex}.zip"
-        return {**info, "Content": {"Location": location, **info["Content"]}}
+        """The answer with ``Content.Location``."""
+        return {**info, "Content": {"Location": code_location(request, sha_hex),
+                                    **info["Content"]}}
 
     def target(request: Request) -> tuple[str, str]:
         return request.path_params["layer"], request.path_params["version"]
