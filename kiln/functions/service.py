@@ -102,7 +102,7 @@ class FunctionService:
         version = qualifier or LATEST
         if is_version(version):
             return self.get(name, version)
-        return self.get(name, self._alias_target(name, version))
+        return self.get(name, self._alias(name, version).pick())
 
     def list_versions(self, name: str, marker: str | None,
                       max_items: int) -> tuple[builtins.list[FunctionRecord], str | None]:
@@ -420,9 +420,6 @@ class FunctionService:
         return FunctionRecord({**record.config,
                                "FunctionArn": self.arns.function(name, alias_name)},
                               record.code_sha_hex)
-
-    def _alias_target(self, name: str, alias_name: str) -> str:
-        return self._alias(name, alias_name).pick()
 
     def _alias(self, name: str, alias_name: str) -> Alias:
         alias = self.aliases.find(name, alias_name)
