@@ -154,14 +154,16 @@ class ActivityBroker:
     async def _wait(self, activity_arn: str, clock: Clock,
                     timeout: float) -> ActivityTask | None:
         poller: asyncio.Future[ActivityTask] = asyncio.get_running_loop().create_future()
-        self._pollers.setdefault(activity_arn, deque()).append(poller)
+        pollers = self._pollers.setdefault(activity_arn, deque())
+        pollers.append(poller)
         timer: asyncio.Future[Any] = asyncio.ensure_future(clock.sleep(timeout))
         try:
             await asyncio.wait({poller, timer}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             timer.cancel()
-            if not poller.done():
+            if not poller.done():  # no task came: leave no stale poller behind
                 poller.cancel()
+                pollers.remove(poller)
         return None if poller.cancelled() else poller.result()
 
     def drop(self, activity_arn: str) -> list[ActivityTask]:

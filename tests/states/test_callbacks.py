@@ -172,6 +172,19 @@ def test_empty_activity_poll_returns_none_after_timeout() -> None:
     asyncio.run(main())
 
 
+def test_timed_out_polls_leave_no_pollers_behind() -> None:
+    async def main() -> None:
+        clock = FakeClock()
+        broker = make_services(clock).activities
+        for _ in range(3):
+            assert await clock.drive(broker.poll(ACTIVITY, "w", clock, 60)) is None
+        assert not broker._pollers[ACTIVITY]
+        task = broker.schedule(ACTIVITY, "t", "{}")
+        assert await broker.poll(ACTIVITY, "w", clock, 60) is task
+
+    asyncio.run(main())
+
+
 def test_jitter_full_stays_within_backoff() -> None:
     definition = {"StartAt": "T", "States": {"T": {
         "Type": "Task", "Resource": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:fail",
