@@ -829,14 +829,9 @@ class Interpreter:
 
     async def invoke_legacy_lambda(self, state: State, value: JSON, frame: Frame,
                                    timeout: float | None) -> JSON:
-        def scheduled() -> dict[str, Any]:
-            d: dict[str, Any] = {"resource": state.resource, "input": dumps(value),
-                                 "inputDetails": _NO_DETAIL}
-            if timeout is not None:
-                d["timeoutInSeconds"] = int(timeout)
-            return d
-
-        frame.prev = self.add("LambdaFunctionScheduled", frame.prev, scheduled)
+        frame.prev = self.add("LambdaFunctionScheduled", frame.prev, lambda: {
+            "resource": state.resource, "input": dumps(value), "inputDetails": _NO_DETAIL,
+            **_limits(timeout, None)})
         frame.prev = self.add("LambdaFunctionStarted", frame.prev)
         self.persist(frame)
         async def result() -> JSON:
@@ -865,25 +860,14 @@ class Interpreter:
                              frame: Frame, timeout: float | None, heartbeat: float | None,
                              token: str | None, resume: dict[str, Any] | None) -> JSON:
         base, _, pattern = action.partition(".")
-        resource_type = service
-
-        def scheduled() -> dict[str, Any]:
-            d: dict[str, Any] = {"resourceType": resource_type, "resource": action,
-                                 "region": self.services.region, "parameters": dumps(value)}
-            if timeout is not None:
-                d["timeoutInSeconds"] = int(timeout)
-            if heartbeat is not None:
-                d["heartbeatInSeconds"] = int(heartbeat)
-            return d
-
-        fields = {"resourceType": resource_type, "resource": action}
+        fields = {"resourceType": service, "resource": action}
         submitted = bool(resume and resume.get("submitted") and token
                          and resume.get("token") == token)
         if not submitted:
-            frame.prev = self.add("TaskScheduled", frame.prev, scheduled)
-            frame.prev = self.add("TaskStarted", frame.prev, lambda: {
-                "resourceType": resource_type, "resource": action,
-            })
+            frame.prev = self.add("TaskScheduled", frame.prev, lambda: {
+                **fields, "region": self.services.region, "parameters": dumps(value),
+                **_limits(timeout, heartbeat)})
+            frame.prev = self.add("TaskStarted", frame.prev, lambda: dict(fields))
         waiter = self.services.tokens.register(token, self.info.arn) if token else None
         self.persist(frame, token=token, submitted=submitted)
         try:
@@ -951,16 +935,9 @@ class Interpreter:
         if not self.services.activity_exists(arn):
             raise StatesFailure("States.Runtime", f"The activity {arn} does not exist.")
         text = dumps(value)
-
-        def scheduled() -> dict[str, Any]:
-            d: dict[str, Any] = {"resource": arn, "input": text, "inputDetails": _NO_DETAIL}
-            if timeout is not None:
-                d["timeoutInSeconds"] = int(timeout)
-            if heartbeat is not None:
-                d["heartbeatInSeconds"] = int(heartbeat)
-            return d
-
-        frame.prev = self.add("ActivityScheduled", frame.prev, scheduled)
+        frame.prev = self.add("ActivityScheduled", frame.prev, lambda: {
+            "resource": arn, "input": text, "inputDetails": _NO_DETAIL,
+            **_limits(timeout, heartbeat)})
         token = new_token(self.info.arn)
         waiter = self.services.tokens.register(token, self.info.arn)
         self.persist(frame)
@@ -1515,6 +1492,16 @@ def _json_type(value: JSON) -> str:
     if isinstance(value, str):
         return "string"
     return "array" if isinstance(value, list) else "object"
+
+
+def _limits(timeout: float | None, heartbeat: float | None) -> dict[str, int]:
+    """A *Scheduled event's timeoutInSeconds and heartbeatInSeconds, those that are set."""
+    out = {}
+    if timeout is not None:
+        out["timeoutInSeconds"] = int(timeout)
+    if heartbeat is not None:
+        out["heartbeatInSeconds"] = int(heartbeat)
+    return out
 
 
 def _error_details(failure: StatesFailure) -> dict[str, Any]:
