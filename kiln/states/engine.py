@@ -361,8 +361,7 @@ class Interpreter:
             entered = int(resume["entered"])
             entered_time = float(resume.get("entered_time", self.clock.now()))
         else:
-            kind = "Fail" if state.type == "Fail" else state.type
-            entered = self.add(f"{kind}StateEntered", frame.prev, lambda: {
+            entered = self.add(f"{state.type}StateEntered", frame.prev, lambda: {
                 "name": state.name, "input": self.dump(data), "inputDetails": _NO_DETAIL,
             })
             entered_time = self.clock.now()
@@ -387,9 +386,7 @@ class Interpreter:
 
     def caught(self, state: State, catcher: Catcher, failure: StatesFailure, data: JSON,
                frame: Frame, entered: int, entered_time: float) -> tuple[str | None, JSON]:
-        error_output: dict[str, JSON] = {"Error": failure.error}
-        if failure.cause is not None:
-            error_output["Cause"] = failure.cause
+        error_output = _error_details_obj(failure)
         assigned: dict[str, JSON] | None = None
         try:
             if state.jsonata:
