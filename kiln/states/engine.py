@@ -592,11 +592,8 @@ class Interpreter:
         return target, output
 
     def no_choice(self, state: State, entered: int) -> StatesFailure:
-        return StatesFailure(
-            "States.Runtime",
-            f"An error occurred while executing the state '{state.name}' (entered at the event "
-            f"id #{entered}). No Choice Rules matched and no Default was specified.",
-        )
+        return self.runtime(state, entered,
+                            "No Choice Rules matched and no Default was specified.")
 
     async def run_wait(self, state: State, data: JSON, frame: Frame, entered: int,
                        entered_time: float, resume: dict[str, Any] | None) -> tuple[
@@ -651,10 +648,8 @@ class Interpreter:
             if until - start > 24855 * 86400:
                 raise PathFailure("Wait state delay is too long")
             return until
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-            raise PathFailure(f"The {source} value cannot be parsed as a long value: "
-                              f"{dumps(seconds)}")
-        if isinstance(seconds, float) and not seconds.is_integer():
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or (
+                isinstance(seconds, float) and not seconds.is_integer()):
             raise PathFailure(f"The {source} value cannot be parsed as a long value: "
                               f"{dumps(seconds)}")
         if seconds < 0:
