@@ -1163,19 +1163,18 @@ class Interpreter:
         processor = state.processor
         started = frame.prev
         results: list[JSON] = [None] * len(inputs)
-        failures: list[StatesFailure] = []
+        failed = 0
         tolerant = tolerated_count is not None or tolerated_pct is not None
         last = [started]
 
         async def iteration(index: int) -> None:
+            nonlocal failed
             path = self.sub_path(frame, state, index)
             saved = self.saved_frames.pop(path, None) if resuming else None
             if saved is not None and saved.get("done"):
                 results[index] = saved["output"]
                 last[0] = max(last[0], int(saved["last"]))
-                if saved.get("failed"):
-                    failures.append(StatesFailure(saved["output"]["Error"],
-                                                  saved["output"].get("Cause")))
+                failed += bool(saved.get("failed"))
                 return
             prev = started if saved is not None else self.add(
                 "MapIterationStarted", started, lambda: {"name": state.name, "index": index})
@@ -1187,7 +1186,7 @@ class Interpreter:
                     "name": state.name, "index": index})
                 if not tolerant:
                     raise
-                failures.append(failure)
+                failed += 1
                 results[index] = _error_details_obj(failure)
                 self.record_done(path, {"done": True, "output": results[index],
                                         "failed": True, "last": last[0]})
@@ -1202,8 +1201,7 @@ class Interpreter:
             frame.prev = self.add("MapStateFailed", last[0])
             raise
         frame.prev = last[0]
-        if exceeds_tolerance(len(failures), len(inputs), tolerated_count, tolerated_pct) and (
-                tolerant):
+        if exceeds_tolerance(failed, len(inputs), tolerated_count, tolerated_pct):
             frame.prev = self.add("MapStateFailed", last[0])
             raise StatesFailure("States.ExceedToleratedFailureThreshold", _THRESHOLD)
         self.drop_sub_frames(frame, state)
