@@ -26,8 +26,8 @@ def spawn(argv: list[str], env: dict[str, str], cwd: str) -> tuple[subprocess.Po
 
 
 def drain(fd: int, deliver: Callable[[bytes], object]) -> bool:
-    """Deliver everything already written to the non-blocking ``fd``; True at end of file
-    (the caller then stops watching and closes it)."""
+    """Deliver everything already written to the non-blocking ``fd`` (a pipe, or a stream
+    socket); True at end of file or on an error (the caller then stops watching it)."""
     while True:
         try:
             chunk = os.read(fd, 65536)

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.runtime.runtimes import BOOTSTRAP_DIR
+from kiln.sandbox._output import drain
 from kiln.sandbox.types import SandboxSpec
 from kiln.vmm.client import VmmError
 from kiln.vmm.guest import agent
@@ -280,18 +281,7 @@ class MicrovmSandbox:
         sock = self._control
         if sock is None:
             return
-        ended = False
-        while True:
-            try:
-                data = sock.recv(65536)
-            except BlockingIOError:
-                break
-            except OSError:
-                data = b""
-            if not data:
-                ended = True
-                break
-            self._buffer += data
+        ended = drain(sock.fileno(), self._buffer.extend)
         while (message := self._take_message()) is not None:
             kind, payload = message
             if kind == agent.OUTPUT:
