@@ -109,6 +109,11 @@ SCHEMA = [
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
+def _next_seq(tx: sqlite3.Connection, table: str) -> int:
+    """The insertion order number of ``table``'s next row (List* answers in this order)."""
+    return int(tx.execute(f"SELECT COALESCE(MAX(seq), 0) + 1 FROM {table}").fetchone()[0])
+
+
 class StatesStore:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -124,7 +129,7 @@ class StatesStore:
 
     def insert_machine(self, row: dict[str, Any]) -> None:
         with self.db.transaction() as tx:
-            seq = tx.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM states_machines").fetchone()[0]
+            seq = _next_seq(tx, "states_machines")
             tx.execute(
                 "INSERT INTO states_machines (arn, name, type, definition, role_arn, created, "
                 "updated, revision_id, logging, tracing, description, seq) VALUES "
@@ -215,8 +220,7 @@ class StatesStore:
 
     def insert_execution(self, row: dict[str, Any]) -> None:
         with self.db.transaction() as tx:
-            seq = tx.execute(
-                "SELECT COALESCE(MAX(seq), 0) + 1 FROM states_executions").fetchone()[0]
+            seq = _next_seq(tx, "states_executions")
             tx.execute(
                 "INSERT INTO states_executions (arn, machine_arn, name, status, input, started, "
                 "definition, role_arn, revision_id, version_arn, alias_arn, seq) VALUES "
@@ -307,8 +311,7 @@ class StatesStore:
                 "UPDATE states_map_runs SET status = ?, body = ? WHERE arn = ?",
                 (status, _dumps(body), arn)).rowcount
             if not updated:
-                seq = tx.execute(
-                    "SELECT COALESCE(MAX(seq), 0) + 1 FROM states_map_runs").fetchone()[0]
+                seq = _next_seq(tx, "states_map_runs")
                 tx.execute("INSERT INTO states_map_runs (arn, execution_arn, status, body, seq) "
                            "VALUES (?, ?, ?, ?, ?)",
                            (arn, execution_arn, status, _dumps(body), seq))
@@ -327,8 +330,7 @@ class StatesStore:
 
     def insert_activity(self, arn: str, name: str, created: float) -> None:
         with self.db.transaction() as tx:
-            seq = tx.execute(
-                "SELECT COALESCE(MAX(seq), 0) + 1 FROM states_activities").fetchone()[0]
+            seq = _next_seq(tx, "states_activities")
             tx.execute("INSERT INTO states_activities (arn, name, created, seq) "
                        "VALUES (?, ?, ?, ?)", (arn, name, created, seq))
 
