@@ -256,14 +256,15 @@ class StatesStore:
     def finish_execution(self, arn: str, status: str, stopped: float, output: str | None,
                          error: str | None, cause: str | None) -> None:
         # A failed execution keeps its checkpoint: RedriveExecution resumes from it.
-        self.db.execute(
-            "UPDATE states_executions SET status = ?, stopped = ?, output = ?, error = ?, "
-            "cause = ?, checkpoint = CASE WHEN ? = 'SUCCEEDED' THEN NULL ELSE checkpoint END "
-            "WHERE arn = ?",
-            (status, stopped, output, error, cause, status, arn),
-        )
-        if status == "SUCCEEDED":  # otherwise a redrive reuses finished branches
-            self.db.execute("DELETE FROM states_frames WHERE execution_arn = ?", (arn,))
+        with self.db.transaction() as tx:
+            tx.execute(
+                "UPDATE states_executions SET status = ?, stopped = ?, output = ?, error = ?, "
+                "cause = ?, checkpoint = CASE WHEN ? = 'SUCCEEDED' THEN NULL ELSE checkpoint "
+                "END WHERE arn = ?",
+                (status, stopped, output, error, cause, status, arn),
+            )
+            if status == "SUCCEEDED":  # otherwise a redrive reuses finished branches
+                tx.execute("DELETE FROM states_frames WHERE execution_arn = ?", (arn,))
 
     def frames(self, arn: str) -> dict[str, dict[str, Any]]:
         rows = self.db.query("SELECT path, body FROM states_frames WHERE execution_arn = ?",
