@@ -58,6 +58,19 @@ def _validation(message: str) -> AwsError:
     return _err("ValidationException", message)
 
 
+def _definition(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _validation("1 validation error detected: Value null at 'definition' failed "
+                          "to satisfy constraint: Member must not be null")
+    return value
+
+
+def _role(value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith("arn:"):
+        raise _err("InvalidArn", f"Invalid Arn: 'Invalid ARN prefix: {value}'")
+    return value
+
+
 def _name(value: Any, *, alias: bool = False) -> str:
     """A valid resource name, else InvalidName; an alias's may not be all digits (a version's)."""
     if not valid_name(value) or (alias and str(value).isdigit()):
@@ -152,10 +165,7 @@ class StatesApi:
         return row
 
     def _definition_error(self, definition: Any, express: bool) -> None:
-        if not isinstance(definition, str):
-            raise _validation("1 validation error detected: Value null at 'definition' failed "
-                              "to satisfy constraint: Member must not be null")
-        diagnostics = validate_definition(definition, express)
+        diagnostics = validate_definition(_definition(definition), express)
         errors = [d for d in diagnostics if d.severity == "ERROR"]
         if errors:
             raise _err("InvalidDefinition", DefinitionError(errors).message())
@@ -163,9 +173,7 @@ class StatesApi:
     def _input(self, value: Any) -> str:
         if value is None:
             return "{}"
-        if not isinstance(value, str):
-            raise _err("InvalidExecutionInput", "Invalid execution input.")
-        if not value.strip():
+        if not isinstance(value, str) or not value.strip():
             raise _err("InvalidExecutionInput", "Invalid execution input.")
         try:
             json.loads(value)
@@ -212,9 +220,7 @@ class StatesApi:
             raise _validation(f"1 validation error detected: Value '{sm_type}' at 'type' failed "
                               "to satisfy constraint: Member must satisfy enum value set: "
                               "[STANDARD, EXPRESS]")
-        role = body.get("roleArn")
-        if not isinstance(role, str) or not role.startswith("arn:"):
-            raise _err("InvalidArn", f"Invalid Arn: 'Invalid ARN prefix: {role}'")
+        role = _role(body.get("roleArn"))
         definition = body.get("definition")
         self._definition_error(definition, sm_type == "EXPRESS")
         arn = self._arn("stateMachine", name)
@@ -278,10 +284,7 @@ class StatesApi:
             self._definition_error(body["definition"], row["type"] == "EXPRESS")
             fields["definition"] = body["definition"]
         if "roleArn" in body:
-            role = body["roleArn"]
-            if not isinstance(role, str) or not role.startswith("arn:"):
-                raise _err("InvalidArn", f"Invalid Arn: 'Invalid ARN prefix: {role}'")
-            fields["role_arn"] = role
+            fields["role_arn"] = _role(body["roleArn"])
         if "loggingConfiguration" in body:
             fields["logging"] = dumps(body["loggingConfiguration"])
         if "tracingConfiguration" in body:
@@ -311,11 +314,8 @@ class StatesApi:
         return self._page("stateMachines", items, body)
 
     async def op_validate_state_machine_definition(self, body: dict[str, Any]) -> dict[str, Any]:
-        definition = body.get("definition")
-        if not isinstance(definition, str):
-            raise _validation("1 validation error detected: Value null at 'definition' failed "
-                              "to satisfy constraint: Member must not be null")
-        diagnostics = validate_definition(definition, body.get("type") == "EXPRESS")
+        diagnostics = validate_definition(_definition(body.get("definition")),
+                                          body.get("type") == "EXPRESS")
         max_results = body.get("maxResults") or 100
         shown = diagnostics[:max_results]
         return {
