@@ -276,7 +276,6 @@ class IsolatedSandbox:
         self._configured: asyncio.Future[None] = self._loop.create_future()
         self._started: asyncio.Future[None] | None = None
         self._exited: asyncio.Future[int] = self._loop.create_future()
-        self._returncode: int | None = None
         self._destroyed = False
         self._init_done = False
         self._peak_bytes = 0
@@ -347,9 +346,8 @@ class IsolatedSandbox:
             if self._started is not None:
                 _fail(self._started, exc)
         elif word == "exit":
-            self._returncode = int(rest)
             if not self._exited.done():
-                self._exited.set_result(self._returncode)
+                self._exited.set_result(int(rest))
         elif word == "error":
             exc2 = SandboxError(f"environment {self.env_id or '(blank)'}: {rest}")
             for fut in (self._ready, self._configured, self._started):
@@ -398,9 +396,7 @@ class IsolatedSandbox:
         finally:
             os.close(fd)
         if status is not None and not self._exited.done():
-            self._returncode = (-os.WTERMSIG(status) if os.WIFSIGNALED(status)
-                                else os.WEXITSTATUS(status))
-            self._exited.set_result(self._returncode)
+            self._exited.set_result(os.waitstatus_to_exitcode(status))
 
     def _ctl_closed(self) -> None:
         self._close_runtime_pidfd()
@@ -415,8 +411,7 @@ class IsolatedSandbox:
             if fut is not None:
                 _fail(fut, gone)
         if not self._exited.done():
-            rc = self._returncode if self._returncode is not None else -signal.SIGKILL
-            self._exited.set_result(rc)
+            self._exited.set_result(-signal.SIGKILL)  # gone without reporting an exit
 
     async def _wait_ready(self, timeout: float) -> None:
         await asyncio.wait_for(asyncio.shield(self._ready), timeout)
@@ -478,8 +473,12 @@ class IsolatedSandbox:
         fd = self._out_fd
         spec = self.spec
         if fd is not None and drain(fd, spec.on_output if spec else lambda _chunk: None):
-            self._loop.remove_reader(fd)
-            os.close(fd)
+            self._close_output()
+
+    def _close_output(self) -> None:
+        if self._out_fd is not None:
+            self._loop.remove_reader(self._out_fd)
+            os.close(self._out_fd)
             self._out_fd = None
 
     def _sample(self) -> None:
@@ -553,12 +552,8 @@ class IsolatedSandbox:
                 # The init is dead (or never started): its end-of-file is on the way.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(self._exited), 2)
-            self._ctl_closed()
-            self.drain_output()
-            if self._out_fd is not None:
-                self._loop.remove_reader(self._out_fd)
-                os.close(self._out_fd)
-                self._out_fd = None
+            self._ctl_closed()  # delivers the output left in the pipe
+            self._close_output()
             self.listener.close()
             if self.fork_requests is not None:
                 self.fork_requests.close()
