@@ -84,8 +84,12 @@ class UnisolatedSandbox:
     def drain_output(self) -> None:
         fd = self._out_fd
         if fd is not None and drain(fd, self.spec.on_output):
-            asyncio.get_running_loop().remove_reader(fd)
-            os.close(fd)
+            self._close_output()
+
+    def _close_output(self) -> None:
+        if self._out_fd is not None:
+            asyncio.get_running_loop().remove_reader(self._out_fd)
+            os.close(self._out_fd)
             self._out_fd = None
 
     def _sample_memory(self) -> None:
@@ -120,10 +124,7 @@ class UnisolatedSandbox:
                 self._proc.wait()
                 self._close_pidfd()
         self.drain_output()
-        if self._out_fd is not None:
-            asyncio.get_running_loop().remove_reader(self._out_fd)
-            os.close(self._out_fd)
-            self._out_fd = None
+        self._close_output()
         self.listener.close()
         self._forget(self.env_id)
 
