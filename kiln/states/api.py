@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from kiln.aws.errors import AwsError
+from kiln.states.callbacks import token_execution
 from kiln.states.definition import DefinitionError, valid_name, validate_definition
 from kiln.states.maprun import MapRun
 from kiln.states.payload import dumps
@@ -56,6 +57,14 @@ def _err(code: str, message: str) -> AwsError:
 
 def _validation(message: str) -> AwsError:
     return _err("ValidationException", message)
+
+
+def _enum(value: Any, field: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise _validation(f"1 validation error detected: Value '{value}' at '{field}' failed to "
+                          "satisfy constraint: Member must satisfy enum value set: "
+                          f"[{', '.join(allowed)}]")
+    return str(value)
 
 
 def _definition(value: Any) -> str:
@@ -215,11 +224,7 @@ class StatesApi:
 
     async def op_create_state_machine(self, body: dict[str, Any]) -> dict[str, Any]:
         name = _name(body.get("name"))
-        sm_type = body.get("type", "STANDARD")
-        if sm_type not in ("STANDARD", "EXPRESS"):
-            raise _validation(f"1 validation error detected: Value '{sm_type}' at 'type' failed "
-                              "to satisfy constraint: Member must satisfy enum value set: "
-                              "[STANDARD, EXPRESS]")
+        sm_type = _enum(body.get("type", "STANDARD"), "type", ("STANDARD", "EXPRESS"))
         role = _role(body.get("roleArn"))
         definition = body.get("definition")
         self._definition_error(definition, sm_type == "EXPRESS")
@@ -538,8 +543,8 @@ class StatesApi:
                             ("alias_arn", "stateMachineAliasArn")):
             if row[column]:
                 out[key] = row[column]
-        reason = self._not_redrivable(row)
         if row["status"] != "RUNNING":
+            reason = self._not_redrivable(row)
             if reason is None:
                 out["redriveStatus"] = "REDRIVABLE"
             else:
@@ -582,15 +587,11 @@ class StatesApi:
 
     async def op_list_executions(self, body: dict[str, Any]) -> dict[str, Any]:
         status = body.get("statusFilter")
-        if status is not None and status not in _STATUSES:
-            raise _validation(f"1 validation error detected: Value '{status}' at 'statusFilter' "
-                              "failed to satisfy constraint: Member must satisfy enum value set: "
-                              f"[{', '.join(_STATUSES)}]")
+        if status is not None:
+            _enum(status, "statusFilter", _STATUSES)
         redrive = body.get("redriveFilter")
-        if redrive is not None and redrive not in ("REDRIVEN", "NOT_REDRIVEN"):
-            raise _validation(f"1 validation error detected: Value '{redrive}' at "
-                              "'redriveFilter' failed to satisfy constraint: Member must satisfy "
-                              "enum value set: [REDRIVEN, NOT_REDRIVEN]")
+        if redrive is not None:
+            _enum(redrive, "redriveFilter", ("REDRIVEN", "NOT_REDRIVEN"))
         if body.get("mapRunArn") is not None:
             if body.get("stateMachineArn") is not None:
                 raise _validation("Only one of stateMachineArn or mapRunArn may be specified")
@@ -641,23 +642,16 @@ class StatesApi:
         return {"redriveDate": self.executions.redrive(row)}
 
     async def op_test_state(self, body: dict[str, Any]) -> dict[str, Any]:
-        definition = body.get("definition")
-        if not isinstance(definition, str):
-            raise _validation("1 validation error detected: Value null at 'definition' failed "
-                              "to satisfy constraint: Member must not be null")
         try:
-            raw = json.loads(definition)
+            raw = json.loads(_definition(body.get("definition")))
         except ValueError:
             raise _err("InvalidDefinition", "Invalid State Machine Definition: "
                        "'INVALID_JSON_DESCRIPTION: The definition is not valid JSON'") from None
         if not isinstance(raw, dict):
             raise _err("InvalidDefinition", "Invalid State Machine Definition: "
                        "'Definition must be a valid JSON object'")
-        level = body.get("inspectionLevel", "INFO")
-        if level not in ("INFO", "DEBUG", "TRACE"):
-            raise _validation(f"1 validation error detected: Value '{level}' at "
-                              "'inspectionLevel' failed to satisfy constraint: Member must "
-                              "satisfy enum value set: [INFO, DEBUG, TRACE]")
+        level = _enum(body.get("inspectionLevel", "INFO"), "inspectionLevel",
+                      ("INFO", "DEBUG", "TRACE"))
         debug = level != "INFO"  # TRACE adds HTTP details, which only HTTP Tasks have
         input_text = self._input(body.get("input"))
         variables_text = body.get("variables")
@@ -733,8 +727,6 @@ class StatesApi:
         return token
 
     def _missing_task(self, token: str) -> AwsError:
-        from kiln.states.callbacks import token_execution
-
         if token_execution(token) is None:
             return _err("InvalidToken", f"Invalid Token: '{token}'")
         return _err("TaskDoesNotExist", "Task Does Not Exist")
