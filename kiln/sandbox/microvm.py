@@ -56,7 +56,7 @@ from kiln.vmm.guest.image import (
     make_ext4,
 )
 from kiln.vmm.launch import MonitorFailed, MonitorProcess, start_monitor, sweep
-from kiln.vmm.qemu import MemoryImageServer, seal_memory_image
+from kiln.vmm.qemu import MemoryImageServer, listen_unix, seal_memory_image
 
 log = logging.getLogger("kiln.microvm")
 
@@ -137,8 +137,9 @@ class MicrovmSandbox:
         jailed = uid is not None
         self._run = Path(monitor.jail_root) / "run" if jailed else self.dir
         self._monitor_run = "/run" if jailed else str(self.dir)
-        self.listener = _unix_listener(self.dir / "runtime.sock")
-        self._guest_listener = _unix_listener(self._run / f"v.sock_{agent.RUNTIME_API_PORT}")
+        self.listener = listen_unix(str(self.dir / "runtime.sock"), backlog=64)
+        self._guest_listener = listen_unix(str(self._run / f"v.sock_{agent.RUNTIME_API_PORT}"),
+                                           backlog=64)
         if uid is not None:  # the jailed monitor connects to it as its unprivileged user
             os.chown(self._run / f"v.sock_{agent.RUNTIME_API_PORT}", uid, -1)
         self._guest_server: asyncio.Server | None = None
@@ -630,14 +631,6 @@ def _short_path(directory: Path) -> Path:
         alias.unlink(missing_ok=True)
         alias.symlink_to(directory)
     return alias
-
-
-def _unix_listener(path: Path) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(str(path))
-    sock.listen(64)
-    sock.setblocking(False)
-    return sock
 
 
 async def _read_line(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:

@@ -25,7 +25,7 @@ from kiln.vmm import jail
 from kiln.vmm.api import Monitor
 from kiln.vmm.firecracker import FirecrackerProxy
 from kiln.vmm.http import HttpRequest, HttpResponse, serve
-from kiln.vmm.qemu import detect_accelerator
+from kiln.vmm.qemu import detect_accelerator, listen_unix
 
 #: As Firecracker's jailer: alphanumerics and hyphens, 1 to 64 characters.
 VM_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
@@ -94,11 +94,7 @@ def run(args: argparse.Namespace) -> int:
     if os.getsid(0) != os.getpid():
         os.setsid()  # the sweep kills the monitor's process group
     os.makedirs(vm_dir, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(api_sock)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(api_sock)
-    listener.listen(64)
+    listener = listen_unix(api_sock, backlog=64)
     write_json(os.path.join(vm_dir, STATE_FILE),
                {"pid": os.getpid(), "api_sock": api_sock, "jailed": args.jail})
     if args.jail:

@@ -20,6 +20,7 @@ from typing import Any
 from kiln.vmm.http import serve
 from kiln.vmm.mmds import Mmds
 from kiln.vmm.mux import HOST_SIDE, MMDS_PORT, Mux
+from kiln.vmm.qemu import listen_unix
 
 MAX_CONNECT_LINE = 32
 
@@ -47,12 +48,7 @@ class VsockHost:
         self._mmds_listener.listen(16)
         self._servers.append(await serve(self._mmds_listener, self._mmds.serve))
         if self.uds_path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.uds_path)
-            self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self._listener.bind(self.uds_path)
-            self._listener.listen(128)
-            self._listener.setblocking(False)
+            self._listener = listen_unix(self.uds_path, backlog=128)
             self._spawn(self._accept_loop(self._listener))
 
     def attach(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
