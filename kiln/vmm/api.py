@@ -123,8 +123,7 @@ class Monitor:
         self._pre_boot()
         patch = model.parse_body(body)
         if not isinstance(patch, dict):
-            raise ApiError("An error occurred when deserializing the json body of a request: "
-                           "invalid type: expected a JSON object.")
+            raise model.deserialize_error("invalid type: expected a JSON object")
         merged = {k: v for k, v in self.config.machine.describe().items() if k != "huge_pages"}
         merged.update(patch)
         self.config.machine = model.MachineConfig.parse(json.dumps(merged).encode())

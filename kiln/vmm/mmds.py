@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from kiln.vmm.http import HttpRequest, HttpResponse
-from kiln.vmm.model import MMDS_LIMIT_BYTES, ApiError, MmdsConfig, parse_body
+from kiln.vmm.model import MMDS_LIMIT_BYTES, ApiError, MmdsConfig, deserialize_error, parse_body
 
 TOKEN_TTL_MAX = 21600
 
@@ -98,8 +98,7 @@ class Mmds:
 def _object(body: bytes) -> dict[str, Any]:
     value = parse_body(body)
     if not isinstance(value, dict):
-        raise ApiError("An error occurred when deserializing the json body of a request: "
-                       "the MMDS contents must be a JSON object.")
+        raise deserialize_error("the MMDS contents must be a JSON object")
     return value
 
 

@@ -43,29 +43,28 @@ def parse_body(body: bytes) -> Any:
     try:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(
-            f"An error occurred when deserializing the json body of a request: {exc}."
-        ) from None
+        raise deserialize_error(str(exc)) from None
 
 
 def fields(body: bytes, shape: Shape) -> dict[str, Any]:
     """The body as an object with exactly the fields of ``shape``, each of its JSON type."""
     value = parse_body(body)
     if not isinstance(value, dict):
-        raise _deserialize("invalid type: expected a JSON object")
+        raise deserialize_error("invalid type: expected a JSON object")
     for name, item in value.items():
         if name not in shape:
             expected = ", ".join(f"`{n}`" for n in shape)
-            raise _deserialize(f"unknown field `{name}`, expected one of {expected}")
+            raise deserialize_error(f"unknown field `{name}`, expected one of {expected}")
         kind, _required = shape[name]
         ok = _JSON_TYPES[kind]
         if not isinstance(item, ok) or (kind == "integer" and isinstance(item, bool)):
-            raise _deserialize(f"invalid type for field `{name}`: expected {kind}")
+            raise deserialize_error(f"invalid type for field `{name}`: expected {kind}")
         if kind == "integer" and isinstance(item, int) and item < 0:
-            raise _deserialize(f"invalid value for field `{name}`: expected a non-negative integer")
+            raise deserialize_error(f"invalid value for field `{name}`: "
+                                    "expected a non-negative integer")
     for name, (_kind, required) in shape.items():
         if required and name not in value:
-            raise _deserialize(f"missing field `{name}`")
+            raise deserialize_error(f"missing field `{name}`")
     return value
 
 
@@ -73,11 +72,12 @@ def enum(value: dict[str, Any], name: str, allowed: tuple[str, ...]) -> str | No
     item = value.get(name)
     if item is not None and item not in allowed:
         variants = ", ".join(f"`{a}`" for a in allowed)
-        raise _deserialize(f"unknown variant `{item}`, expected one of {variants}")
+        raise deserialize_error(f"unknown variant `{item}`, expected one of {variants}")
     return item
 
 
-def _deserialize(detail: str) -> ApiError:
+def deserialize_error(detail: str) -> ApiError:
+    """Firecracker's 400 for a body its serde structs refuse."""
     return ApiError(f"An error occurred when deserializing the json body of a request: {detail}.")
 
 
@@ -193,7 +193,7 @@ class Vsock:
     def parse(cls, body: bytes) -> Vsock:
         value = fields(body, cls.SHAPE)
         if value["guest_cid"] < 3:
-            raise _deserialize("invalid value for field `guest_cid`: expected at least 3")
+            raise deserialize_error("invalid value for field `guest_cid`: expected at least 3")
         return cls(value["guest_cid"], value["uds_path"])
 
 
@@ -266,7 +266,8 @@ class SnapshotLoad:
             if set(backend) != {"backend_type", "backend_path"} or not isinstance(
                 backend["backend_path"], str
             ):
-                raise _deserialize("mem_backend needs exactly `backend_type` and `backend_path`")
+                raise deserialize_error(
+                    "mem_backend needs exactly `backend_type` and `backend_path`")
             kind = enum(backend, "backend_type", ("File", "Uffd"))
             if kind == "Uffd":
                 raise ApiError("Uffd memory backends are not supported by this VMM engine.")
@@ -277,7 +278,7 @@ class SnapshotLoad:
         uds_path = None
         if override is not None:
             if set(override) != {"uds_path"} or not isinstance(override["uds_path"], str):
-                raise _deserialize("vsock_override needs exactly `uds_path`")
+                raise deserialize_error("vsock_override needs exactly `uds_path`")
             uds_path = override["uds_path"]
         if value.get("network_overrides"):
             raise ApiError("Network interfaces are not supported by this VMM engine.")
