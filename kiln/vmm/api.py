@@ -180,9 +180,7 @@ class Monitor:
         action = model.enum(value, "action_type", ("FlushMetrics", "InstanceStart",
                                                    "SendCtrlAltDel"))
         if action == "InstanceStart":
-            if self.state != NOT_STARTED:
-                raise ApiError("The requested operation is not supported after starting the "
-                               "microVM.")
+            self._pre_boot()
             if self.config.boot is None:
                 raise ApiError("Cannot start microvm without kernel configuration.")
             await self._launch(None)
