@@ -83,12 +83,10 @@ Host paths of the function's code and layers in ``argv`` and ``env`` (``LAMBDA_T
 exposed read-only at their host paths.
 
 ``SandboxSpec.egress`` shares the host's network namespace (the Runtime API then listens on
-an ephemeral loopback port named in ``AWS_LAMBDA_RUNTIME_API``).  Optional ``SandboxSpec``
-fields this backend understands when present (read with ``getattr``): ``ro_paths`` (more host
-paths to expose read-only at the same path) and ``rw_paths`` (host directories shared
-read-write at the same path: an explicit hole, meant for tests).  The server's own Python
-installation (``sys.prefix``, ``sys.base_prefix``) is exposed read-only unless
-``expose_server_python=False``, because Kiln uses it as a runtime and bootstraps call it.
+an ephemeral loopback port named in ``AWS_LAMBDA_RUNTIME_API``).  ``extra_rw_paths`` are host
+directories shared read-write at the same path (an explicit hole, meant for tests).  The
+server's own Python installation (``sys.prefix``, ``sys.base_prefix``) is exposed read-only
+unless ``expose_server_python=False``, because Kiln uses it as a runtime and bootstraps call it.
 """
 
 from __future__ import annotations
@@ -795,16 +793,13 @@ class IsolatedBackend:
                 sandbox.runtime_api_address = f"127.0.0.1:{host_listener.getsockname()[1]}"
             env["AWS_LAMBDA_RUNTIME_API"] = sandbox.runtime_api_address
             quota = self._limit(sandbox.cgroup, spec)
-            extra = [*self.extra_ro_paths, *getattr(spec, "ro_paths", ())]
+            extra = list(self.extra_ro_paths)
             extra += [p for p in env.get("KILN_EXTRA_PYTHONPATH", "").split(":") if p]
             if env.get("LAMBDA_RUNTIME_DIR"):
                 extra.append(env["LAMBDA_RUNTIME_DIR"])
             sandbox.rw_paths = [
-                os.path.realpath(p)
-                for p in [*self.extra_rw_paths, *getattr(spec, "rw_paths", ())]
-                if os.path.isdir(p)
-                and not _under(os.path.realpath(p), _FORBIDDEN_PREFIXES)
-                and os.path.realpath(p) != "/"
+                real for real in map(os.path.realpath, self.extra_rw_paths)
+                if os.path.isdir(real) and real != "/" and not _under(real, _FORBIDDEN_PREFIXES)
             ]
             config = {
                 "argv": argv,
