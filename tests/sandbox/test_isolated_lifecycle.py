@@ -348,13 +348,6 @@ def test_environments_die_with_their_server(sandbox_root: Path, task_root: Path)
     run(go)
 
 
-@dataclass(frozen=True)
-class EgressSpec(SandboxSpec):
-    """The optional field the isolated backend reads: share the host's network namespace."""
-
-    egress: bool = True
-
-
 def test_egress_opt_in_shares_the_host_network(sandbox_root: Path, task_root: Path) -> None:
     code = (
         "import os, socket\n"
@@ -369,7 +362,7 @@ def test_egress_opt_in_shares_the_host_network(sandbox_root: Path, task_root: Pa
         out: list[bytes] = []
         try:
             base = spec_for(task_root, code, out=out)
-            sandbox = await backend.create(EgressSpec(**{**base.__dict__, "egress": True}))
+            sandbox = await backend.create(replace(base, egress=True))
 
             async def echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
                 w.write(await r.read(4))
