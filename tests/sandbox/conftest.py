@@ -1,11 +1,13 @@
-"""Helpers for the isolated backend's tests: feature checks (skip with a printed reason) and a
-way to run a small program inside an environment and collect its output."""
+"""Helpers for the sandbox backends' tests: feature checks (skip with a printed reason), a way
+to run a small program inside an environment and collect its output, and one invocation through
+the real Runtime API."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import sys
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -13,7 +15,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from kiln.sandbox.types import SandboxSpec
+from kiln.runtime.api import RuntimeApi
+from kiln.runtime.types import Invocation, InvocationResult
+from kiln.sandbox.types import Sandbox, SandboxSpec
 
 T = TypeVar("T")
 PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
@@ -100,3 +104,17 @@ async def run_program(backend: Any, task_root: Path, code: str, **kwargs: Any) -
     finally:
         await sandbox.destroy()
     return rc, b"".join(out).decode(errors="replace")
+
+
+async def invoke_once(sandbox: Sandbox, payload: bytes,
+                      timeout: float = 10) -> tuple[RuntimeApi, InvocationResult]:
+    """Serve the Runtime API on ``sandbox``'s listener, start it and run one invocation of
+    ``payload``: the API (the caller closes it) and the result."""
+    api = RuntimeApi(sandbox.env_id)
+    await api.serve(sandbox.listener)
+    await sandbox.start()
+    await asyncio.wait_for(api.ready.wait(), timeout)
+    invocation = Invocation(uuid.uuid4().hex, payload, int((time.time() + 600) * 1000),
+                            "arn:aws:lambda:us-east-1:000000000000:function:t", "Root=1-0")
+    api.submit(invocation)
+    return api, await asyncio.wait_for(invocation.result, timeout)

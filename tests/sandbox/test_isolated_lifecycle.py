@@ -18,7 +18,7 @@ import pytest
 from kiln.sandbox.isolated import IsolatedBackend, SandboxError, runtime_paths
 from kiln.sandbox.types import SandboxSpec
 from tests.conftest import wait_for
-from tests.sandbox.conftest import PYTHON, run, run_program, spec_for
+from tests.sandbox.conftest import PYTHON, invoke_once, run, run_program, spec_for
 
 pytestmark = pytest.mark.usefixtures("isolation_features")
 REPO = Path(__file__).resolve().parents[2]
@@ -67,8 +67,6 @@ def test_exit_codes_signals_and_exec_failure(sandbox_root: Path, task_root: Path
 
 def test_runtime_api_listener_serves_runtime_api(sandbox_root: Path, task_root: Path) -> None:
     """The real Runtime API served on the listener made inside the namespace."""
-    from kiln.runtime.api import RuntimeApi
-
     code = textwrap.dedent(
         """
         import http.client, json, os
@@ -85,19 +83,11 @@ def test_runtime_api_listener_serves_runtime_api(sandbox_root: Path, task_root: 
     )
 
     async def go() -> tuple[bytes, str]:
-        from kiln.runtime.types import Invocation
-
         backend = IsolatedBackend(sandbox_root)
         out: list[bytes] = []
         try:
             sandbox = await backend.create(spec_for(task_root, code, out=out))
-            api = RuntimeApi(sandbox.env_id)
-            await api.serve(sandbox.listener)
-            await sandbox.start()
-            await asyncio.wait_for(api.ready.wait(), 10)
-            inv = Invocation("req-1", b'{"n": 1}', int(time.time() * 1000) + 10000, "arn", "t")
-            api.submit(inv)
-            result = await asyncio.wait_for(inv.result, 10)
+            api, result = await invoke_once(sandbox, b'{"n": 1}')
             assert await asyncio.wait_for(sandbox.wait(), 10) == 0
             api.close()
             await sandbox.destroy()
@@ -408,9 +398,6 @@ def test_many_environments_at_once(sandbox_root: Path, task_root: Path) -> None:
 
 def test_kiln_python_runtime_and_provided_bootstrap(sandbox_root: Path, task_root: Path) -> None:
     """Kiln's own runtimes, with the host paths the invoke layer passes (task root, runtime dir)."""
-    from kiln.runtime.api import RuntimeApi
-    from kiln.runtime.types import Invocation
-
     bootstrap_dir = REPO / "kiln" / "runtime" / "bootstrap"
     (task_root / "app.py").write_text(
         "import os\n"
@@ -445,13 +432,7 @@ def test_kiln_python_runtime_and_provided_bootstrap(sandbox_root: Path, task_roo
                 on_output=out.append,
             )
             sandbox = await backend.create(spec)
-            api = RuntimeApi(sandbox.env_id)
-            await api.serve(sandbox.listener)
-            await sandbox.start()
-            await asyncio.wait_for(api.ready.wait(), 10)
-            inv = Invocation("req-1", b'{"k": "v"}', int(time.time() * 1000) + 10000, "arn", "t")
-            api.submit(inv)
-            result = await asyncio.wait_for(inv.result, 10)
+            api, result = await invoke_once(sandbox, b'{"k": "v"}')
             api.close()
             await sandbox.destroy()
 

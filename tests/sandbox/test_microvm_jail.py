@@ -4,7 +4,6 @@ jail's unprivileged user, and nothing is left after the environments are destroy
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import subprocess
 import sys
@@ -14,13 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from kiln.runtime.api import RuntimeApi
 from kiln.runtime.runtimes import BOOTSTRAP_DIR
-from kiln.runtime.types import Invocation
 from kiln.sandbox.microvm import JAIL_UID, MicrovmBackend, MicrovmSandbox, can_jail
 from kiln.sandbox.types import SandboxSpec
 from tests.conftest import REPO
 from tests.e2e.test_microvm import CACHE
+from tests.sandbox.conftest import invoke_once
 
 pytestmark = pytest.mark.skipif(not can_jail(), reason="jailed monitors need root")
 
@@ -55,15 +53,8 @@ def engine_uids(sandbox: MicrovmSandbox) -> set[int]:
     return uids
 
 
-async def invoke(sandbox: MicrovmSandbox, output: list[bytes], payload: bytes) -> bytes:
-    api = RuntimeApi(sandbox.env_id)
-    await api.serve(sandbox.listener)
-    await sandbox.start()
-    await asyncio.wait_for(api.ready.wait(), 60)
-    invocation = Invocation(uuid.uuid4().hex, payload, 4_000_000_000_000,
-                            "arn:aws:lambda:us-east-1:000000000000:function:jail", "Root=1-0")
-    api.submit(invocation)
-    result = await asyncio.wait_for(invocation.result, 60)
+async def invoke(sandbox: MicrovmSandbox, payload: bytes) -> bytes:
+    api, result = await invoke_once(sandbox, payload, timeout=60)
     sandbox.drain_output()
     api.close()
     assert result.error_type is None, result.body
@@ -87,14 +78,14 @@ async def test_jailed_boot_snapshot_and_restore(workdir: Path) -> None:
 
     try:
         cold = await backend.create(spec(0))
-        body = await invoke(cold, outputs[0], b'{"n": 1}')
+        body = await invoke(cold, b'{"n": 1}')
         assert b'"event": {"n": 1}' in body
         assert b"init in the jail" in b"".join(outputs[0])
         assert engine_uids(cold) == {JAIL_UID}
         assert len(backend.snapshots) == 1  # taken when the runtime first asked for work
 
         restored = await backend.create(spec(1))
-        again = await invoke(restored, outputs[1], b'{"n": 2}')
+        again = await invoke(restored, b'{"n": 2}')
         assert b'"event": {"n": 2}' in again
         assert again.split(b'"pid": ')[1][:3] == body.split(b'"pid": ')[1][:3]  # the snapshot
         assert b"event {'n': 2}" in b"".join(outputs[1])
