@@ -98,12 +98,7 @@ def _wait(pid: int, group: Cgroup, api_sock: str) -> None:
     """The waiter: relay SIGTERM/SIGINT, reap the jailed monitor, clean up, exit like it."""
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda s, _f: os.kill(pid, s))
-    while True:
-        try:
-            _, status = os.waitpid(pid, 0)
-            break
-        except InterruptedError:
-            continue
+    _, status = os.waitpid(pid, 0)  # retried after the relaying handler runs (PEP 475)
     with contextlib.suppress(OSError):
         os.unlink(api_sock)
     for _ in range(1000):
