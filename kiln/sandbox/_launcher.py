@@ -130,8 +130,6 @@ def main(fd: int, python_path: list[str] | None = None) -> None:
     while True:
         try:
             msg, fds, _flags, _addr = socket.recv_fds(server, 1 << 20, 4)
-        except InterruptedError:
-            continue
         except ConnectionResetError:
             msg, fds = b"", []
         if not msg:
@@ -390,10 +388,7 @@ def _init(cfg: dict[str, Any], ctl: socket.socket, out_w: int, program: bytes) -
 
     configured = False
     while True:
-        try:
-            msg, fds, _flags, _addr = socket.recv_fds(ctl, 1 << 20, 1)
-        except InterruptedError:
-            continue
+        msg, fds, _flags, _addr = socket.recv_fds(ctl, 1 << 20, 1)
         if not msg:
             os._exit(0)
         if msg.startswith(b"config ") and not configured:
@@ -427,13 +422,7 @@ def _init(cfg: dict[str, Any], ctl: socket.socket, out_w: int, program: bytes) -
     if cfg["fork_requests"] is not None:
         os.close(cfg["fork_requests"])
     failure = b""
-    while True:
-        try:
-            chunk = os.read(err_r, 4096)
-        except InterruptedError:
-            continue
-        if not chunk:
-            break
+    while chunk := os.read(err_r, 4096):
         failure += chunk
     os.close(err_r)
     if failure:
@@ -461,10 +450,7 @@ def _supervise(ctl: socket.socket, pid: int) -> None:
             if child == pid:
                 _send(ctl, f"exit {os.waitstatus_to_exitcode(status)}")
                 os._exit(0)
-        try:
-            ready, _, _ = select.select([ctl.fileno(), wake_r], [], [])
-        except InterruptedError:
-            continue
+        ready, _, _ = select.select([ctl.fileno(), wake_r], [], [])
         if ctl.fileno() in ready:
             try:
                 msg = ctl.recv(4096)
@@ -473,13 +459,9 @@ def _supervise(ctl: socket.socket, pid: int) -> None:
             if not msg:
                 os._exit(0)
         if wake_r in ready:
-            while True:
-                try:
-                    os.read(wake_r, 4096)
-                except BlockingIOError:
-                    break
-                except InterruptedError:
-                    continue
+            with contextlib.suppress(BlockingIOError):
+                while os.read(wake_r, 4096):
+                    pass
 
 
 def _report_fork_failure(ctl: socket.socket, exc: BaseException) -> None:

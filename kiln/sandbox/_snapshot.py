@@ -78,7 +78,7 @@ def _serve(requests: socket.socket, program: bytes,
     while True:
         try:
             msg, fds, _flags, _addr = socket.recv_fds(requests, 1 << 20, 2)
-        except (BlockingIOError, InterruptedError):
+        except BlockingIOError:
             return
         except OSError:
             msg, fds = b"", []

@@ -300,7 +300,7 @@ class IsolatedSandbox:
         while self._ctl is not None:
             try:
                 msg, fds, _flags, _addr = socket.recv_fds(self._ctl, 65536, 4)
-            except (BlockingIOError, InterruptedError):
+            except BlockingIOError:
                 return
             except OSError:
                 msg, fds = b"", []

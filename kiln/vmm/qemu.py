@@ -447,7 +447,7 @@ class MemoryImageServer:
         loop.add_reader(self._listener.fileno(), self._hand_out)
 
     def _hand_out(self) -> None:
-        with contextlib.suppress(BlockingIOError, InterruptedError):
+        with contextlib.suppress(BlockingIOError):
             connection, _ = self._listener.accept()
             with connection, contextlib.suppress(OSError):
                 socket.send_fds(connection, [b"m"], [self.image])
