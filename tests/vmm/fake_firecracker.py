@@ -34,6 +34,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from kiln.vmm.mmds import merge_patch
+from kiln.vmm.mux import run_handler
 
 StreamHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 #: How long the fake guest takes to "boot" before its agent listens.
@@ -81,7 +82,7 @@ class VsockDevice:
             return
         guest_end, device_end = socket.socketpair()
         guest_reader, guest_writer = await asyncio.open_connection(sock=guest_end)
-        self._spawn(_run(handler, guest_reader, guest_writer))
+        self._spawn(run_handler(handler, guest_reader, guest_writer))
         device_reader, device_writer = await asyncio.open_connection(sock=device_end)
         self.local_port += 1
         writer.write(f"OK {self.local_port}\n".encode())
@@ -93,14 +94,6 @@ class VsockDevice:
         task = asyncio.ensure_future(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
-
-
-async def _run(handler: StreamHandler, reader: asyncio.StreamReader,
-               writer: asyncio.StreamWriter) -> None:
-    try:
-        await handler(reader, writer)
-    finally:
-        writer.close()
 
 
 async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
